@@ -1,0 +1,15 @@
+//! Named limits of the storage layer. Units are last in every name.
+
+/// sled's page cache. sled's resident memory runs up to several times this value (DEPENDENCIES.md),
+/// so it is set explicitly rather than left at sled's 1 GiB default.
+pub const SLED_CACHE_CAPACITY_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+
+/// How many log entries one `try_get_log_entries` call may return. openraft asks for at most
+/// `max_payload_entries` per replication round; this is a backstop against a runaway range.
+pub const LOG_READ_ENTRIES_MAX: usize = 100_000;
+
+/// The largest snapshot this node accepts from a leader, in bytes. Snapshots are held in memory
+/// while they are built and installed (see ARCHITECTURE.md, "Snapshots").
+pub const SNAPSHOT_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024 - 1;
+
+const _: () = assert!(LOG_READ_ENTRIES_MAX > 1024);

@@ -1,0 +1,236 @@
+//! The Raft log on sled: entries keyed by big-endian index in the `raft_log` tree, vote, committed
+//! and last-purged ids in `raft_meta`. Appends, votes and truncations are fsynced (`flush_async`)
+//! before they are reported done.
+
+use std::fmt::Debug;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+
+use dtm_model::LogId;
+use dtm_model::NodeId;
+use dtm_model::TypeConfig;
+use dtm_model::Vote;
+use dtm_model::pb;
+use openraft::ErrorSubject;
+use openraft::ErrorVerb;
+use openraft::LogState;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::StorageError;
+use openraft::storage::LogFlushed;
+use openraft::storage::RaftLogStorage;
+use prost::Message;
+
+use crate::error::StoreError;
+use crate::error::sto;
+use crate::limits::LOG_READ_ENTRIES_MAX;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// The Raft log store. Cheap to clone: clones share the same sled trees.
+#[derive(Clone)]
+pub struct LogStore {
+    pub(crate) db: sled::Db,
+    pub(crate) log: sled::Tree,
+    pub(crate) meta: sled::Tree,
+}
+
+type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl LogStore {
+    pub(crate) fn new(db: sled::Db) -> std::result::Result<Self, StoreError> {
+        let log = db.open_tree("raft_log")?;
+        let meta = db.open_tree("raft_meta")?;
+        Ok(LogStore { db, log, meta })
+    }
+
+    fn read_log_id(&self, key: &[u8]) -> std::result::Result<Option<LogId>, StoreError> {
+        match self.meta.get(key)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(dtm_model::log_id_from_pb(&pb::LogId::decode(
+                v.as_ref(),
+            )?))),
+        }
+    }
+
+    async fn flush(&self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> Result<()> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| sto(subject, verb, e))?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<dtm_model::Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        for kv in self.log.range(index_key(start)..) {
+            let (k, v) = kv.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                sto(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Read,
+                    StoreError::Invalid("log key is not 8 bytes".into()),
+                )
+            })?);
+            if !range.contains(&index) || out.len() >= LOG_READ_ENTRIES_MAX {
+                break;
+            }
+            let entry = dtm_model::decode_entry(&v)
+                .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            if entry.log_id.index != index {
+                return Err(sto(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Read,
+                    StoreError::Invalid(format!(
+                        "log entry under key {index} carries index {}",
+                        entry.log_id.index
+                    )),
+                ));
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
+        let last_purged = self
+            .read_log_id(KEY_LAST_PURGED)
+            .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        let last = match self
+            .log
+            .last()
+            .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?
+        {
+            None => None,
+            Some((_, v)) => Some(
+                dtm_model::decode_entry(&v)
+                    .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?
+                    .log_id,
+            ),
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<()> {
+        self.meta
+            .insert(KEY_VOTE, dtm_model::vote_to_pb(vote).encode_to_vec())
+            .map_err(|e| sto(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        self.flush(ErrorSubject::Vote, ErrorVerb::Write).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>> {
+        match self
+            .meta
+            .get(KEY_VOTE)
+            .map_err(|e| sto(ErrorSubject::Vote, ErrorVerb::Read, e))?
+        {
+            None => Ok(None),
+            Some(v) => {
+                let pbv = pb::Vote::decode(v.as_ref())
+                    .map_err(|e| sto(ErrorSubject::Vote, ErrorVerb::Read, e))?;
+                Ok(Some(dtm_model::vote_from_pb(&pbv)))
+            }
+        }
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<()> {
+        // Not flushed: a lost `committed` only means the node re-learns it from the leader.
+        let r = match committed {
+            Some(c) => self
+                .meta
+                .insert(KEY_COMMITTED, dtm_model::log_id_to_pb(&c).encode_to_vec())
+                .map(|_| ()),
+            None => self.meta.remove(KEY_COMMITTED).map(|_| ()),
+        };
+        r.map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>> {
+        self.read_log_id(KEY_COMMITTED)
+            .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Read, e))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
+    where
+        I: IntoIterator<Item = dtm_model::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(
+                &index_key(entry.log_id.index),
+                dtm_model::encode_entry(&entry),
+            );
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        // Durable before acknowledged: openraft counts this node towards the quorum only after the
+        // callback, so the callback fires after the fsync and carries its outcome.
+        let flushed = self
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other);
+        callback.log_io_completed(flushed);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for k in self.log.range(index_key(log_id.index)..).keys() {
+            batch.remove(k.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.flush(ErrorSubject::Logs, ErrorVerb::Write).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<()> {
+        // The last-purged id is written before the entries go. sled recovers a prefix of its writes,
+        // so after a crash either both are visible or the entries are still there.
+        self.meta
+            .insert(
+                KEY_LAST_PURGED,
+                dtm_model::log_id_to_pb(&log_id).encode_to_vec(),
+            )
+            .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let mut batch = sled::Batch::default();
+        for k in self.log.range(..=index_key(log_id.index)).keys() {
+            batch.remove(k.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+}
