@@ -1,1 +1,29 @@
+//! The replicated core of DTM: one openraft group per cluster whose log carries every state change
+//! (catalog, credentials, records, audit events) and whose state machine lives in `dtm-storage`.
+//!
+//! Data flow: the API hands a command to [`ClusterNode`]; ingest submissions go through the
+//! group-commit batcher (`batcher.rs`), other commands straight to the [`Writer`]. The writer
+//! proposes on the leader or forwards to it over mutual-TLS gRPC (`network.rs` client, `service.rs`
+//! server), retrying across leader changes. Committed entries are applied on every node by
+//! [`DtmApplier`] (`applier.rs`) into the tables laid out in `tables.rs`.
 
+mod applier;
+mod batcher;
+mod error;
+pub mod limits;
+mod network;
+mod node;
+mod service;
+pub mod tables;
+mod tls;
+
+pub use applier::DtmApplier;
+pub use error::ClusterError;
+pub use node::ClusterConfig;
+pub use node::ClusterNode;
+pub use node::ClusterStatus;
+pub use node::MemberStatus;
+pub use node::RaftOptions;
+pub use node::Writer;
+pub use service::server as grpc_server;
+pub use tls::NodeTls;

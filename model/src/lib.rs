@@ -61,11 +61,7 @@ pub struct NodeInfo {
 
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}@{} (https {})",
-            self.grpc_addr, self.site, self.http_addr
-        )
+        write!(f, "{}@{} (https {})", self.grpc_addr, self.site, self.http_addr)
     }
 }
 
@@ -87,11 +83,7 @@ fn req<T>(v: Option<T>, name: &'static str) -> Result<T, DecodeError> {
 // ---- LogId / Vote ------------------------------------------------------------------------------
 
 pub fn log_id_to_pb(l: &LogId) -> pb::LogId {
-    pb::LogId {
-        term: l.leader_id.term,
-        node_id: l.leader_id.node_id,
-        index: l.index,
-    }
+    pb::LogId { term: l.leader_id.term, node_id: l.leader_id.node_id, index: l.index }
 }
 
 pub fn log_id_from_pb(l: &pb::LogId) -> LogId {
@@ -107,19 +99,11 @@ pub fn opt_log_id_from_pb(l: &Option<pb::LogId>) -> Option<LogId> {
 }
 
 pub fn vote_to_pb(v: &Vote) -> pb::Vote {
-    pb::Vote {
-        term: v.leader_id.term,
-        node_id: v.leader_id.node_id,
-        committed: v.committed,
-    }
+    pb::Vote { term: v.leader_id.term, node_id: v.leader_id.node_id, committed: v.committed }
 }
 
 pub fn vote_from_pb(v: &pb::Vote) -> Vote {
-    if v.committed {
-        openraft::Vote::new_committed(v.term, v.node_id)
-    } else {
-        openraft::Vote::new(v.term, v.node_id)
-    }
+    if v.committed { openraft::Vote::new_committed(v.term, v.node_id) } else { openraft::Vote::new(v.term, v.node_id) }
 }
 
 /// A vote field that a peer must send.
@@ -130,62 +114,35 @@ pub fn required_vote(v: Option<&pb::Vote>) -> Result<Vote, DecodeError> {
 // ---- Membership ---------------------------------------------------------------------------------
 
 pub fn node_to_pb(n: &NodeInfo) -> pb::NodeInfo {
-    pb::NodeInfo {
-        http_addr: n.http_addr.clone(),
-        grpc_addr: n.grpc_addr.clone(),
-        site: n.site.clone(),
-    }
+    pb::NodeInfo { http_addr: n.http_addr.clone(), grpc_addr: n.grpc_addr.clone(), site: n.site.clone() }
 }
 
 pub fn node_from_pb(n: pb::NodeInfo) -> NodeInfo {
-    NodeInfo {
-        http_addr: n.http_addr,
-        grpc_addr: n.grpc_addr,
-        site: n.site,
-    }
+    NodeInfo { http_addr: n.http_addr, grpc_addr: n.grpc_addr, site: n.site }
 }
 
 pub fn membership_to_pb(m: &Mem) -> pb::Membership {
     pb::Membership {
-        configs: m
-            .get_joint_config()
-            .iter()
-            .map(|set| pb::NodeIdSet {
-                ids: set.iter().copied().collect(),
-            })
-            .collect(),
+        configs: m.get_joint_config().iter().map(|set| pb::NodeIdSet { ids: set.iter().copied().collect() }).collect(),
         nodes: m.nodes().map(|(id, n)| (*id, node_to_pb(n))).collect(),
     }
 }
 
 pub fn membership_from_pb(m: pb::Membership) -> Result<Mem, DecodeError> {
-    let configs: Vec<BTreeSet<NodeId>> = m
-        .configs
-        .into_iter()
-        .map(|s| s.ids.into_iter().collect())
-        .collect();
-    let nodes: BTreeMap<NodeId, NodeInfo> = m
-        .nodes
-        .into_iter()
-        .map(|(id, n)| (id, node_from_pb(n)))
-        .collect();
+    let configs: Vec<BTreeSet<NodeId>> = m.configs.into_iter().map(|s| s.ids.into_iter().collect()).collect();
+    let nodes: BTreeMap<NodeId, NodeInfo> = m.nodes.into_iter().map(|(id, n)| (id, node_from_pb(n))).collect();
     // `Membership::new` fills in a default node for a voter missing from `nodes`; a peer or a disk
     // that sends such a membership is malformed, so refuse it instead of inventing an address.
     for set in &configs {
         if let Some(id) = set.iter().find(|id| !nodes.contains_key(id)) {
-            return Err(DecodeError::Invalid(format!(
-                "voter {id} has no node entry"
-            )));
+            return Err(DecodeError::Invalid(format!("voter {id} has no node entry")));
         }
     }
     Ok(Membership::new(configs, nodes))
 }
 
 pub fn stored_membership_to_pb(m: &StoredMem) -> pb::StoredMembership {
-    pb::StoredMembership {
-        log_id: opt_log_id_to_pb(m.log_id()),
-        membership: Some(membership_to_pb(m.membership())),
-    }
+    pb::StoredMembership { log_id: opt_log_id_to_pb(m.log_id()), membership: Some(membership_to_pb(m.membership())) }
 }
 
 pub fn stored_membership_from_pb(m: pb::StoredMembership) -> Result<StoredMem, DecodeError> {
@@ -202,19 +159,14 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
         EntryPayload::Normal(cmd) => pb::entry::Payload::Normal(cmd.encode_to_vec()),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
     };
-    pb::Entry {
-        log_id: Some(log_id_to_pb(&e.log_id)),
-        payload: Some(payload),
-    }
+    pb::Entry { log_id: Some(log_id_to_pb(&e.log_id)), payload: Some(payload) }
 }
 
 pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, DecodeError> {
     let log_id = log_id_from_pb(&req(e.log_id, "entry.log_id")?);
     let payload = match req(e.payload, "entry.payload")? {
         pb::entry::Payload::Blank(_) => EntryPayload::Blank,
-        pb::entry::Payload::Normal(bytes) => {
-            EntryPayload::Normal(state::Command::decode(bytes.as_slice())?)
-        }
+        pb::entry::Payload::Normal(bytes) => EntryPayload::Normal(state::Command::decode(bytes.as_slice())?),
         pb::entry::Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(m)?),
     };
     Ok(openraft::Entry { log_id, payload })
@@ -243,10 +195,7 @@ pub fn snapshot_meta_to_pb(m: &SnapshotMeta) -> pb::SnapshotMeta {
 pub fn snapshot_meta_from_pb(m: pb::SnapshotMeta) -> Result<SnapshotMeta, DecodeError> {
     Ok(openraft::SnapshotMeta {
         last_log_id: opt_log_id_from_pb(&m.last_log_id),
-        last_membership: stored_membership_from_pb(req(
-            m.last_membership,
-            "meta.last_membership",
-        )?)?,
+        last_membership: stored_membership_from_pb(req(m.last_membership, "meta.last_membership")?)?,
         snapshot_id: m.snapshot_id,
     })
 }
@@ -265,25 +214,11 @@ mod tests {
 
     #[test]
     fn entry_round_trips_through_protobuf() {
-        let mem = Membership::new(
-            vec![BTreeSet::from([1, 2])],
-            BTreeMap::from([(1, node(1)), (2, node(2)), (3, node(3))]),
-        );
-        let cmd = state::Command {
-            version: 1,
-            proposed_at_ms: 42,
-            origin_node: 2,
-            kind: None,
-        };
-        for payload in [
-            EntryPayload::Blank,
-            EntryPayload::Normal(cmd),
-            EntryPayload::Membership(mem),
-        ] {
-            let e: Entry = openraft::Entry {
-                log_id: openraft::LogId::new(LeaderId::new(3, 1), 9),
-                payload,
-            };
+        let mem =
+            Membership::new(vec![BTreeSet::from([1, 2])], BTreeMap::from([(1, node(1)), (2, node(2)), (3, node(3))]));
+        let cmd = state::Command { version: 1, proposed_at_ms: 42, origin_node: 2, kind: None };
+        for payload in [EntryPayload::Blank, EntryPayload::Normal(cmd), EntryPayload::Membership(mem)] {
+            let e: Entry = openraft::Entry { log_id: openraft::LogId::new(LeaderId::new(3, 1), 9), payload };
             let back = decode_entry(&encode_entry(&e)).expect("round trip");
             assert_eq!(format!("{e:?}"), format!("{back:?}"));
         }
@@ -293,10 +228,7 @@ mod tests {
     fn malformed_input_is_an_error_not_a_panic() {
         assert!(decode_entry(&[0xff, 0xff, 0xff]).is_err());
         assert!(matches!(decode_entry(&[]), Err(DecodeError::Missing(_))));
-        let bad = pb::Membership {
-            configs: vec![pb::NodeIdSet { ids: vec![7] }],
-            nodes: Default::default(),
-        };
+        let bad = pb::Membership { configs: vec![pb::NodeIdSet { ids: vec![7] }], nodes: Default::default() };
         assert!(membership_from_pb(bad).is_err());
     }
 }

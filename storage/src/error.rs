@@ -26,13 +26,7 @@ impl From<prost::DecodeError> for StoreError {
 
 /// Wraps a storage failure for openraft. Any such error stops the Raft node (it is fatal by
 /// design: a node that cannot trust its disk must not vote or serve).
-pub(crate) fn sto(
-    subject: ErrorSubject<NodeId>,
-    verb: ErrorVerb,
-    e: impl Into<StoreError>,
-) -> StorageError<NodeId> {
+pub(crate) fn sto(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl Into<StoreError>) -> StorageError<NodeId> {
     let e: StoreError = e.into();
-    StorageError::IO {
-        source: StorageIOError::new(subject, verb, AnyError::new(&e)),
-    }
+    StorageError::IO { source: StorageIOError::new(subject, verb, AnyError::new(&e)) }
 }

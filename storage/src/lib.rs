@@ -31,9 +31,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            cache_capacity_bytes: limits::SLED_CACHE_CAPACITY_BYTES_DEFAULT,
-        }
+        StoreOptions { cache_capacity_bytes: limits::SLED_CACHE_CAPACITY_BYTES_DEFAULT }
     }
 }
 
@@ -53,10 +51,7 @@ pub fn open(
         .open()?;
     let log = LogStore::new(db.clone())?;
     let sm = StateMachineStore::new(db.clone(), applier)?;
-    let reader = StateReader {
-        tree: db.open_tree("sm")?,
-        db,
-    };
+    let reader = StateReader { tree: db.open_tree("sm")?, db };
     Ok((log, sm, reader))
 }
 

@@ -53,17 +53,12 @@ impl LogStore {
     fn read_log_id(&self, key: &[u8]) -> std::result::Result<Option<LogId>, StoreError> {
         match self.meta.get(key)? {
             None => Ok(None),
-            Some(v) => Ok(Some(dtm_model::log_id_from_pb(&pb::LogId::decode(
-                v.as_ref(),
-            )?))),
+            Some(v) => Ok(Some(dtm_model::log_id_from_pb(&pb::LogId::decode(v.as_ref())?))),
         }
     }
 
     async fn flush(&self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> Result<()> {
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| sto(subject, verb, e))?;
+        self.db.flush_async().await.map_err(|e| sto(subject, verb, e))?;
         Ok(())
     }
 }
@@ -82,25 +77,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         for kv in self.log.range(index_key(start)..) {
             let (k, v) = kv.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                sto(
-                    ErrorSubject::Logs,
-                    ErrorVerb::Read,
-                    StoreError::Invalid("log key is not 8 bytes".into()),
-                )
+                sto(ErrorSubject::Logs, ErrorVerb::Read, StoreError::Invalid("log key is not 8 bytes".into()))
             })?);
             if !range.contains(&index) || out.len() >= LOG_READ_ENTRIES_MAX {
                 break;
             }
-            let entry = dtm_model::decode_entry(&v)
-                .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let entry = dtm_model::decode_entry(&v).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             if entry.log_id.index != index {
                 return Err(sto(
                     ErrorSubject::Logs,
                     ErrorVerb::Read,
-                    StoreError::Invalid(format!(
-                        "log entry under key {index} carries index {}",
-                        entry.log_id.index
-                    )),
+                    StoreError::Invalid(format!("log entry under key {index} carries index {}", entry.log_id.index)),
                 ));
             }
             out.push(entry);
@@ -113,25 +100,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
-        let last_purged = self
-            .read_log_id(KEY_LAST_PURGED)
-            .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Read, e))?;
-        let last = match self
-            .log
-            .last()
-            .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?
-        {
+        let last_purged =
+            self.read_log_id(KEY_LAST_PURGED).map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        let last = match self.log.last().map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))? {
             None => None,
-            Some((_, v)) => Some(
-                dtm_model::decode_entry(&v)
-                    .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?
-                    .log_id,
-            ),
+            Some((_, v)) => {
+                Some(dtm_model::decode_entry(&v).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?.log_id)
+            }
         };
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
-        })
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -146,15 +123,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>> {
-        match self
-            .meta
-            .get(KEY_VOTE)
-            .map_err(|e| sto(ErrorSubject::Vote, ErrorVerb::Read, e))?
-        {
+        match self.meta.get(KEY_VOTE).map_err(|e| sto(ErrorSubject::Vote, ErrorVerb::Read, e))? {
             None => Ok(None),
             Some(v) => {
-                let pbv = pb::Vote::decode(v.as_ref())
-                    .map_err(|e| sto(ErrorSubject::Vote, ErrorVerb::Read, e))?;
+                let pbv = pb::Vote::decode(v.as_ref()).map_err(|e| sto(ErrorSubject::Vote, ErrorVerb::Read, e))?;
                 Ok(Some(dtm_model::vote_from_pb(&pbv)))
             }
         }
@@ -163,18 +135,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<()> {
         // Not flushed: a lost `committed` only means the node re-learns it from the leader.
         let r = match committed {
-            Some(c) => self
-                .meta
-                .insert(KEY_COMMITTED, dtm_model::log_id_to_pb(&c).encode_to_vec())
-                .map(|_| ()),
+            Some(c) => self.meta.insert(KEY_COMMITTED, dtm_model::log_id_to_pb(&c).encode_to_vec()).map(|_| ()),
             None => self.meta.remove(KEY_COMMITTED).map(|_| ()),
         };
         r.map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>> {
-        self.read_log_id(KEY_COMMITTED)
-            .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Read, e))
+        self.read_log_id(KEY_COMMITTED).map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
@@ -184,22 +152,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            batch.insert(
-                &index_key(entry.log_id.index),
-                dtm_model::encode_entry(&entry),
-            );
+            batch.insert(&index_key(entry.log_id.index), dtm_model::encode_entry(&entry));
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.log.apply_batch(batch).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // Durable before acknowledged: openraft counts this node towards the quorum only after the
         // callback, so the callback fires after the fsync and carries its outcome.
-        let flushed = self
-            .db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(std::io::Error::other);
+        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
         callback.log_io_completed(flushed);
         Ok(())
     }
@@ -209,9 +167,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for k in self.log.range(index_key(log_id.index)..).keys() {
             batch.remove(k.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.log.apply_batch(batch).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         self.flush(ErrorSubject::Logs, ErrorVerb::Write).await
     }
 
@@ -219,18 +175,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The last-purged id is written before the entries go. sled recovers a prefix of its writes,
         // so after a crash either both are visible or the entries are still there.
         self.meta
-            .insert(
-                KEY_LAST_PURGED,
-                dtm_model::log_id_to_pb(&log_id).encode_to_vec(),
-            )
+            .insert(KEY_LAST_PURGED, dtm_model::log_id_to_pb(&log_id).encode_to_vec())
             .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let mut batch = sled::Batch::default();
         for k in self.log.range(..=index_key(log_id.index)).keys() {
             batch.remove(k.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.log.apply_batch(batch).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         Ok(())
     }
 }

@@ -65,10 +65,7 @@ pub struct Txn<'a> {
 
 impl<'a> Txn<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        Txn {
-            tree,
-            overlay: BTreeMap::new(),
-        }
+        Txn { tree, overlay: BTreeMap::new() }
     }
 
     pub fn get(&self, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, StoreError> {
@@ -78,10 +75,7 @@ impl<'a> Txn<'a> {
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
-    pub fn get_msg<M: Message + Default>(
-        &self,
-        key: &[u8],
-    ) -> std::result::Result<Option<M>, StoreError> {
+    pub fn get_msg<M: Message + Default>(&self, key: &[u8]) -> std::result::Result<Option<M>, StoreError> {
         match self.get(key)? {
             None => Ok(None),
             Some(v) => Ok(Some(M::decode(v.as_slice())?)),
@@ -89,10 +83,7 @@ impl<'a> Txn<'a> {
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        debug_assert!(
-            key.first() != Some(&RESERVED_PREFIX),
-            "application key in the reserved range"
-        );
+        debug_assert!(key.first() != Some(&RESERVED_PREFIX), "application key in the reserved range");
         self.overlay.insert(key, Some(value));
     }
 
@@ -134,10 +125,7 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(
-        db: sled::Db,
-        applier: Arc<dyn Applier>,
-    ) -> std::result::Result<Self, StoreError> {
+    pub(crate) fn new(db: sled::Db, applier: Arc<dyn Applier>) -> std::result::Result<Self, StoreError> {
         let tree = db.open_tree("sm")?;
         let snapshots = db.open_tree("snapshot")?;
         Ok(StateMachineStore {
@@ -160,9 +148,7 @@ impl StateMachineStore {
         };
         let membership = match t.get(KEY_MEMBERSHIP)? {
             None => StoredMem::default(),
-            Some(v) => {
-                dtm_model::stored_membership_from_pb(pb::StoredMembership::decode(v.as_ref())?)?
-            }
+            Some(v) => dtm_model::stored_membership_from_pb(pb::StoredMembership::decode(v.as_ref())?)?,
         };
         Ok((applied, membership))
     }
@@ -170,10 +156,7 @@ impl StateMachineStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         // A poisoned lock only means another apply panicked mid-batch; sled batches are atomic, so
         // the tables are still consistent and the guard can be taken over.
-        self.inner
-            .write_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.inner.write_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn build_snapshot_now(&self) -> std::result::Result<(SnapshotMeta, Vec<u8>), StoreError> {
@@ -189,63 +172,32 @@ impl StateMachineStore {
                 }
                 size += k.len() + v.len();
                 if size > SNAPSHOT_BYTES_MAX {
-                    return Err(StoreError::Invalid(
-                        "state is larger than the snapshot limit".into(),
-                    ));
+                    return Err(StoreError::Invalid("state is larger than the snapshot limit".into()));
                 }
-                pairs.push(pb::SnapshotPair {
-                    key: k.to_vec(),
-                    value: v.to_vec(),
-                });
+                pairs.push(pb::SnapshotPair { key: k.to_vec(), value: v.to_vec() });
             }
-            (
-                pb::SnapshotBody {
-                    format_version: SNAPSHOT_FORMAT_VERSION,
-                    pairs,
-                },
-                applied,
-                membership,
-            )
+            (pb::SnapshotBody { format_version: SNAPSHOT_FORMAT_VERSION, pairs }, applied, membership)
         };
         let data = body.encode_to_vec();
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &applied {
-            Some(l) => format!(
-                "{}-{}-{}-{seq}",
-                l.leader_id.term, l.leader_id.node_id, l.index
-            ),
+            Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => format!("0-0-0-{seq}"),
         };
-        let meta = SnapshotMeta {
-            last_log_id: applied,
-            last_membership: membership,
-            snapshot_id,
-        };
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
         Ok((meta, data))
     }
 
-    fn store_snapshot(
-        &self,
-        meta: &SnapshotMeta,
-        data: &[u8],
-    ) -> std::result::Result<(), StoreError> {
-        let stored = pb::StoredSnapshot {
-            meta: Some(dtm_model::snapshot_meta_to_pb(meta)),
-            data: data.to_vec(),
-        };
-        self.inner
-            .snapshots
-            .insert(KEY_CURRENT_SNAPSHOT, stored.encode_to_vec())?;
+    fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> std::result::Result<(), StoreError> {
+        let stored = pb::StoredSnapshot { meta: Some(dtm_model::snapshot_meta_to_pb(meta)), data: data.to_vec() };
+        self.inner.snapshots.insert(KEY_CURRENT_SNAPSHOT, stored.encode_to_vec())?;
         Ok(())
     }
 
     fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> std::result::Result<(), StoreError> {
         let body = pb::SnapshotBody::decode(data)?;
         if body.format_version != SNAPSHOT_FORMAT_VERSION {
-            return Err(StoreError::Invalid(format!(
-                "snapshot format {} is not supported",
-                body.format_version
-            )));
+            return Err(StoreError::Invalid(format!("snapshot format {} is not supported", body.format_version)));
         }
         let _g = self.lock();
         // One sled batch replaces the whole table, so a crash leaves either the old state or the new.
@@ -255,19 +207,14 @@ impl StateMachineStore {
         }
         for p in body.pairs {
             if p.key.first() == Some(&RESERVED_PREFIX) {
-                return Err(StoreError::Invalid(
-                    "snapshot carries a reserved key".into(),
-                ));
+                return Err(StoreError::Invalid("snapshot carries a reserved key".into()));
             }
             batch.insert(p.key, p.value);
         }
         if let Some(l) = &meta.last_log_id {
             batch.insert(KEY_LAST_APPLIED, dtm_model::log_id_to_pb(l).encode_to_vec());
         }
-        batch.insert(
-            KEY_MEMBERSHIP,
-            dtm_model::stored_membership_to_pb(&meta.last_membership).encode_to_vec(),
-        );
+        batch.insert(KEY_MEMBERSHIP, dtm_model::stored_membership_to_pb(&meta.last_membership).encode_to_vec());
         self.inner.tree.apply_batch(batch)?;
         Ok(())
     }
@@ -281,28 +228,13 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
-        let (meta, data) = self
-            .build_snapshot_now()
-            .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        self.store_snapshot(&meta, &data).map_err(|e| {
-            sto(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
-        self.flush().await.map_err(|e| {
-            sto(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
+        let (meta, data) =
+            self.build_snapshot_now().map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        self.store_snapshot(&meta, &data)
+            .map_err(|e| sto(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
+        self.flush().await.map_err(|e| sto(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
@@ -310,8 +242,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMem)> {
-        self.read_applied()
-            .map_err(|e| sto(ErrorSubject::StateMachine, ErrorVerb::Read, e))
+        self.read_applied().map_err(|e| sto(ErrorSubject::StateMachine, ErrorVerb::Read, e))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>>
@@ -327,9 +258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             let reply = match &entry.payload {
                 EntryPayload::Blank => CommandResponse {
-                    result: Some(dtm_model::state::command_response::Result::Applied(
-                        Default::default(),
-                    )),
+                    result: Some(dtm_model::state::command_response::Result::Applied(Default::default())),
                 },
                 EntryPayload::Normal(cmd) => self
                     .inner
@@ -339,9 +268,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMem::new(Some(entry.log_id), m.clone()));
                     CommandResponse {
-                        result: Some(dtm_model::state::command_response::Result::Applied(
-                            Default::default(),
-                        )),
+                        result: Some(dtm_model::state::command_response::Result::Applied(Default::default())),
                     }
                 }
             };
@@ -353,15 +280,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             batch.insert(KEY_LAST_APPLIED, dtm_model::log_id_to_pb(l).encode_to_vec());
         }
         if let Some(m) = &membership {
-            batch.insert(
-                KEY_MEMBERSHIP,
-                dtm_model::stored_membership_to_pb(m).encode_to_vec(),
-            );
+            batch.insert(KEY_MEMBERSHIP, dtm_model::stored_membership_to_pb(m).encode_to_vec());
         }
         {
             let _g = self.lock();
-            tree.apply_batch(batch)
-                .map_err(|e| sto(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+            tree.apply_batch(batch).map_err(|e| sto(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         }
         Ok(replies)
     }
@@ -374,20 +297,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<()> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<()> {
         let data = snapshot.into_inner();
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        self.install(meta, &data)
-            .map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
-        self.store_snapshot(meta, &data)
-            .map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
-        self.flush()
-            .await
-            .map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
+        self.install(meta, &data).map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
+        self.store_snapshot(meta, &data).map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
+        self.flush().await.map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
         Ok(())
     }
@@ -402,17 +317,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let stored = pb::StoredSnapshot::decode(v.as_ref())
             .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         let meta_pb = stored.meta.ok_or_else(|| {
-            sto(
-                ErrorSubject::Snapshot(None),
-                ErrorVerb::Read,
-                StoreError::Invalid("snapshot without meta".into()),
-            )
+            sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, StoreError::Invalid("snapshot without meta".into()))
         })?;
         let meta = dtm_model::snapshot_meta_from_pb(meta_pb)
             .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }

@@ -19,12 +19,7 @@ use openraft::testing::Suite;
 struct NoopApplier;
 
 impl Applier for NoopApplier {
-    fn apply(
-        &self,
-        _txn: &mut Txn<'_>,
-        _log_id: &LogId,
-        _cmd: &Command,
-    ) -> Result<CommandResponse, StoreError> {
+    fn apply(&self, _txn: &mut Txn<'_>, _log_id: &LogId, _cmd: &Command) -> Result<CommandResponse, StoreError> {
         Ok(CommandResponse::default())
     }
 }
@@ -32,17 +27,10 @@ impl Applier for NoopApplier {
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
-        let dir = tempfile::tempdir().map_err(|e| StorageError::IO {
-            source: openraft::StorageIOError::read(&e),
-        })?;
-        let (log, sm, _reader) =
-            dtm_storage::open(dir.path(), &StoreOptions::default(), Arc::new(NoopApplier))
-                .map_err(|e| StorageError::IO {
-                    source: openraft::StorageIOError::read(&e),
-                })?;
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::IO { source: openraft::StorageIOError::read(&e) })?;
+        let (log, sm, _reader) = dtm_storage::open(dir.path(), &StoreOptions::default(), Arc::new(NoopApplier))
+            .map_err(|e| StorageError::IO { source: openraft::StorageIOError::read(&e) })?;
         Ok((dir, log, sm))
     }
 }

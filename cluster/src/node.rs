@@ -1,0 +1,424 @@
+//! A node's membership in the Raft group: starting openraft on the sled store, writing a command
+//! from any node (locally on the leader, forwarded over gRPC from a follower, retried across leader
+//! changes within a deadline), linearizable read barriers, membership changes and cluster status.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use dtm_model::NodeId;
+use dtm_model::NodeInfo;
+use dtm_model::Raft;
+use dtm_model::pb;
+use dtm_model::state;
+use dtm_storage::StateReader;
+use dtm_storage::StoreOptions;
+use openraft::ChangeMembers;
+use openraft::Config;
+use openraft::SnapshotPolicy;
+use openraft::error::CheckIsLeaderError;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use prost::Message;
+use serde::Serialize;
+
+use crate::applier::DtmApplier;
+use crate::batcher::Batcher;
+use crate::error::ClusterError;
+use crate::limits::*;
+use crate::network::Network;
+use crate::network::PeerPool;
+use crate::tls::NodeTls;
+
+/// Raft timing and snapshot options. Safety-relevant, so written out and validated at start-up.
+#[derive(Debug, Clone)]
+pub struct RaftOptions {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is built after this many log entries since the last one; the log behind a
+    /// snapshot is then purged (keeping `logs_kept_after_snapshot` entries for slow followers).
+    pub snapshot_after_logs: u64,
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for RaftOptions {
+    fn default() -> Self {
+        RaftOptions {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_after_logs: 5_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+}
+
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    pub node: NodeInfo,
+    pub data_dir: PathBuf,
+    pub tls: NodeTls,
+    pub raft: RaftOptions,
+    pub store: StoreOptions,
+}
+
+/// What `dtm cluster status` and `GET /api/v1/cluster` show.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub site: String,
+    pub http: String,
+    pub grpc: String,
+    pub voter: bool,
+    /// Last applied log index as the member reports it; `None` when it did not answer.
+    pub applied_index: Option<u64>,
+}
+
+/// Writes commands from any node: the leader proposes, a follower forwards.
+pub struct Writer {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) pool: Arc<PeerPool>,
+}
+
+impl Writer {
+    /// Proposes `cmd` and returns its result and log index once it is committed and applied on the
+    /// leader (and, on a follower, applied locally or `LOCAL_APPLY_WAIT` has passed). Retries across
+    /// leader changes within `WRITE_DEADLINE`; the client never sees "not leader".
+    pub async fn write(&self, cmd: state::Command) -> Result<(state::CommandResponse, u64), ClusterError> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let mut backoff = FORWARD_BACKOFF_MIN;
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(remaining, self.raft.client_write(cmd.clone())).await {
+                Err(_) => break,
+                Ok(Ok(resp)) => return Ok((resp.data, resp.log_id.index)),
+                Ok(Err(RaftError::Fatal(f))) => return Err(ClusterError::Stopped(f.to_string())),
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    return Err(ClusterError::BadRequest(e.to_string()));
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    if let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) {
+                        if leader != self.id {
+                            match self.forward(leader, &node, &cmd, remaining).await {
+                                Ok((resp, index)) => {
+                                    self.wait_applied(index, LOCAL_APPLY_WAIT).await;
+                                    return Ok((resp, index));
+                                }
+                                Err(e) => tracing::debug!(leader, error = %e, "forwarding failed; retrying"),
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(FORWARD_BACKOFF_MAX);
+        }
+        Err(ClusterError::Unavailable)
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        node: &NodeInfo,
+        cmd: &state::Command,
+        timeout: Duration,
+    ) -> Result<(state::CommandResponse, u64), ClusterError> {
+        let mut client =
+            self.pool.client(leader, &node.grpc_addr).map_err(|e| ClusterError::Internal(e.to_string()))?;
+        let req = pb::ProposeRequest { command: cmd.encode_to_vec() };
+        let resp = tokio::time::timeout(timeout, client.propose(req))
+            .await
+            .map_err(|_| ClusterError::Unavailable)?
+            .map_err(|s| ClusterError::Internal(format!("forward to leader {leader}: {}", s.message())))?
+            .into_inner();
+        let decoded = state::CommandResponse::decode(resp.response.as_slice())
+            .map_err(|e| ClusterError::Internal(format!("leader answered a malformed response: {e}")))?;
+        Ok((decoded, resp.log_index))
+    }
+
+    /// Waits until this node has applied `index`, at most `timeout`. Returns whether it has.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        self.raft.wait(Some(timeout)).applied_index_at_least(Some(index), "wait for local apply").await.is_ok()
+    }
+}
+
+/// One node of the cluster: the openraft instance, its store, and the write path.
+pub struct ClusterNode {
+    pub id: NodeId,
+    pub info: NodeInfo,
+    pub raft: Raft,
+    pub reader: StateReader,
+    pub writer: Arc<Writer>,
+    pub(crate) batcher: Batcher,
+    pub(crate) pool: Arc<PeerPool>,
+}
+
+impl ClusterNode {
+    /// Opens the store in `cfg.data_dir` and starts the Raft instance. The node's gRPC service
+    /// (`grpc_service`) must be served for it to take part in the cluster.
+    pub async fn start(cfg: ClusterConfig) -> Result<Arc<Self>, ClusterError> {
+        let raft_config = Config {
+            cluster_name: "dtm".into(),
+            heartbeat_interval: cfg.raft.heartbeat_interval_ms,
+            election_timeout_min: cfg.raft.election_timeout_min_ms,
+            election_timeout_max: cfg.raft.election_timeout_max_ms,
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: APPEND_ENTRIES_MAX,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_after_logs),
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            max_in_snapshot_log_to_keep: cfg.raft.logs_kept_after_snapshot,
+            purge_batch_size: 256,
+            replication_lag_threshold: 5_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::BadRequest(format!("raft options: {e}")))?;
+
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ClusterError::Internal(format!("data dir: {e}")))?;
+        let (log, sm, reader) = dtm_storage::open(&cfg.data_dir.join("store"), &cfg.store, Arc::new(DtmApplier))?;
+        let pool = PeerPool::new(cfg.tls.client_config());
+        let raft = Raft::new(cfg.node_id, Arc::new(raft_config), Network { pool: pool.clone() }, log, sm)
+            .await
+            .map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        let writer = Arc::new(Writer { id: cfg.node_id, raft: raft.clone(), pool: pool.clone() });
+        let batcher = Batcher::start(writer.clone());
+        Ok(Arc::new(ClusterNode { id: cfg.node_id, info: cfg.node, raft, reader, writer, batcher, pool }))
+    }
+
+    /// Makes this fresh node the single voter of a new cluster. A node that already has state (a
+    /// vote, a log or a membership) ignores the call and answers `false`.
+    pub async fn bootstrap(&self) -> Result<bool, ClusterError> {
+        if self.raft.is_initialized().await.map_err(|e| ClusterError::Stopped(e.to_string()))? {
+            return Ok(false);
+        }
+        let members = std::collections::BTreeMap::from([(self.id, self.info.clone())]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
+            Err(e) => Err(ClusterError::Internal(e.to_string())),
+        }
+    }
+
+    /// Proposes a command (catalog changes and the like) and waits for its result.
+    pub async fn write(&self, cmd: state::Command) -> Result<(state::CommandResponse, u64), ClusterError> {
+        self.writer.write(cmd).await
+    }
+
+    /// Hands a submission to the group-commit batcher and waits for its committed result.
+    pub async fn submit(&self, sub: state::Submission) -> Result<state::SubmissionResult, ClusterError> {
+        self.batcher.submit(sub).await
+    }
+
+    /// Waits until this node has applied everything committed before the call (read index): reads
+    /// that follow are linearizable. Returns the index the reads reflect at least.
+    pub async fn linearizable_barrier(&self) -> Result<u64, ClusterError> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let mut backoff = FORWARD_BACKOFF_MIN;
+        while Instant::now() < deadline {
+            let read_index = match self.raft.get_read_log_id().await {
+                Ok((read, _)) => Some(read.map(|l| l.index).unwrap_or(0)),
+                Err(RaftError::Fatal(f)) => return Err(ClusterError::Stopped(f.to_string())),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    match (f.leader_id, f.leader_node) {
+                        (Some(l), Some(n)) if l != self.id => self.remote_read_index(l, &n).await.ok(),
+                        _ => None,
+                    }
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => None,
+            };
+            if let Some(index) = read_index {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if self.writer.wait_applied(index, remaining).await {
+                    return Ok(index);
+                }
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(FORWARD_BACKOFF_MAX);
+        }
+        Err(ClusterError::Unavailable)
+    }
+
+    async fn remote_read_index(&self, leader: NodeId, node: &NodeInfo) -> Result<u64, ClusterError> {
+        let mut c = self.pool.client(leader, &node.grpc_addr).map_err(|e| ClusterError::Internal(e.to_string()))?;
+        let r = tokio::time::timeout(WRITE_DEADLINE, c.read_index(pb::ReadIndexRequest {}))
+            .await
+            .map_err(|_| ClusterError::Unavailable)?
+            .map_err(|_| ClusterError::Unavailable)?;
+        Ok(r.into_inner().read_index)
+    }
+
+    /// The last log index applied on this node.
+    pub fn applied_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0)
+    }
+
+    /// True once the node belongs to a cluster that has a leader it knows of.
+    pub fn is_ready(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader.is_some() && m.membership_config.membership().get_node(&self.id).is_some()
+    }
+
+    fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node))
+    }
+
+    /// Runs a membership change on the leader, locally or over gRPC, retrying across leader changes.
+    async fn on_leader<L, LF, R, RF>(&self, local: L, remote: R) -> Result<u64, ClusterError>
+    where
+        L: Fn(Raft) -> LF,
+        LF: std::future::Future<Output = Result<u64, RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>>>,
+        R: Fn(pb::raft_service_client::RaftServiceClient<tonic::transport::Channel>) -> RF,
+        RF: std::future::Future<Output = Result<tonic::Response<pb::MembershipResponse>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + LEARNER_CATCH_UP_DEADLINE;
+        let mut backoff = FORWARD_BACKOFF_MIN;
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            if Instant::now() > deadline {
+                break;
+            }
+            match self.leader() {
+                Some((l, _)) if l == self.id => match local(self.raft.clone()).await {
+                    Ok(i) => return Ok(i),
+                    Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                        return Err(ClusterError::BadRequest(e.to_string()));
+                    }
+                    Err(RaftError::Fatal(f)) => return Err(ClusterError::Stopped(f.to_string())),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
+                },
+                Some((l, node)) => {
+                    let client =
+                        self.pool.client(l, &node.grpc_addr).map_err(|e| ClusterError::Internal(e.to_string()))?;
+                    match remote(client).await {
+                        Ok(r) => return Ok(r.into_inner().log_index),
+                        Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                            return Err(ClusterError::BadRequest(s.message().to_string()));
+                        }
+                        Err(s) => {
+                            tracing::debug!(leader = l, error = %s.message(), "membership change on leader failed; retrying")
+                        }
+                    }
+                }
+                None => {}
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(FORWARD_BACKOFF_MAX);
+        }
+        Err(ClusterError::Unavailable)
+    }
+
+    /// Adds a running, empty node as a learner and waits until it has caught up with the log.
+    pub async fn add_learner(&self, id: NodeId, node: NodeInfo) -> Result<u64, ClusterError> {
+        let pbnode = dtm_model::node_to_pb(&node);
+        self.on_leader(
+            |raft| {
+                let node = node.clone();
+                async move { raft.add_learner(id, node, true).await.map(|r| r.log_id.index) }
+            },
+            |mut c| {
+                let req = pb::AddLearnerRequest { node_id: id, node: Some(pbnode.clone()) };
+                async move { c.add_learner(req).await }
+            },
+        )
+        .await
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn promote(&self, id: NodeId) -> Result<u64, ClusterError> {
+        self.on_leader(
+            |raft| async move {
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                    .await
+                    .map(|r| r.log_id.index)
+            },
+            |mut c| async move { c.promote(pb::PromoteRequest { node_id: id }).await },
+        )
+        .await
+    }
+
+    /// Removes a member (voter or learner) from the cluster.
+    pub async fn remove(&self, id: NodeId) -> Result<u64, ClusterError> {
+        self.on_leader(
+            |raft| async move { remove_member(&raft, id).await },
+            |mut c| async move { c.remove_node(pb::RemoveNodeRequest { node_id: id }).await },
+        )
+        .await
+    }
+
+    /// The cluster as this node sees it, with each member's own applied index (asked over gRPC,
+    /// briefly; a member that does not answer shows `None`).
+    pub async fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let asks = membership.nodes().map(|(id, node)| {
+            let id = *id;
+            let client = if id == self.id { None } else { self.pool.client(id, &node.grpc_addr).ok() };
+            async move {
+                let mut c = client?;
+                let ask = c.node_status(pb::NodeStatusRequest {});
+                let r = tokio::time::timeout(Duration::from_millis(500), ask).await.ok()?.ok()?;
+                Some(r.into_inner().applied_index)
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let members = membership
+            .nodes()
+            .zip(answers)
+            .map(|((id, node), answer)| MemberStatus {
+                id: *id,
+                site: node.site.clone(),
+                http: node.http_addr.clone(),
+                grpc: node.grpc_addr.clone(),
+                voter: voters.contains(id),
+                applied_index: if *id == self.id { m.last_applied.map(|l| l.index) } else { answer },
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.id,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            commit_index: m.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// Stops Raft; the store is flushed by sled when the last handle drops.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+pub(crate) async fn remove_member(
+    raft: &Raft,
+    id: NodeId,
+) -> Result<u64, RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> {
+    let is_voter = raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+    let change = if is_voter {
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    raft.change_membership(change, false).await.map(|r| r.log_id.index)
+}

@@ -1,0 +1,66 @@
+//! The key layout of the application tables. Every key starts with a short ASCII table name and a
+//! `/`; numbers are big-endian so that keys sort in log order. Ids are restricted at the API to
+//! characters other than NUL, which separates the parts of compound keys.
+
+pub const SOURCE: &[u8] = b"src/";
+pub const API_KEY: &[u8] = b"key/";
+pub const ADMIN_TOKEN: &[u8] = b"adm/";
+pub const DATASET: &[u8] = b"ds/";
+pub const RECORD: &[u8] = b"rec/";
+pub const RECORD_ID: &[u8] = b"rid/";
+pub const IDEMPOTENCY: &[u8] = b"idem/";
+pub const RECORD_COUNT: &[u8] = b"cnt/";
+
+fn join(table: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = table.to_vec();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+pub fn source(id: &str) -> Vec<u8> {
+    join(SOURCE, &[id.as_bytes()])
+}
+
+pub fn api_key(key_id: &str) -> Vec<u8> {
+    join(API_KEY, &[key_id.as_bytes()])
+}
+
+pub fn admin_token(token_id: &str) -> Vec<u8> {
+    join(ADMIN_TOKEN, &[token_id.as_bytes()])
+}
+
+pub fn dataset(id: &str) -> Vec<u8> {
+    join(DATASET, &[id.as_bytes()])
+}
+
+/// Records of a dataset in commit order: `rec/<dataset>\0<index be64><position be32>`.
+pub fn record(dataset: &str, index: u64, position: u32) -> Vec<u8> {
+    let mut k = records_of(dataset);
+    k.extend_from_slice(&index.to_be_bytes());
+    k.extend_from_slice(&position.to_be_bytes());
+    k
+}
+
+/// The prefix under which all records of a dataset lie.
+pub fn records_of(dataset: &str) -> Vec<u8> {
+    let mut k = join(RECORD, &[dataset.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn record_id(id: &str) -> Vec<u8> {
+    join(RECORD_ID, &[id.as_bytes()])
+}
+
+pub fn idempotency(source: &str, key: &str) -> Vec<u8> {
+    join(IDEMPOTENCY, &[source.as_bytes(), key.as_bytes()])
+}
+
+pub fn record_count(dataset: &str) -> Vec<u8> {
+    join(RECORD_COUNT, &[dataset.as_bytes()])
+}
