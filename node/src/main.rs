@@ -1,1 +1,199 @@
-fn main() {}
+//! `dtm`: the one binary of the DTM cluster. `serve` runs a node; `demo` runs a local three-node
+//! cluster with sample data; `certs`, `cluster` and `bench` are operator tools. Only this crate knows
+//! axum and clap; everything below it is in `dtm-cluster`, `dtm-storage` and `dtm-model`.
+
+mod api;
+mod bench;
+mod certs;
+mod client;
+mod config;
+mod demo;
+mod limits;
+mod server;
+mod tls;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "dtm", version, about = "DTM: national e-transaction data cluster (Circular 12/2025/TT-BKHCN)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node.
+    Serve(config::ServeArgs),
+    /// Certificates for HTTPS and node-to-node mutual TLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Inspect and change cluster membership.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// A local cluster on 127.0.0.1 with demo sources and data, until Ctrl-C.
+    Demo(demo::DemoArgs),
+    /// Load generator: single-record posts at several concurrency levels, and failover time.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// A CA and a certificate and key per node.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Extra host names or IPs for every node certificate.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Leader, term and members with site, role, addresses and applied index.
+    Status {
+        #[command(flatten)]
+        target: client::Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a running, empty node as a learner; with --voter promote it once caught up.
+    AddNode {
+        #[command(flatten)]
+        target: client::Target,
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        http_addr: String,
+        #[arg(long)]
+        grpc_addr: String,
+        #[arg(long, default_value = "default")]
+        site: String,
+        #[arg(long)]
+        voter: bool,
+    },
+    /// Remove a member; the cluster keeps serving.
+    RemoveNode {
+        #[command(flatten)]
+        target: client::Target,
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DTM_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,hyper=warn,tower_http=warn")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tls::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            let (opts, http_addr, grpc_addr) = config::resolve(args)?;
+            let http = tokio::net::TcpListener::bind(&http_addr)
+                .await
+                .with_context(|| format!("binding HTTPS on {http_addr}"))?;
+            let grpc = tokio::net::TcpListener::bind(&grpc_addr)
+                .await
+                .with_context(|| format!("binding gRPC on {grpc_addr}"))?;
+            server::serve(opts, http, grpc, shutdown_signal()).await
+        }
+        Command::Certs { command: CertsCommand::Init { dir, nodes, hosts } } => {
+            certs::init(&dir, nodes, &hosts)?;
+            println!("CA and {nodes} node certificates in {}", dir.display());
+            Ok(())
+        }
+        Command::Cluster { command } => cluster_command(command).await,
+        Command::Demo(args) => {
+            init_tracing();
+            demo::run(args).await
+        }
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { target, json } => {
+            let c = client::Client::from_target(&target)?;
+            let v = c.expect(Method::GET, "/api/v1/cluster", None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("leader: {}   term: {}", v["leader_id"], v["term"]);
+            println!("{:<4} {:<10} {:<8} {:<22} {:<22} {:>10}", "ID", "SITE", "ROLE", "HTTPS", "GRPC", "APPLIED");
+            for m in v["members"].as_array().into_iter().flatten() {
+                let role = if m["voter"].as_bool().unwrap_or(false) { "voter" } else { "learner" };
+                let leader = if m["id"] == v["leader_id"] { "*" } else { "" };
+                let applied = m["applied_index"].as_u64().map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<4} {:<10} {:<8} {:<22} {:<22} {:>10}",
+                    format!("{}{leader}", m["id"]),
+                    m["site"].as_str().unwrap_or(""),
+                    role,
+                    m["http"].as_str().unwrap_or(""),
+                    m["grpc"].as_str().unwrap_or(""),
+                    applied
+                );
+            }
+            Ok(())
+        }
+        ClusterCommand::AddNode { target, id, http_addr, grpc_addr, site, voter } => {
+            let c = client::Client::from_target(&target)?;
+            let body = json!({"id": id, "http_addr": http_addr, "grpc_addr": grpc_addr, "site": site, "voter": voter});
+            let v = c.expect(Method::POST, "/api/v1/cluster/nodes", Some(&body)).await?;
+            println!(
+                "node {id} added as {} (commit index {})",
+                if voter { "voter" } else { "learner" },
+                v["commit_index"]
+            );
+            Ok(())
+        }
+        ClusterCommand::RemoveNode { target, id } => {
+            let c = client::Client::from_target(&target)?;
+            let v = c.expect(Method::DELETE, &format!("/api/v1/cluster/nodes/{id}"), None).await?;
+            println!("node {id} removed (commit index {})", v["commit_index"]);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The API's error type and the one place where errors become HTTP statuses. Clients get a stable
+//! code and a message about *their* request; internal causes are logged, never sent.
+
+use axum::Json;
+use axum::http::HeaderValue;
+use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use dtm_cluster::ClusterError;
+use serde_json::Value;
+use serde_json::json;
+
+use crate::limits::RETRY_AFTER_SECONDS;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Vec<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), details: Vec::new() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    pub fn unprocessable(message: impl Into<String>, details: Vec<Value>) -> Self {
+        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, code: "invalid_records", message: message.into(), details }
+    }
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        let id = uuid::Uuid::new_v4();
+        tracing::error!(error_id = %id, error = %cause, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("internal error (reference {id})"))
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::Unavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the cluster cannot commit right now (no quorum); retry",
+            ),
+            ClusterError::Overloaded => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", "this node is at capacity; retry")
+            }
+            ClusterError::Rejected { code, message } => rejected(&code, message),
+            ClusterError::BadRequest(m) => Self::bad_request(m),
+            ClusterError::Stopped(m) => {
+                tracing::warn!(cause = %m, "request during shutdown");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "this node is shutting down; retry on another node",
+                )
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+/// Maps a deterministic rejection from the state machine to a status.
+pub fn rejected(code: &str, message: String) -> ApiError {
+    match code {
+        "conflict" => ApiError::conflict(message),
+        "idempotency_conflict" => ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", message),
+        "not_found" => ApiError::not_found(message),
+        "unknown_dataset" => ApiError::new(StatusCode::NOT_FOUND, "unknown_dataset", message),
+        "unknown_source" => ApiError::new(StatusCode::UNAUTHORIZED, "unknown_source", message),
+        _ => ApiError::bad_request(message),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
+        let mut resp = (self.status, Json(body)).into_response();
+        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

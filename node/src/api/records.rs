@@ -1,0 +1,196 @@
+//! Real-time ingest (`POST /datasets/{id}/records`) and reading records back (`GET`).
+//!
+//! A submission is all-or-nothing: the whole body is checked before anything is proposed, and all
+//! its records go into one log entry. The answer is 201 only after a quorum has committed it.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::extract::Query;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::HeaderValue;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use dtm_cluster::tables;
+use dtm_model::state;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::json;
+use sha2::Digest;
+use sha2::Sha256;
+
+use super::AppState;
+use super::auth;
+use super::error::ApiError;
+use super::error::ApiResult;
+use super::error::rejected;
+use crate::limits::*;
+
+fn unknown_dataset(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "unknown_dataset", format!("dataset `{id}` is not defined"))
+}
+
+/// Whether the dataset exists, looking again after a read barrier when this node has not seen it
+/// (it may have been defined through another node a moment ago).
+async fn dataset_exists(state: &AppState, id: &str) -> ApiResult<bool> {
+    let key = tables::dataset(id);
+    if state.node.reader.get(&key).map_err(ApiError::internal)?.is_some() {
+        return Ok(true);
+    }
+    state.node.linearizable_barrier().await?;
+    Ok(state.node.reader.get(&key).map_err(ApiError::internal)?.is_some())
+}
+
+pub async fn post_records(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(dataset): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    let (source, _key_id) = auth::require_source(&state, &headers).await?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+            if k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX || k.starts_with("auto:") {
+                return Err(ApiError::bad_request(format!(
+                    "Idempotency-Key must be 1-{IDEMPOTENCY_KEY_BYTES_MAX} characters and not start with `auto:`"
+                )));
+            }
+            Some(k.to_string())
+        }
+    };
+    if !super::valid_id(&dataset) || !dataset_exists(&state, &dataset).await? {
+        return Err(unknown_dataset(&dataset));
+    }
+    let bytes = super::read_body(&headers, body, RECORDS_BODY_BYTES_MAX).await?;
+    let value = super::parse_json(&headers, &bytes)?;
+    let items = match value {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        _ => return Err(ApiError::bad_request("the body must be a JSON object or an array of objects")),
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request("the array holds no records"));
+    }
+    if items.len() > RECORDS_PER_REQUEST_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_records",
+            format!("at most {RECORDS_PER_REQUEST_MAX} records per request; use a batch upload for more"),
+        ));
+    }
+    let problems: Vec<Value> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_object())
+        .map(|(i, _)| json!({"record": i, "field": "", "message": "a record must be a JSON object"}))
+        .collect();
+    if !problems.is_empty() {
+        return Err(ApiError::unprocessable("some records are invalid; nothing was stored", problems));
+    }
+    let mut fingerprint = Sha256::new();
+    fingerprint.update(dataset.as_bytes());
+    fingerprint.update([0]);
+    fingerprint.update(&bytes);
+    let records = items
+        .iter()
+        .map(|v| state::RecordIn { id: uuid::Uuid::new_v4().to_string(), payload_json: v.to_string().into_bytes() })
+        .collect();
+    let request_id = super::request_id(&headers);
+    let submission = state::Submission {
+        dataset: dataset.clone(),
+        source,
+        // Every submission carries a key: the client's, or one made here, so that an internal retry
+        // after a leader change can never store the records twice.
+        idempotency_key: idempotency_key.clone().unwrap_or_else(|| format!("auto:{}", uuid::Uuid::new_v4())),
+        fingerprint: fingerprint.finalize().to_vec(),
+        request_id,
+        received_at_ms: super::now_ms(),
+        received_on_node: state.node.id,
+        records,
+    };
+    let result = state.node.submit(submission).await?;
+    if !result.error_code.is_empty() {
+        return Err(rejected(&result.error_code, result.error_message));
+    }
+    let body = json!({"accepted": result.ids.len(), "ids": result.ids, "commit_index": result.commit_index});
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    if result.replayed {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+pub struct ReadQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+    consistency: Option<String>,
+}
+
+pub async fn get_records(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(dataset): Path<String>,
+    Query(q): Query<ReadQuery>,
+) -> ApiResult<Json<Value>> {
+    let principal = auth::authenticate(&state, &headers).await?;
+    if !matches!(principal, auth::Principal::Admin { .. }) {
+        return Err(ApiError::forbidden("reading records needs an analyst or admin credential"));
+    }
+    match q.consistency.as_deref() {
+        None | Some("local") => {}
+        Some("linearizable") => {
+            state.node.linearizable_barrier().await?;
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("unknown consistency `{other}` (local or linearizable)")));
+        }
+    }
+    let as_of_index = state.node.applied_index();
+    if !super::valid_id(&dataset)
+        || state.node.reader.get(&tables::dataset(&dataset)).map_err(ApiError::internal)?.is_none()
+    {
+        return Err(unknown_dataset(&dataset));
+    }
+    let limit = q.limit.unwrap_or(RECORDS_PAGE_DEFAULT).clamp(1, RECORDS_PAGE_MAX);
+    let prefix = tables::records_of(&dataset);
+    let after = match &q.after {
+        None => None,
+        Some(c) => {
+            let suffix = hex::decode(c)
+                .ok()
+                .filter(|s| s.len() == 12)
+                .ok_or_else(|| ApiError::bad_request("`after` is not a cursor from a previous page"))?;
+            let mut k = prefix.clone();
+            k.extend_from_slice(&suffix);
+            Some(k)
+        }
+    };
+    let rows = state.node.reader.scan(&prefix, after.as_deref(), limit + 1).map_err(ApiError::internal)?;
+    let more = rows.len() > limit;
+    let mut records = Vec::with_capacity(limit);
+    let mut last_key = None;
+    for (k, v) in rows.into_iter().take(limit) {
+        let r: state::StoredRecord = prost::Message::decode(v.as_slice()).map_err(ApiError::internal)?;
+        let data: Value = serde_json::from_slice(&r.payload_json).map_err(ApiError::internal)?;
+        records.push(json!({
+            "id": r.id, "source": r.source, "commit_index": r.commit_index,
+            "received_at_ms": r.received_at_ms, "data": data,
+        }));
+        last_key = Some(k);
+    }
+    let next = if more { last_key.map(|k| hex::encode(&k[prefix.len()..])) } else { None };
+    let total = state
+        .node
+        .reader
+        .get(&tables::record_count(&dataset))
+        .map_err(ApiError::internal)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    Ok(Json(json!({"dataset": dataset, "as_of_index": as_of_index, "total": total, "records": records, "next": next})))
+}

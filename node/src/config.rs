@@ -1,0 +1,146 @@
+//! `dtm serve` configuration: a TOML file (`--config`), overridden by `DTM_*` environment variables,
+//! overridden by flags. Safety-relevant options (Raft timing, snapshot policy, cache size) are
+//! explicit and validated at start-up.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use anyhow::bail;
+use dtm_cluster::RaftOptions;
+use dtm_storage::StoreOptions;
+use serde::Deserialize;
+
+use crate::server::ServeOptions;
+use crate::tls::TlsFiles;
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file; flags and DTM_* variables override it.
+    #[arg(long, env = "DTM_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "DTM_NODE_ID")]
+    pub node_id: Option<u64>,
+    #[arg(long, env = "DTM_SITE")]
+    pub site: Option<String>,
+    #[arg(long, env = "DTM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTPS listen address, host:port (port 0 picks a free port; see DATA_DIR/node.json).
+    #[arg(long, env = "DTM_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// gRPC listen address (node-to-node and source ingest), host:port.
+    #[arg(long, env = "DTM_GRPC_ADDR")]
+    pub grpc_addr: Option<String>,
+    /// Directory with ca.pem, node-<id>.pem and node-<id>-key.pem.
+    #[arg(long, env = "DTM_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Make this fresh node the first member of a new cluster (ignored when it has state).
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// Address others use to reach the HTTPS API (default: the bound address).
+    #[arg(long, env = "DTM_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+    /// Address others use to reach the gRPC port (default: the bound address).
+    #[arg(long, env = "DTM_ADVERTISE_GRPC")]
+    pub advertise_grpc: Option<String>,
+    #[arg(long, env = "DTM_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    #[arg(long, env = "DTM_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    #[arg(long, env = "DTM_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot (and purge the log behind it) after this many entries.
+    #[arg(long, env = "DTM_SNAPSHOT_AFTER_LOGS")]
+    pub snapshot_after_logs: Option<u64>,
+    #[arg(long, env = "DTM_CACHE_CAPACITY_BYTES")]
+    pub cache_capacity_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    site: Option<String>,
+    data_dir: Option<PathBuf>,
+    http_addr: Option<String>,
+    grpc_addr: Option<String>,
+    tls_dir: Option<PathBuf>,
+    bootstrap: Option<bool>,
+    advertise_http: Option<String>,
+    advertise_grpc: Option<String>,
+    #[serde(default)]
+    raft: FileRaft,
+    cache_capacity_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileRaft {
+    heartbeat_interval_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    snapshot_after_logs: Option<u64>,
+    logs_kept_after_snapshot: Option<u64>,
+}
+
+/// Merges file and flags; returns the options and the two listen addresses.
+pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)> {
+    let file: FileConfig = match &args.config {
+        None => FileConfig::default(),
+        Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+            .with_context(|| format!("parsing {}", p.display()))?,
+    };
+    let node_id = args.node_id.or(file.node_id).context("--node-id is required")?;
+    if node_id == 0 {
+        bail!("--node-id must be a positive integer");
+    }
+    let data_dir = args.data_dir.or(file.data_dir).context("--data-dir is required")?;
+    let tls_dir = args.tls_dir.or(file.tls_dir).context("--tls-dir is required")?;
+    let http_addr = args.http_addr.or(file.http_addr).unwrap_or_else(|| "127.0.0.1:8443".into());
+    let grpc_addr = args.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| "127.0.0.1:8543".into());
+    let d = RaftOptions::default();
+    let raft = RaftOptions {
+        heartbeat_interval_ms: args
+            .heartbeat_interval_ms
+            .or(file.raft.heartbeat_interval_ms)
+            .unwrap_or(d.heartbeat_interval_ms),
+        election_timeout_min_ms: args
+            .election_timeout_min_ms
+            .or(file.raft.election_timeout_min_ms)
+            .unwrap_or(d.election_timeout_min_ms),
+        election_timeout_max_ms: args
+            .election_timeout_max_ms
+            .or(file.raft.election_timeout_max_ms)
+            .unwrap_or(d.election_timeout_max_ms),
+        snapshot_after_logs: args
+            .snapshot_after_logs
+            .or(file.raft.snapshot_after_logs)
+            .unwrap_or(d.snapshot_after_logs),
+        logs_kept_after_snapshot: file.raft.logs_kept_after_snapshot.unwrap_or(d.logs_kept_after_snapshot),
+    };
+    if raft.heartbeat_interval_ms * 2 > raft.election_timeout_min_ms
+        || raft.election_timeout_min_ms >= raft.election_timeout_max_ms
+    {
+        bail!("raft timing: need heartbeat_interval_ms * 2 <= election_timeout_min_ms < election_timeout_max_ms");
+    }
+    if raft.snapshot_after_logs == 0 {
+        bail!("snapshot_after_logs must be positive");
+    }
+    let store = StoreOptions {
+        cache_capacity_bytes: args
+            .cache_capacity_bytes
+            .or(file.cache_capacity_bytes)
+            .unwrap_or(StoreOptions::default().cache_capacity_bytes),
+    };
+    let opts = ServeOptions {
+        node_id,
+        site: args.site.or(file.site).unwrap_or_else(|| "default".into()),
+        tls: TlsFiles::in_dir(&tls_dir, node_id),
+        data_dir,
+        bootstrap: args.bootstrap || file.bootstrap.unwrap_or(false),
+        advertise_http: args.advertise_http.or(file.advertise_http),
+        advertise_grpc: args.advertise_grpc.or(file.advertise_grpc),
+        raft,
+        store,
+    };
+    Ok((opts, http_addr, grpc_addr))
+}

@@ -1,0 +1,217 @@
+//! Runs one node: the Raft member (`dtm-cluster`), its gRPC port (node-to-node, mutual TLS) and its
+//! HTTPS API. Entry point `serve` takes already-bound listeners and a shutdown future, so tests
+//! bind port 0 and stop nodes cleanly; every accept loop selects on the same shutdown signal.
+
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dtm_cluster::ClusterConfig;
+use dtm_cluster::ClusterNode;
+use dtm_cluster::RaftOptions;
+use dtm_model::NodeInfo;
+use dtm_model::state;
+use dtm_storage::StoreOptions;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::api;
+use crate::limits::*;
+use crate::tls::TlsFiles;
+
+/// Everything `dtm serve` needs, after flags, environment and config file are merged.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub node_id: u64,
+    pub site: String,
+    pub data_dir: PathBuf,
+    pub tls: TlsFiles,
+    pub bootstrap: bool,
+    /// Addresses other nodes and clients use; default: the bound addresses.
+    pub advertise_http: Option<String>,
+    pub advertise_grpc: Option<String>,
+    pub raft: RaftOptions,
+    pub store: StoreOptions,
+}
+
+/// Writes `contents` to `path` atomically (temp file + rename) with `mode`.
+pub fn write_private(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub async fn serve(
+    opts: ServeOptions,
+    http: TcpListener,
+    grpc: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let node_tls = opts.tls.read()?;
+    let https_cfg = crate::tls::https_server_config(&node_tls)?;
+    let http_addr = http.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
+    let info = NodeInfo {
+        http_addr: opts.advertise_http.clone().unwrap_or_else(|| http_addr.to_string()),
+        grpc_addr: opts.advertise_grpc.clone().unwrap_or_else(|| grpc_addr.to_string()),
+        site: opts.site.clone(),
+    };
+    let node = ClusterNode::start(ClusterConfig {
+        node_id: opts.node_id,
+        node: info.clone(),
+        data_dir: opts.data_dir.clone(),
+        tls: node_tls.clone(),
+        raft: opts.raft.clone(),
+        store: opts.store.clone(),
+    })
+    .await
+    .context("starting the Raft node")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let grpc_task = {
+        let mut stop = stop_rx.clone();
+        let svc = dtm_cluster::grpc_server(node.raft.clone());
+        let server = tonic::transport::Server::builder()
+            .tls_config(node_tls.server_config())
+            .context("gRPC TLS configuration")?
+            .timeout(Duration::from_secs(60))
+            .add_service(svc);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server.serve_with_incoming_shutdown(incoming, stopped).await {
+                tracing::error!(error = %e, "gRPC server stopped");
+            }
+        })
+    };
+
+    let facts = serde_json::json!({
+        "node_id": opts.node_id, "pid": std::process::id(), "site": opts.site,
+        "http": format!("https://{}", info.http_addr), "http_addr": info.http_addr, "grpc_addr": info.grpc_addr,
+    });
+    write_private(&opts.data_dir.join("node.json"), &facts.to_string(), 0o644)?;
+    tracing::info!(node_id = opts.node_id, http = %info.http_addr, grpc = %info.grpc_addr, site = %opts.site, "node serving");
+
+    if opts.bootstrap {
+        let node = node.clone();
+        let dir = opts.data_dir.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bootstrap(&node, &dir).await {
+                tracing::error!(error = %e, "bootstrap failed");
+            }
+        });
+    }
+
+    serve_https(api::router(api::AppState { node: node.clone() }), http, TlsAcceptor::from(https_cfg), stop_rx.clone())
+        .await;
+    let _ = grpc_task.await;
+    node.shutdown().await;
+    tracing::info!(node_id = opts.node_id, "node stopped");
+    Ok(())
+}
+
+/// Makes a fresh node the first member of a new cluster and writes the first admin token to
+/// `DATA_DIR/admin-token` (0600). A node that already has state does not re-initialise; it only
+/// finishes an interrupted bootstrap (no token file and no admin token in the cluster yet).
+async fn bootstrap(node: &Arc<ClusterNode>, data_dir: &Path) -> anyhow::Result<()> {
+    let token_file = data_dir.join("admin-token");
+    if !node.bootstrap().await? {
+        tracing::info!("node already has state; --bootstrap ignored");
+    }
+    if token_file.exists() {
+        return Ok(());
+    }
+    node.raft
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.current_leader.is_some(), "a leader after bootstrap")
+        .await
+        .context("no leader after bootstrap")?;
+    node.linearizable_barrier().await?;
+    if !node.reader.scan(dtm_cluster::tables::ADMIN_TOKEN, None, 1)?.is_empty() {
+        tracing::warn!("cluster already has admin tokens; not issuing a bootstrap token");
+        return Ok(());
+    }
+    let issued = api::auth::issue_admin_token();
+    let token = state::AdminToken {
+        token_id: issued.id.clone(),
+        secret_sha256: issued.secret_sha256.clone(),
+        created_at_ms: api::now_ms(),
+        label: "bootstrap".into(),
+    };
+    let cmd = state::Command {
+        version: dtm_model::COMMAND_SET_VERSION,
+        proposed_at_ms: api::now_ms(),
+        origin_node: node.id,
+        kind: Some(state::command::Kind::IssueAdminToken(state::IssueAdminToken { token: Some(token) })),
+    };
+    node.write(cmd).await?;
+    write_private(&token_file, &issued.secret_text, 0o600)?;
+    tracing::info!(path = %token_file.display(), "bootstrap admin token written");
+    Ok(())
+}
+
+async fn serve_https(
+    router: axum::Router,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX));
+    loop {
+        let permit = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (tcp, _peer) = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let svc = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // Plain HTTP, a bad handshake or a silent client ends here, before any request is read.
+            let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else { return };
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            let _ = watcher.watch(conn.into_owned()).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("connections still open after the shutdown grace period"),
+    }
+}
