@@ -1,5 +1,187 @@
-pub async fn run(_a: BenchArgs) -> anyhow::Result<()> {
+//! `dtm bench`: a load generator against a running cluster (a `demo.json`). For each concurrency
+//! level it runs that many clients, each with its own HTTPS connection, posting one record per
+//! request round-robin over the nodes for a fixed time, and reports records/s and p50/p99/max
+//! latency. `--failover` then kills the leader with SIGKILL under load, measures the time until the
+//! first write that started after the kill succeeds, and restarts the killed node with its `cmd`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use reqwest::Method;
+use serde_json::Value;
+use serde_json::json;
+
+use crate::client::Client;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// The cluster to load (a demo.json).
+    #[arg(long, default_value = "dtm-demo/demo.json")]
+    pub cluster: PathBuf,
+    /// Concurrency levels to run, in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,500")]
+    pub clients: Vec<usize>,
+    /// Seconds of load per level (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Payload bytes per record (a padding field).
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
+    /// Also measure failover time: kill -9 the leader under load, then restart it.
+    #[arg(long)]
+    pub failover: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+struct Level {
+    clients: usize,
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let demo: Value = serde_json::from_slice(&std::fs::read(&args.cluster).with_context(|| format!("reading {}", args.cluster.display()))?)?;
+    let admin = Client::from_target(&crate::client::Target { nodes: vec![], ca_cert: None, token: None, cluster: Some(args.cluster.clone()) })?;
+    let ca_pem = std::fs::read(demo["ca_cert"].as_str().context("demo.json has no ca_cert")?)?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let dataset = format!("bench_{run_id}");
+    admin
+        .expect(Method::POST, "/api/v1/datasets", Some(&json!({"id": dataset, "title": "benchmark", "schema": {"type": "object"}})))
+        .await?;
+    let src = admin.expect(Method::POST, "/api/v1/sources", Some(&json!({"id": format!("bench-{run_id}"), "name": "benchmark"}))).await?;
+    let key = src["api_key"].as_str().context("no api_key")?.to_string();
+    let urls = admin.nodes.clone();
+    let padding = "x".repeat(args.payload_bytes);
+
+    println!("{:>8} {:>12} {:>10} {:>10} {:>10} {:>8}", "clients", "records/s", "p50 ms", "p99 ms", "max ms", "errors");
+    let mut results = Vec::new();
+    for &c in &args.clients {
+        let level = load(&ca_pem, &urls, &key, &dataset, &padding, c, Duration::from_secs(args.duration_secs)).await?;
+        let rate = level.ok as f64 / level.elapsed.as_secs_f64();
+        let ms = |q: f64| level.hist.value_at_quantile(q) as f64 / 1000.0;
+        println!("{:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8}", c, rate, ms(0.5), ms(0.99), level.hist.max() as f64 / 1000.0, level.errors);
+        results.push(json!({"clients": level.clients, "records_per_s": rate, "p50_ms": ms(0.5), "p99_ms": ms(0.99),
+            "max_ms": level.hist.max() as f64 / 1000.0, "ok": level.ok, "errors": level.errors}));
+    }
+    let mut report = json!({"dataset": dataset, "levels": results});
+    if args.failover {
+        let ms = failover(&admin, &demo, &ca_pem, &urls, &key, &dataset, &padding).await?;
+        println!("failover: leader killed -> first successful write in {ms:.0} ms");
+        report["failover_ms"] = json!(ms);
+    }
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
+    }
     Ok(())
 }
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+
+#[allow(clippy::too_many_arguments)]
+async fn load(ca_pem: &[u8], urls: &[String], key: &str, dataset: &str, padding: &str, clients: usize, duration: Duration) -> anyhow::Result<Level> {
+    let warmup = Duration::from_secs(1);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        // Its own client per task: one connection each, like independent source systems.
+        let http = crate::tls::https_client(ca_pem)?;
+        let url = format!("{}/api/v1/datasets/{dataset}/records", urls[i % urls.len()]);
+        let key = key.to_string();
+        let padding = padding.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("static bounds");
+            let (mut ok, mut errors, mut seq) = (0u64, 0u64, 0u64);
+            while Instant::now() < end {
+                seq += 1;
+                let t0 = Instant::now();
+                let r = http.post(&url).header("x-api-key", &key).json(&json!({"client": i, "seq": seq, "pad": padding})).send().await;
+                let good = matches!(&r, Ok(resp) if resp.status().as_u16() == 201);
+                if let Ok(resp) = r {
+                    let _ = resp.bytes().await;
+                }
+                if t0 >= measure_from {
+                    let _ = hist.record(t0.elapsed().as_micros() as u64);
+                    if good { ok += 1 } else { errors += 1 }
+                }
+            }
+            (hist, ok, errors)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        let (h, o, e) = t.await?;
+        hist.add(h)?;
+        ok += o;
+        errors += e;
+    }
+    Ok(Level { clients, ok, errors, elapsed: duration, hist })
+}
+
+async fn failover(admin: &Client, demo: &Value, ca_pem: &[u8], urls: &[String], key: &str, dataset: &str, padding: &str) -> anyhow::Result<f64> {
+    let status = admin.expect(Method::GET, "/api/v1/cluster", None).await?;
+    let leader = status["leader_id"].as_u64().context("no leader")?;
+    let node = demo["nodes"].as_array().into_iter().flatten().find(|n| n["id"].as_u64() == Some(leader)).context("leader not in demo.json")?;
+    let data_dir = PathBuf::from(node["data_dir"].as_str().context("no data_dir")?);
+    let facts: Value = serde_json::from_slice(&std::fs::read(data_dir.join("node.json"))?)?;
+    let pid = facts["pid"].as_i64().context("no pid in node.json")? as i32;
+    let leader_url = node["http"].as_str().unwrap_or_default().to_string();
+    let targets: Vec<String> = urls.iter().filter(|u| **u != leader_url).cloned().collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed_at: Arc<std::sync::OnceLock<Instant>> = Arc::new(std::sync::OnceLock::new());
+    let first_ok_after_kill_us = Arc::new(AtomicU64::new(u64::MAX));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let http = crate::tls::https_client(ca_pem)?;
+        let url = format!("{}/api/v1/datasets/{dataset}/records", targets[i % targets.len()]);
+        let (key, padding, stop, killed_at, first) = (key.to_string(), padding.to_string(), stop.clone(), killed_at.clone(), first_ok_after_kill_us.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let r = http.post(&url).header("x-api-key", &key).json(&json!({"failover": i, "pad": padding})).send().await;
+                if let (Ok(resp), Some(k)) = (r, killed_at.get()) {
+                    if resp.status().as_u16() == 201 && t0 >= *k {
+                        first.fetch_min(t0.duration_since(*k).as_micros() as u64 + t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = killed_at.set(Instant::now());
+    // SAFETY: signalling the leader process named in the cluster file, as an operator would.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first_ok_after_kill_us.load(Ordering::Relaxed) == u64::MAX && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Bring the killed node back with its own command line.
+    if let Some(cmd) = node["cmd"].as_array() {
+        let cmd: Vec<String> = cmd.iter().filter_map(|c| c.as_str().map(str::to_string)).collect();
+        if let Some((exe, rest)) = cmd.split_first() {
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("node.log"))?;
+            std::process::Command::new(exe).args(rest).stdout(log.try_clone()?).stderr(log).spawn().context("restarting the killed leader")?;
+            println!("restarted node {leader}");
+        }
+    }
+    let us = first_ok_after_kill_us.load(Ordering::Relaxed);
+    anyhow::ensure!(us != u64::MAX, "no write succeeded within 30 s of the leader kill");
+    Ok(us as f64 / 1000.0)
+}
