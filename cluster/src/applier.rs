@@ -161,6 +161,13 @@ fn ingest_one(
     if txn.get(&tables::source(&sub.source))?.is_none() {
         return Ok(failed("unknown_source", format!("source `{}` is not registered", sub.source)));
     }
+    if !sub.key_id.is_empty() {
+        let key = txn.get_msg::<state::IssueKey>(&tables::api_key(&sub.key_id))?;
+        let valid = key.is_some_and(|k| k.source_id == sub.source && k.key.is_some_and(|k| !k.revoked));
+        if !valid {
+            return Ok(failed("key_revoked", "the API key was revoked before this submission was committed"));
+        }
+    }
     let mut ids = Vec::with_capacity(sub.records.len());
     for r in &sub.records {
         let key = tables::record(&sub.dataset, log_id.index, *position);

@@ -183,7 +183,9 @@ impl ClusterNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_after_logs),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             max_in_snapshot_log_to_keep: cfg.raft.logs_kept_after_snapshot,
-            purge_batch_size: 256,
+            // openraft purges only when at least this many entries can go; tie it to the snapshot
+            // threshold so that a small threshold (tests, small deployments) really purges.
+            purge_batch_size: (cfg.raft.snapshot_after_logs / 2).clamp(1, 256),
             replication_lag_threshold: 5_000,
             ..Default::default()
         }

@@ -51,15 +51,28 @@ struct Level {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let demo: Value = serde_json::from_slice(&std::fs::read(&args.cluster).with_context(|| format!("reading {}", args.cluster.display()))?)?;
-    let admin = Client::from_target(&crate::client::Target { nodes: vec![], ca_cert: None, token: None, cluster: Some(args.cluster.clone()) })?;
+    let demo: Value = serde_json::from_slice(
+        &std::fs::read(&args.cluster).with_context(|| format!("reading {}", args.cluster.display()))?,
+    )?;
+    let admin = Client::from_target(&crate::client::Target {
+        nodes: vec![],
+        ca_cert: None,
+        token: None,
+        cluster: Some(args.cluster.clone()),
+    })?;
     let ca_pem = std::fs::read(demo["ca_cert"].as_str().context("demo.json has no ca_cert")?)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let dataset = format!("bench_{run_id}");
     admin
-        .expect(Method::POST, "/api/v1/datasets", Some(&json!({"id": dataset, "title": "benchmark", "schema": {"type": "object"}})))
+        .expect(
+            Method::POST,
+            "/api/v1/datasets",
+            Some(&json!({"id": dataset, "title": "benchmark", "schema": {"type": "object"}})),
+        )
         .await?;
-    let src = admin.expect(Method::POST, "/api/v1/sources", Some(&json!({"id": format!("bench-{run_id}"), "name": "benchmark"}))).await?;
+    let src = admin
+        .expect(Method::POST, "/api/v1/sources", Some(&json!({"id": format!("bench-{run_id}"), "name": "benchmark"})))
+        .await?;
     let key = src["api_key"].as_str().context("no api_key")?.to_string();
     let urls = admin.nodes.clone();
     let padding = "x".repeat(args.payload_bytes);
@@ -70,7 +83,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let level = load(&ca_pem, &urls, &key, &dataset, &padding, c, Duration::from_secs(args.duration_secs)).await?;
         let rate = level.ok as f64 / level.elapsed.as_secs_f64();
         let ms = |q: f64| level.hist.value_at_quantile(q) as f64 / 1000.0;
-        println!("{:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8}", c, rate, ms(0.5), ms(0.99), level.hist.max() as f64 / 1000.0, level.errors);
+        println!(
+            "{:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8}",
+            c,
+            rate,
+            ms(0.5),
+            ms(0.99),
+            level.hist.max() as f64 / 1000.0,
+            level.errors
+        );
         results.push(json!({"clients": level.clients, "records_per_s": rate, "p50_ms": ms(0.5), "p99_ms": ms(0.99),
             "max_ms": level.hist.max() as f64 / 1000.0, "ok": level.ok, "errors": level.errors}));
     }
@@ -87,7 +108,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn load(ca_pem: &[u8], urls: &[String], key: &str, dataset: &str, padding: &str, clients: usize, duration: Duration) -> anyhow::Result<Level> {
+async fn load(
+    ca_pem: &[u8],
+    urls: &[String],
+    key: &str,
+    dataset: &str,
+    padding: &str,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Level> {
     let warmup = Duration::from_secs(1);
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -105,7 +134,12 @@ async fn load(ca_pem: &[u8], urls: &[String], key: &str, dataset: &str, padding:
             while Instant::now() < end {
                 seq += 1;
                 let t0 = Instant::now();
-                let r = http.post(&url).header("x-api-key", &key).json(&json!({"client": i, "seq": seq, "pad": padding})).send().await;
+                let r = http
+                    .post(&url)
+                    .header("x-api-key", &key)
+                    .json(&json!({"client": i, "seq": seq, "pad": padding}))
+                    .send()
+                    .await;
                 let good = matches!(&r, Ok(resp) if resp.status().as_u16() == 201);
                 if let Ok(resp) = r {
                     let _ = resp.bytes().await;
@@ -129,10 +163,23 @@ async fn load(ca_pem: &[u8], urls: &[String], key: &str, dataset: &str, padding:
     Ok(Level { clients, ok, errors, elapsed: duration, hist })
 }
 
-async fn failover(admin: &Client, demo: &Value, ca_pem: &[u8], urls: &[String], key: &str, dataset: &str, padding: &str) -> anyhow::Result<f64> {
+async fn failover(
+    admin: &Client,
+    demo: &Value,
+    ca_pem: &[u8],
+    urls: &[String],
+    key: &str,
+    dataset: &str,
+    padding: &str,
+) -> anyhow::Result<f64> {
     let status = admin.expect(Method::GET, "/api/v1/cluster", None).await?;
     let leader = status["leader_id"].as_u64().context("no leader")?;
-    let node = demo["nodes"].as_array().into_iter().flatten().find(|n| n["id"].as_u64() == Some(leader)).context("leader not in demo.json")?;
+    let node = demo["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"].as_u64() == Some(leader))
+        .context("leader not in demo.json")?;
     let data_dir = PathBuf::from(node["data_dir"].as_str().context("no data_dir")?);
     let facts: Value = serde_json::from_slice(&std::fs::read(data_dir.join("node.json"))?)?;
     let pid = facts["pid"].as_i64().context("no pid in node.json")? as i32;
@@ -146,14 +193,23 @@ async fn failover(admin: &Client, demo: &Value, ca_pem: &[u8], urls: &[String], 
     for i in 0..16 {
         let http = crate::tls::https_client(ca_pem)?;
         let url = format!("{}/api/v1/datasets/{dataset}/records", targets[i % targets.len()]);
-        let (key, padding, stop, killed_at, first) = (key.to_string(), padding.to_string(), stop.clone(), killed_at.clone(), first_ok_after_kill_us.clone());
+        let (key, padding, stop, killed_at, first) =
+            (key.to_string(), padding.to_string(), stop.clone(), killed_at.clone(), first_ok_after_kill_us.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
-                let r = http.post(&url).header("x-api-key", &key).json(&json!({"failover": i, "pad": padding})).send().await;
+                let r = http
+                    .post(&url)
+                    .header("x-api-key", &key)
+                    .json(&json!({"failover": i, "pad": padding}))
+                    .send()
+                    .await;
                 if let (Ok(resp), Some(k)) = (r, killed_at.get()) {
                     if resp.status().as_u16() == 201 && t0 >= *k {
-                        first.fetch_min(t0.duration_since(*k).as_micros() as u64 + t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        first.fetch_min(
+                            t0.duration_since(*k).as_micros() as u64 + t0.elapsed().as_micros() as u64,
+                            Ordering::Relaxed,
+                        );
                     }
                 }
             }
@@ -177,7 +233,12 @@ async fn failover(admin: &Client, demo: &Value, ca_pem: &[u8], urls: &[String], 
         let cmd: Vec<String> = cmd.iter().filter_map(|c| c.as_str().map(str::to_string)).collect();
         if let Some((exe, rest)) = cmd.split_first() {
             let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("node.log"))?;
-            std::process::Command::new(exe).args(rest).stdout(log.try_clone()?).stderr(log).spawn().context("restarting the killed leader")?;
+            std::process::Command::new(exe)
+                .args(rest)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("restarting the killed leader")?;
             println!("restarted node {leader}");
         }
     }

@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Build a snapshot (and purge the log behind it) after this many entries.
     #[arg(long, env = "DTM_SNAPSHOT_AFTER_LOGS")]
     pub snapshot_after_logs: Option<u64>,
+    /// Log entries kept behind a snapshot for slow followers; older ones are purged.
+    #[arg(long, env = "DTM_LOGS_KEPT_AFTER_SNAPSHOT")]
+    pub logs_kept_after_snapshot: Option<u64>,
     #[arg(long, env = "DTM_CACHE_CAPACITY_BYTES")]
     pub cache_capacity_bytes: Option<u64>,
 }
@@ -115,7 +118,10 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
             .snapshot_after_logs
             .or(file.raft.snapshot_after_logs)
             .unwrap_or(d.snapshot_after_logs),
-        logs_kept_after_snapshot: file.raft.logs_kept_after_snapshot.unwrap_or(d.logs_kept_after_snapshot),
+        logs_kept_after_snapshot: args
+            .logs_kept_after_snapshot
+            .or(file.raft.logs_kept_after_snapshot)
+            .unwrap_or(d.logs_kept_after_snapshot),
     };
     if raft.heartbeat_interval_ms * 2 > raft.election_timeout_min_ms
         || raft.election_timeout_min_ms >= raft.election_timeout_max_ms

@@ -106,7 +106,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(&args.dir)?;
     let demo_json = dir.join("demo.json");
     let previous: Option<Value> = match std::fs::read(&demo_json) {
-        Ok(b) => Some(serde_json::from_slice(&b).context("demo.json is damaged; remove the directory to start afresh")?),
+        Ok(b) => {
+            Some(serde_json::from_slice(&b).context("demo.json is damaged; remove the directory to start afresh")?)
+        }
         Err(_) => None,
     };
     let resume = previous.is_some();
@@ -130,7 +132,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     outcome
 }
 
-async fn drive(args: &DemoArgs, dir: &Path, ca_pem: &[u8], nodes: &mut [DemoNode], previous: Option<Value>) -> anyhow::Result<()> {
+async fn drive(
+    args: &DemoArgs,
+    dir: &Path,
+    ca_pem: &[u8],
+    nodes: &mut [DemoNode],
+    previous: Option<Value>,
+) -> anyhow::Result<()> {
     let http = crate::tls::https_client(ca_pem)?;
     let urls: Vec<String> = nodes.iter().map(|n| format!("https://{}", n.http)).collect();
     let token = match &previous {
@@ -160,7 +168,10 @@ async fn drive(args: &DemoArgs, dir: &Path, ca_pem: &[u8], nodes: &mut [DemoNode
         None => {
             for n in nodes.iter().skip(1) {
                 let body = json!({"id": n.id, "http_addr": n.http, "grpc_addr": n.grpc, "site": n.site, "voter": true});
-                client.expect(Method::POST, "/api/v1/cluster/nodes", Some(&body)).await.with_context(|| format!("adding node {}", n.id))?;
+                client
+                    .expect(Method::POST, "/api/v1/cluster/nodes", Some(&body))
+                    .await
+                    .with_context(|| format!("adding node {}", n.id))?;
             }
             setup_catalog(&client).await?
         }
@@ -177,7 +188,11 @@ async fn drive(args: &DemoArgs, dir: &Path, ca_pem: &[u8], nodes: &mut [DemoNode
     });
     crate::server::write_private(&dir.join("demo.json"), &serde_json::to_string_pretty(&cluster)?, 0o600)?;
 
-    println!("\nDTM demo cluster is up ({} nodes, {}).", nodes.len(), if previous.is_some() { "resumed" } else { "new" });
+    println!(
+        "\nDTM demo cluster is up ({} nodes, {}).",
+        nodes.len(),
+        if previous.is_some() { "resumed" } else { "new" }
+    );
     for n in nodes.iter() {
         println!("  node {} ({:<8}) https://{}   grpc {}", n.id, n.site, n.http, n.grpc);
     }
@@ -186,7 +201,11 @@ async fn drive(args: &DemoArgs, dir: &Path, ca_pem: &[u8], nodes: &mut [DemoNode
     for s in &sources {
         println!("  source {:<14} API key {}", s["id"].as_str().unwrap_or(""), s["api_key"].as_str().unwrap_or(""));
     }
-    println!("  cluster file:   {}   (try: dtm cluster status --cluster {})", dir.join("demo.json").display(), dir.join("demo.json").display());
+    println!(
+        "  cluster file:   {}   (try: dtm cluster status --cluster {})",
+        dir.join("demo.json").display(),
+        dir.join("demo.json").display()
+    );
     println!("Feeding sample data; Ctrl-C stops the cluster cleanly.\n");
 
     let feed = feed(&http, &urls, &sources, Duration::from_secs_f64(args.feed_interval_secs.max(0.05)));
@@ -224,7 +243,10 @@ async fn setup_catalog(client: &Client) -> anyhow::Result<(Vec<Value>, Vec<Value
         ("hcmc-portal", "Cổng dịch vụ công TP. Hồ Chí Minh", "UBND TP. Hồ Chí Minh"),
     ] {
         let body = json!({"id": id, "name": name, "agency": agency, "contact": "cntt@example.gov.vn"});
-        let v = client.expect(Method::POST, "/api/v1/sources", Some(&body)).await.with_context(|| format!("registering {id}"))?;
+        let v = client
+            .expect(Method::POST, "/api/v1/sources", Some(&body))
+            .await
+            .with_context(|| format!("registering {id}"))?;
         sources.push(json!({"id": id, "agency": agency, "api_key": v["api_key"]}));
     }
     Ok((sources, vec![json!("etx_monthly")]))
@@ -257,7 +279,10 @@ async fn feed(http: &reqwest::Client, urls: &[String], sources: &[Value], interv
             let r = http
                 .post(format!("{url}/api/v1/datasets/etx_monthly/records"))
                 .header("x-api-key", key)
-                .header("idempotency-key", format!("demo-{}-{round}-{}", s["id"].as_str().unwrap_or(""), std::process::id()))
+                .header(
+                    "idempotency-key",
+                    format!("demo-{}-{round}-{}", s["id"].as_str().unwrap_or(""), std::process::id()),
+                )
                 .json(&records)
                 .send()
                 .await;

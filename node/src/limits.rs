@@ -6,6 +6,10 @@ use std::time::Duration;
 pub const RECORDS_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Largest body of an admin request (source, dataset definition), in bytes.
 pub const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// How much of an oversized body is read and discarded so the client can read the 413, and for
+/// how long; past either the connection is closed.
+pub const OVERSIZED_BODY_DISCARD_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const OVERSIZED_BODY_DISCARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records in one real-time request.
 pub const RECORDS_PER_REQUEST_MAX: usize = 10_000;
 /// Records returned per page by `GET .../records`.
@@ -26,3 +30,4 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 const _: () = assert!(RECORDS_PAGE_DEFAULT <= RECORDS_PAGE_MAX);
 const _: () = assert!(ADMIN_BODY_BYTES_MAX <= RECORDS_BODY_BYTES_MAX);
+const _: () = assert!(RECORDS_BODY_BYTES_MAX < OVERSIZED_BODY_DISCARD_BYTES_MAX);

@@ -84,6 +84,7 @@ pub fn rejected(code: &str, message: String) -> ApiError {
         "not_found" => ApiError::not_found(message),
         "unknown_dataset" => ApiError::new(StatusCode::NOT_FOUND, "unknown_dataset", message),
         "unknown_source" => ApiError::new(StatusCode::UNAUTHORIZED, "unknown_source", message),
+        "key_revoked" => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
         _ => ApiError::bad_request(message),
     }
 }

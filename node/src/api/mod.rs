@@ -28,6 +28,8 @@ use tower_http::request_id::SetRequestIdLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::limits::OVERSIZED_BODY_DISCARD_BYTES_MAX;
+use crate::limits::OVERSIZED_BODY_DISCARD_TIMEOUT;
 use crate::limits::REQUEST_TIMEOUT;
 
 use error::ApiError;
@@ -76,8 +78,12 @@ pub fn request_id(headers: &HeaderMap) -> String {
     headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
-/// Reads a request body of at most `limit` bytes; more is 413, before or while reading.
+/// Reads a request body of at most `limit` bytes; more is 413. The rest of an oversized body is
+/// read and thrown away (at most `OVERSIZED_BODY_DISCARD_BYTES_MAX`, within
+/// `OVERSIZED_BODY_DISCARD_TIMEOUT`) so that a client still uploading sees the 413 instead of a
+/// broken pipe; nothing of it is kept in memory.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
+    use http_body_util::BodyExt;
     let too_large = || {
         ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -85,12 +91,41 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResu
             format!("the body is larger than {limit} bytes"),
         )
     };
-    if let Some(len) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        if len > limit as u64 {
-            return Err(too_large());
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let mut body = body;
+    if declared.is_some_and(|len| len > limit as u64) {
+        discard(body, declared.unwrap_or(0)).await;
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::bad_request("the request body could not be read"))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                discard(body, 0).await;
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
         }
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+    Ok(buf.freeze())
+}
+
+async fn discard(mut body: Body, declared: u64) {
+    use http_body_util::BodyExt;
+    if declared > OVERSIZED_BODY_DISCARD_BYTES_MAX as u64 {
+        return;
+    }
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > OVERSIZED_BODY_DISCARD_BYTES_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(OVERSIZED_BODY_DISCARD_TIMEOUT, drain).await;
 }
 
 /// Requires a JSON content type (415 otherwise) and parses the body (400 with the parser's

@@ -49,7 +49,7 @@ pub async fn post_records(
     Path(dataset): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    let (source, _key_id) = auth::require_source(&state, &headers).await?;
+    let (source, key_id) = auth::require_source(&state, &headers).await?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -111,6 +111,7 @@ pub async fn post_records(
         received_at_ms: super::now_ms(),
         received_on_node: state.node.id,
         records,
+        key_id,
     };
     let result = state.node.submit(submission).await?;
     if !result.error_code.is_empty() {

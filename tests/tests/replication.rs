@@ -1,0 +1,347 @@
+//! Issue 2 acceptance tests over real `dtm serve` processes: replication, leader failover,
+//! snapshot catch-up, membership changes and full restarts (A1.3, A1.4, C6, F6).
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use dtm_tests::TestCluster;
+use dtm_tests::eventually;
+use serde_json::Value;
+use serde_json::json;
+
+const DATASET: &str = "etx";
+
+async fn setup(c: &TestCluster) -> anyhow::Result<String> {
+    c.create_dataset(1, DATASET).await?;
+    c.create_source(1, "moj").await
+}
+
+/// Waits until every running node holds exactly `expected` record ids, once each.
+async fn assert_everywhere(c: &TestCluster, expected: &BTreeSet<String>) -> anyhow::Result<()> {
+    for id in c.running() {
+        let got = eventually(
+            &format!("node {id} to hold all {} acknowledged records", expected.len()),
+            Duration::from_secs(30),
+            || async {
+                let recs = c.records(id, DATASET).await.ok()?;
+                (recs.len() >= expected.len()).then_some(recs)
+            },
+        )
+        .await?;
+        let ids: Vec<&String> = got.iter().map(|(id, _)| id).collect();
+        let unique: BTreeSet<&String> = ids.iter().copied().collect();
+        assert_eq!(ids.len(), unique.len(), "node {id} holds a record twice");
+        let unique: BTreeSet<String> = unique.into_iter().cloned().collect();
+        assert_eq!(&unique, expected, "node {id} does not hold exactly the acknowledged records");
+    }
+    Ok(())
+}
+
+/// AC1 (C6, F6): records posted to a follower are answered 201 with a commit index and can be read
+/// back from every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_posted_to_a_follower_are_readable_on_every_node() -> anyhow::Result<()> {
+    let c = TestCluster::start(3, &[]).await?;
+    let key = setup(&c).await?;
+    let leader = c.leader().await?;
+    let follower = c.running().into_iter().find(|id| *id != leader).expect("a follower");
+    let body = json!([{"agency": "moj", "period": "2026-11", "transactions": 10}, {"agency": "moj", "period": "2026-11", "transactions": 7}]);
+    let (status, v, _) = c.post(follower, DATASET, &key, &body, None).await?;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["accepted"], 2);
+    assert!(v["commit_index"].as_u64().unwrap_or(0) > 0, "a commit index: {v}");
+    let ids: BTreeSet<String> =
+        v["ids"].as_array().expect("ids").iter().map(|i| i.as_str().expect("id").to_string()).collect();
+    assert_eq!(ids.len(), 2);
+    // The node that answered has applied the write itself (read-your-writes where the client is).
+    let local = c.records(follower, DATASET).await?;
+    assert_eq!(local.len(), 2, "the answering follower holds the records at once");
+    assert_everywhere(&c, &ids).await?;
+    let on_leader = c.records(leader, DATASET).await?;
+    assert!(on_leader.iter().any(|(_, d)| d["transactions"] == 10));
+    Ok(())
+}
+
+struct Acked {
+    /// Idempotency key -> ids of the first answer.
+    by_key: BTreeMap<String, Vec<String>>,
+}
+
+/// A writer that retries every submission with the same Idempotency-Key on the next node until it
+/// is acknowledged, as a careful source system would.
+async fn writer(
+    c: Arc<TestCluster>,
+    key: String,
+    w: u64,
+    nodes: Vec<u64>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Acked> {
+    let mut by_key = BTreeMap::new();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let idem = format!("w{w}-{seq}");
+        let body = json!({"writer": w, "seq": seq});
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut attempt = 0usize;
+        loop {
+            let node = nodes[(seq as usize + attempt) % nodes.len()];
+            attempt += 1;
+            match c.post(node, DATASET, &key, &body, Some(&idem)).await {
+                Ok((201, v, _)) => {
+                    let ids = v["ids"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
+                        .unwrap_or_default();
+                    by_key.insert(idem.clone(), ids);
+                    break;
+                }
+                Ok((s, v, _)) if s == 503 || s == 429 => tracing_retry(s, &v),
+                Ok((s, v, _)) => anyhow::bail!("unexpected answer {s}: {v}"),
+                Err(_) => {} // connection refused or reset: the node is down; try the next one
+            }
+            anyhow::ensure!(Instant::now() < deadline, "submission {idem} not acknowledged within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(Acked { by_key })
+}
+
+fn tracing_retry(status: u16, v: &Value) {
+    eprintln!("retrying after {status}: {v}");
+}
+
+/// AC2 (A1.3, A1.4): under a steady write load, kill -9 the leader; a new leader is elected; every
+/// record answered 201 is present exactly once on every node after the killed node restarts;
+/// retries with the same Idempotency-Key never create a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_under_load_loses_nothing_and_retries_never_duplicate() -> anyhow::Result<()> {
+    let c = Arc::new(TestCluster::start(3, &[]).await?);
+    let key = setup(&c).await?;
+    let old_leader = c.leader().await?;
+    let all = c.running();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..6u64 {
+        tasks.push(tokio::spawn(writer(c.clone(), key.clone(), w, all.clone(), stop.clone())));
+    }
+    // Load runs, then the leader dies mid-stream.
+    eventually("some writes before the kill", Duration::from_secs(20), || async {
+        let n = c.records(old_leader, DATASET).await.ok()?.len();
+        (n >= 30).then_some(())
+    })
+    .await?;
+    let killed_at = Instant::now();
+    c.kill(old_leader);
+    let new_leader = eventually("a new leader", Duration::from_secs(20), || async {
+        for id in all.iter().filter(|i| **i != old_leader) {
+            if let Ok(v) = c.status(*id).await {
+                if let Some(l) = v["leader_id"].as_u64().filter(|l| *l != old_leader) {
+                    return Some(l);
+                }
+            }
+        }
+        None
+    })
+    .await?;
+    eprintln!("new leader {new_leader} known {:?} after the kill", killed_at.elapsed());
+    // Writes go on on the survivors; then stop the writers and bring the old leader back.
+    let before = c.records(new_leader, DATASET).await?.len();
+    eventually("writes to continue after failover", Duration::from_secs(20), || async {
+        let n = c.records(new_leader, DATASET).await.ok()?.len();
+        (n >= before + 30).then_some(())
+    })
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = BTreeMap::new();
+    for t in tasks {
+        acked.extend(t.await??.by_key);
+    }
+    c.restart(old_leader)?;
+    let expected: BTreeSet<String> = acked.values().flatten().cloned().collect();
+    assert_eq!(expected.len(), acked.len(), "one record per acknowledged submission");
+    assert_everywhere(&c, &expected).await?;
+
+    // Retrying acknowledged submissions, on any node, answers the first answer and stores nothing.
+    for (i, (idem, ids)) in acked.iter().take(20).enumerate() {
+        let (w, seq) = idem.trim_start_matches('w').split_once('-').expect("key shape");
+        let body = json!({"writer": w.parse::<u64>()?, "seq": seq.parse::<u64>()?});
+        let node = all[i % all.len()];
+        let (s, v, replayed) = c.post(node, DATASET, &key, &body, Some(idem)).await?;
+        assert_eq!(s, 201, "{v}");
+        assert!(replayed, "a retry is marked as a replay");
+        let got: Vec<String> =
+            v["ids"].as_array().expect("ids").iter().filter_map(|i| i.as_str().map(str::to_string)).collect();
+        assert_eq!(&got, ids, "a retry returns the first answer");
+    }
+    assert_everywhere(&c, &expected).await?;
+    Ok(())
+}
+
+/// AC3 (A1.4, F6): a node whose data directory was deleted rejoins and catches up through a
+/// snapshot (the log behind the snapshot has been purged, so it cannot catch up from the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_node_rejoins_through_a_snapshot() -> anyhow::Result<()> {
+    let c = TestCluster::start(3, &["--snapshot-after-logs", "20", "--logs-kept-after-snapshot", "5"]).await?;
+    let key = setup(&c).await?;
+    let leader = c.leader().await?;
+    let victim = c.running().into_iter().find(|id| *id != leader).expect("a follower");
+    let mut expected = BTreeSet::new();
+    for i in 0..60 {
+        let (s, v, _) = c.post(leader, DATASET, &key, &json!({"i": i}), None).await?;
+        assert_eq!(s, 201, "{v}");
+        expected.extend(v["ids"].as_array().expect("ids").iter().map(|x| x.as_str().expect("id").to_string()));
+    }
+    c.terminate(victim)?;
+    c.wipe(victim)?;
+    // More writes while the node is gone, so that its catch-up point is well behind the purge.
+    for i in 60..100 {
+        let (s, v, _) = c.post(leader, DATASET, &key, &json!({"i": i}), None).await?;
+        assert_eq!(s, 201, "{v}");
+        expected.extend(v["ids"].as_array().expect("ids").iter().map(|x| x.as_str().expect("id").to_string()));
+    }
+    c.restart(victim)?;
+    assert_everywhere(&c, &expected).await?;
+    assert!(c.log(victim).contains("installed snapshot"), "the wiped node caught up through a snapshot");
+    // And it keeps up with new writes from the log afterwards.
+    let (s, v, _) = c.post(victim, DATASET, &key, &json!({"i": "after"}), None).await?;
+    assert_eq!(s, 201, "{v}");
+    expected.extend(v["ids"].as_array().expect("ids").iter().map(|x| x.as_str().expect("id").to_string()));
+    assert_everywhere(&c, &expected).await?;
+    Ok(())
+}
+
+/// AC4 (A1.1, F6): a 4th node is added as learner and promoted to voter during writes; a node is
+/// removed; writes never fail (each write is retried inside the cluster across the changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_during_writes() -> anyhow::Result<()> {
+    let mut c = TestCluster::start(3, &[]).await?;
+    let key = setup(&c).await?;
+    dtm_tests::run_dtm(&["certs", "init", "--dir", &c.tls_dir.display().to_string(), "--nodes", "4"])?;
+    c.spawn(4, false, None)?;
+    let c = Arc::new(c);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Plain writers (no retries of their own): any failed write fails the test.
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let (c, key, stop) = (c.clone(), key.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut slowest = Duration::ZERO;
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let t0 = Instant::now();
+                let (s, v, _) = c.post(1 + w % 2, DATASET, &key, &json!({"w": w, "seq": seq}), None).await?;
+                slowest = slowest.max(t0.elapsed());
+                anyhow::ensure!(s == 201, "write failed during membership change: {s} {v}");
+                ids.extend(v["ids"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(str::to_string)));
+            }
+            anyhow::Ok((ids, slowest))
+        }));
+    }
+    let (s, v) = c.admin(reqwest::Method::GET, 1, "/api/v1/cluster", None).await?;
+    assert_eq!(s, 200, "{v}");
+    // Add node 4 (learner, caught up, promoted) through the CLI, as an operator would.
+    let n4 = &c.nodes[&4];
+    let out = dtm_tests::run_dtm(&[
+        "cluster",
+        "add-node",
+        "--node",
+        &c.url(2),
+        "--ca-cert",
+        &c.tls_dir.join("ca.pem").display().to_string(),
+        "--token",
+        &c.admin_token,
+        "--id",
+        "4",
+        "--http-addr",
+        &n4.http_addr,
+        "--grpc-addr",
+        &n4.grpc_addr,
+        "--site",
+        "site-4",
+        "--voter",
+    ])?;
+    assert!(out.contains("voter"), "{out}");
+    let status = c.status(3).await?;
+    let voters: BTreeSet<u64> = status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    assert_eq!(voters, BTreeSet::from([1, 2, 3, 4]), "{status}");
+    // Remove node 3 through the CLI.
+    let out = dtm_tests::run_dtm(&[
+        "cluster",
+        "remove-node",
+        "--node",
+        &c.url(1),
+        "--ca-cert",
+        &c.tls_dir.join("ca.pem").display().to_string(),
+        "--token",
+        &c.admin_token,
+        "--id",
+        "3",
+    ])?;
+    assert!(out.contains("removed"), "{out}");
+    let status = eventually("node 3 to leave the membership", Duration::from_secs(20), || async {
+        let s = c.status(1).await.ok()?;
+        let ids: BTreeSet<u64> = s["members"].as_array()?.iter().filter_map(|m| m["id"].as_u64()).collect();
+        (ids == BTreeSet::from([1, 2, 4])).then_some(s)
+    })
+    .await?;
+    eprintln!("membership after changes: {status}");
+    // Some more writes after the changes, then stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut expected = BTreeSet::new();
+    for t in tasks {
+        let (ids, slowest) = t.await??;
+        assert!(slowest < Duration::from_secs(10), "a write took {slowest:?}");
+        expected.extend(ids);
+    }
+    assert!(expected.len() > 10, "writes went on during the changes");
+    for id in [1, 2, 4] {
+        let got: BTreeSet<String> = eventually("node to catch up", Duration::from_secs(30), || async {
+            let r = c.records(id, DATASET).await.ok()?;
+            (r.len() >= expected.len()).then_some(r.into_iter().map(|(i, _)| i).collect())
+        })
+        .await?;
+        assert_eq!(got, expected, "node {id} holds every acknowledged record");
+    }
+    Ok(())
+}
+
+/// AC5 (A1.4): stopping and restarting all three nodes keeps every acknowledged record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_restart_keeps_every_acknowledged_record() -> anyhow::Result<()> {
+    let c = TestCluster::start(3, &[]).await?;
+    let key = setup(&c).await?;
+    let mut expected = BTreeSet::new();
+    for i in 0..40u64 {
+        let node = 1 + i % 3;
+        let (s, v, _) = c.post(node, DATASET, &key, &json!([{"i": i}, {"i": i, "copy": 2}]), None).await?;
+        assert_eq!(s, 201, "{v}");
+        expected.extend(v["ids"].as_array().expect("ids").iter().map(|x| x.as_str().expect("id").to_string()));
+    }
+    for id in [1, 2, 3] {
+        c.terminate(id)?;
+    }
+    for id in [1, 2, 3] {
+        c.restart(id)?;
+    }
+    c.leader().await?;
+    assert_everywhere(&c, &expected).await?;
+    // The restarted cluster accepts writes again, with the same credentials.
+    let (s, v, _) = c.post(2, DATASET, &key, &json!({"after": "restart"}), None).await?;
+    assert_eq!(s, 201, "{v}");
+    Ok(())
+}
