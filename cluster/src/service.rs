@@ -85,6 +85,21 @@ impl RaftService for RaftRpc {
 
     async fn request_vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         require_node_cert(&req)?;
+        // Amnesia guard: a node with neither log nor snapshot has lost (or never had) its data. If it
+        // granted votes it could help elect a leader that lacks entries it acknowledged before its
+        // data was wiped. It votes again once it has caught up (a snapshot or log arrived). New
+        // members never need to vote while empty: they join as learners.
+        let (empty, id) = {
+            let m = self.raft.metrics().borrow().clone();
+            (m.last_log_index.is_none() && m.snapshot.is_none(), m.id)
+        };
+        if empty {
+            tracing::warn!(
+                node_id = id,
+                "refusing to vote: this node has no log yet (new or wiped); it votes once caught up"
+            );
+            return Err(Status::unavailable("this node has no log yet and does not vote until it has caught up"));
+        }
         let r = req.into_inner();
         let rpc = openraft::raft::VoteRequest {
             vote: dtm_model::required_vote(r.vote.as_ref()).map_err(bad)?,

@@ -363,6 +363,13 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Prints every node's log (nextest shows it for failed tests).
+    pub fn dump_logs(&self) {
+        for id in self.nodes.keys() {
+            eprintln!("===== node {id} log =====\n{}", self.log(*id));
+        }
+    }
+
     pub fn log(&self, id: u64) -> String {
         std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default()
     }

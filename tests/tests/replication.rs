@@ -32,7 +32,8 @@ async fn assert_everywhere(c: &TestCluster, expected: &BTreeSet<String>) -> anyh
                 (recs.len() >= expected.len()).then_some(recs)
             },
         )
-        .await?;
+        .await
+        .inspect_err(|_| c.dump_logs())?;
         let ids: Vec<&String> = got.iter().map(|(id, _)| id).collect();
         let unique: BTreeSet<&String> = ids.iter().copied().collect();
         assert_eq!(ids.len(), unique.len(), "node {id} holds a record twice");
