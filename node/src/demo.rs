@@ -101,6 +101,8 @@ where
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    // Signals first: a Ctrl-C during start-up must stop the nodes already started, not orphan them.
+    let stop_requested = crate::shutdown_signal();
     let exe = std::env::current_exe().context("locating the dtm binary")?;
     std::fs::create_dir_all(&args.dir)?;
     let dir = std::fs::canonicalize(&args.dir)?;
@@ -124,7 +126,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let child = spawn(&cmd, extra, &data_dir)?;
         nodes.push(DemoNode { id, http, grpc, site, data_dir, cmd, child });
     }
-    let outcome = drive(&args, &dir, &ca_pem, &mut nodes, previous).await;
+    let outcome = tokio::select! {
+        r = drive(&args, &dir, &ca_pem, &mut nodes, previous) => r,
+        _ = stop_requested => {
+            println!("\nstopping the demo cluster…");
+            Ok(())
+        }
+    };
     if let Err(e) = &outcome {
         eprintln!("demo: {e:#}");
     }
@@ -208,13 +216,7 @@ async fn drive(
     );
     println!("Feeding sample data; Ctrl-C stops the cluster cleanly.\n");
 
-    let feed = feed(&http, &urls, &sources, Duration::from_secs_f64(args.feed_interval_secs.max(0.05)));
-    tokio::select! {
-        _ = crate::shutdown_signal() => {}
-        r = feed => r?,
-    }
-    println!("\nstopping the demo cluster…");
-    Ok(())
+    feed(&http, &urls, &sources, Duration::from_secs_f64(args.feed_interval_secs.max(0.05))).await
 }
 
 async fn setup_catalog(client: &Client) -> anyhow::Result<(Vec<Value>, Vec<Value>)> {
@@ -236,7 +238,9 @@ async fn setup_catalog(client: &Client) -> anyhow::Result<(Vec<Value>, Vec<Value
         "masking": {"citizen_id": "partial", "email": "hash", "note": "redact"},
         "classification": "internal", "priority": "normal"
     });
-    client.expect(Method::POST, "/api/v1/datasets", Some(&dataset)).await.context("defining etx_monthly")?;
+    let (status, v) = client.call(Method::POST, "/api/v1/datasets", Some(&dataset)).await?;
+    // 409: defined by a first run that was interrupted before demo.json was written.
+    anyhow::ensure!(status == 201 || status == 409, "defining etx_monthly: HTTP {status}: {v}");
     let mut sources = Vec::new();
     for (id, name, agency) in [
         ("moj-portal", "Cổng dịch vụ công Bộ Tư pháp", "Bộ Tư pháp"),
