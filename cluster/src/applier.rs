@@ -182,8 +182,9 @@ fn ingest_one(
             request_id: sub.request_id.clone(),
             received_on_node: sub.received_on_node,
         };
-        txn.put_msg(key.clone(), &stored);
-        txn.put(tables::record_id(&r.id), key);
+        // No id -> key index yet: nothing reads records by id until lineage lands, and every extra
+        // key per record costs a sled node copy (see docs/benchmarks.md).
+        txn.put_msg(key, &stored);
         ids.push(r.id.clone());
     }
     let count_key = tables::record_count(&sub.dataset);

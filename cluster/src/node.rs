@@ -120,16 +120,27 @@ impl Writer {
                                     self.wait_applied(index, LOCAL_APPLY_WAIT).await;
                                     return Ok((resp, index));
                                 }
-                                Err(e) => tracing::debug!(leader, error = %e, "forwarding failed; retrying"),
+                                Err(e) => tracing::info!(leader, error = %e, "forwarding failed; retrying"),
                             }
                         }
                     }
                 }
             }
-            tokio::time::sleep(backoff).await;
+            self.wait_for_leader_change(backoff).await;
             backoff = (backoff * 2).min(FORWARD_BACKOFF_MAX);
         }
         Err(ClusterError::Unavailable)
+    }
+
+    /// Backs off for at most `max`, returning early when a leader other than the one we just tried
+    /// becomes known (after an election), so that writes resume as soon as the cluster can take them.
+    async fn wait_for_leader_change(&self, max: Duration) {
+        let tried = self.raft.metrics().borrow().current_leader;
+        let _ = self
+            .raft
+            .wait(Some(max))
+            .metrics(|m| m.current_leader.is_some() && m.current_leader != tried, "a new leader")
+            .await;
     }
 
     async fn forward(
@@ -200,6 +211,7 @@ impl ClusterNode {
             .map_err(|e| ClusterError::Stopped(e.to_string()))?;
         let writer = Arc::new(Writer { id: cfg.node_id, raft: raft.clone(), pool: pool.clone() });
         let batcher = Batcher::start(writer.clone());
+        tokio::spawn(log_leader_changes(raft.clone()));
         Ok(Arc::new(ClusterNode { id: cfg.node_id, info: cfg.node, raft, reader, writer, batcher, pool }))
     }
 
@@ -251,7 +263,7 @@ impl ClusterNode {
                 }
                 break;
             }
-            tokio::time::sleep(backoff).await;
+            self.writer.wait_for_leader_change(backoff).await;
             backoff = (backoff * 2).min(FORWARD_BACKOFF_MAX);
         }
         Err(ClusterError::Unavailable)
@@ -322,7 +334,7 @@ impl ClusterNode {
                 }
                 None => {}
             }
-            tokio::time::sleep(backoff).await;
+            self.writer.wait_for_leader_change(backoff).await;
             backoff = (backoff * 2).min(FORWARD_BACKOFF_MAX);
         }
         Err(ClusterError::Unavailable)
@@ -423,4 +435,23 @@ pub(crate) async fn remove_member(
         ChangeMembers::RemoveNodes(BTreeSet::from([id]))
     };
     raft.change_membership(change, false).await.map(|r| r.log_id.index)
+}
+
+/// Logs every change of leader or term as this node sees it: the operator's timeline of elections.
+async fn log_leader_changes(raft: Raft) {
+    let mut rx = raft.metrics();
+    let mut last = (None, 0);
+    loop {
+        let now = {
+            let m = rx.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        if now != last {
+            tracing::info!(leader = ?now.0, term = now.1, "leader changed");
+            last = now;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -7,7 +7,6 @@ pub const API_KEY: &[u8] = b"key/";
 pub const ADMIN_TOKEN: &[u8] = b"adm/";
 pub const DATASET: &[u8] = b"ds/";
 pub const RECORD: &[u8] = b"rec/";
-pub const RECORD_ID: &[u8] = b"rid/";
 pub const IDEMPOTENCY: &[u8] = b"idem/";
 pub const RECORD_COUNT: &[u8] = b"cnt/";
 
@@ -51,10 +50,6 @@ pub fn records_of(dataset: &str) -> Vec<u8> {
     let mut k = join(RECORD, &[dataset.as_bytes()]);
     k.push(0);
     k
-}
-
-pub fn record_id(id: &str) -> Vec<u8> {
-    join(RECORD_ID, &[id.as_bytes()])
 }
 
 pub fn idempotency(source: &str, key: &str) -> Vec<u8> {

@@ -14,6 +14,12 @@ mod tls;
 
 use std::path::PathBuf;
 
+/// jemalloc instead of glibc malloc: sled copies and frees whole tree nodes on every update; glibc's
+/// allocator took about 30% of the leader's CPU under load, and mimalloc's eager purging made the
+/// kernel zero fresh pages instead (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::Context;
 use clap::Parser;
 use clap::Subcommand;
