@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Checks for what building and testing DTM needs, and installs what is missing. Everything comes from
+# the package registries (crates.io; Debian packages once a later feature needs them). Safe to re-run.
+set -euo pipefail
+
+need_cmd() { command -v "$1" >/dev/null 2>&1; }
+
+if ! need_cmd cargo; then
+  echo "cargo is not installed: install the Rust toolchain (rustup) first." >&2
+  exit 1
+fi
+# A C compiler builds jemalloc (tikv-jemalloc-sys).
+if ! need_cmd cc; then
+  echo "installing a C compiler (build-essential)…"
+  apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest from crates.io…"
+  cargo install --locked cargo-nextest
+fi
