@@ -1,8 +1,9 @@
 //! Group commit. Concurrent submissions on a node wait in one bounded queue; a single loop drains it
 //! into batches bounded by submissions, records and bytes, and proposes each batch as one log entry,
-//! with up to `GROUP_COMMIT_IN_FLIGHT_MAX` batches in flight. Batches form naturally while earlier
-//! ones commit; a lone submission waits at most `GROUP_COMMIT_LINGER` for company, and only when
-//! other batches are already in flight (so a single client pays no linger).
+//! with up to `GroupCommitOptions::in_flight_max` batches in flight. Batches form naturally while
+//! earlier ones commit; a lone submission waits at most `linger` for company, and only when other
+//! batches are already in flight (so a single client pays no linger). A submission larger than
+//! `records_max` still goes alone in its own entry: a request is never split.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,9 +34,9 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub(crate) fn start(writer: Arc<Writer>) -> Self {
+    pub(crate) fn start(writer: Arc<Writer>, opts: GroupCommitOptions) -> Self {
         let (tx, rx) = mpsc::channel(GROUP_COMMIT_QUEUE_DEPTH);
-        tokio::spawn(run(rx, writer));
+        tokio::spawn(run(rx, writer, opts));
         Batcher { tx }
     }
 
@@ -53,8 +54,8 @@ impl Batcher {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Pending>, writer: Arc<Writer>) {
-    let in_flight = Arc::new(Semaphore::new(GROUP_COMMIT_IN_FLIGHT_MAX));
+async fn run(mut rx: mpsc::Receiver<Pending>, writer: Arc<Writer>, opts: GroupCommitOptions) {
+    let in_flight = Arc::new(Semaphore::new(opts.in_flight_max));
     let mut carry: Option<Pending> = None;
     loop {
         let first = match carry.take() {
@@ -65,8 +66,8 @@ async fn run(mut rx: mpsc::Receiver<Pending>, writer: Arc<Writer>) {
             },
         };
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let busy = in_flight.available_permits() + 1 < GROUP_COMMIT_IN_FLIGHT_MAX;
-        let linger_until = Instant::now() + GROUP_COMMIT_LINGER;
+        let busy = in_flight.available_permits() + 1 < opts.in_flight_max;
+        let linger_until = Instant::now() + opts.linger;
         let (mut records, mut bytes) = (first.records, first.bytes);
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_SUBMISSIONS_MAX {
@@ -83,7 +84,7 @@ async fn run(mut rx: mpsc::Receiver<Pending>, writer: Arc<Writer>) {
                     }
                 }
             };
-            if records + next.records > GROUP_COMMIT_RECORDS_MAX || bytes + next.bytes > GROUP_COMMIT_BYTES_MAX {
+            if records + next.records > opts.records_max || bytes + next.bytes > GROUP_COMMIT_BYTES_MAX {
                 carry = Some(next);
                 break;
             }

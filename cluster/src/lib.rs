@@ -19,6 +19,7 @@ mod tls;
 
 pub use applier::DtmApplier;
 pub use error::ClusterError;
+pub use limits::GroupCommitOptions;
 pub use node::ClusterConfig;
 pub use node::ClusterNode;
 pub use node::ClusterStatus;

@@ -26,18 +26,55 @@ pub const FORWARD_BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// node the client talks to), waiting at most this long; the write is committed either way.
 pub const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(2);
 
-/// Group commit: the most submissions, records and payload bytes in one log entry, and how long the
-/// first submission of a batch waits for others to join it.
+/// Group commit: the most submissions, records and payload bytes in one log entry. These are hard
+/// upper bounds; `GroupCommitOptions` may lower them.
 pub const GROUP_COMMIT_SUBMISSIONS_MAX: usize = 512;
 pub const GROUP_COMMIT_RECORDS_MAX: usize = 10_000;
 pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
-pub const GROUP_COMMIT_LINGER: Duration = Duration::from_millis(2);
 
 /// Submissions waiting to join a batch on one node; a full queue answers 429 with Retry-After.
 pub const GROUP_COMMIT_QUEUE_DEPTH: usize = 8192;
 
-/// Batches proposed and not yet committed at once from one node (pipelining).
-pub const GROUP_COMMIT_IN_FLIGHT_MAX: usize = 16;
+/// Upper bounds for the configurable parts of group commit.
+pub const GROUP_COMMIT_IN_FLIGHT_MAX: usize = 256;
+pub const GROUP_COMMIT_LINGER_MAX: Duration = Duration::from_millis(100);
+
+/// Group-commit settings a node may choose (flags `--group-commit-*`). Defaults were chosen by
+/// measurement (docs/benchmarks.md, "Group commit").
+#[derive(Debug, Clone)]
+pub struct GroupCommitOptions {
+    /// Records in one log entry (at most `GROUP_COMMIT_RECORDS_MAX`).
+    pub records_max: usize,
+    /// Batches proposed and not yet committed at once from one node (pipelining).
+    pub in_flight_max: usize,
+    /// How long a lone submission waits for company, only while other batches are in flight.
+    pub linger: Duration,
+}
+
+impl Default for GroupCommitOptions {
+    fn default() -> Self {
+        GroupCommitOptions {
+            records_max: GROUP_COMMIT_RECORDS_MAX,
+            in_flight_max: 16,
+            linger: Duration::from_millis(2),
+        }
+    }
+}
+
+impl GroupCommitOptions {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.records_max == 0 || self.records_max > GROUP_COMMIT_RECORDS_MAX {
+            return Err(format!("group commit records_max must be 1..={GROUP_COMMIT_RECORDS_MAX}"));
+        }
+        if self.in_flight_max == 0 || self.in_flight_max > GROUP_COMMIT_IN_FLIGHT_MAX {
+            return Err(format!("group commit in_flight_max must be 1..={GROUP_COMMIT_IN_FLIGHT_MAX}"));
+        }
+        if self.linger > GROUP_COMMIT_LINGER_MAX {
+            return Err(format!("group commit linger must be at most {GROUP_COMMIT_LINGER_MAX:?}"));
+        }
+        Ok(())
+    }
+}
 
 /// How long `add-node` waits for a learner to catch up before promoting it.
 pub const LEARNER_CATCH_UP_DEADLINE: Duration = Duration::from_secs(300);

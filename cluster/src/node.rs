@@ -63,6 +63,7 @@ pub struct ClusterConfig {
     pub tls: NodeTls,
     pub raft: RaftOptions,
     pub store: StoreOptions,
+    pub group_commit: GroupCommitOptions,
 }
 
 /// What `dtm cluster status` and `GET /api/v1/cluster` show.
@@ -210,7 +211,8 @@ impl ClusterNode {
             .await
             .map_err(|e| ClusterError::Stopped(e.to_string()))?;
         let writer = Arc::new(Writer { id: cfg.node_id, raft: raft.clone(), pool: pool.clone() });
-        let batcher = Batcher::start(writer.clone());
+        cfg.group_commit.validate().map_err(ClusterError::BadRequest)?;
+        let batcher = Batcher::start(writer.clone(), cfg.group_commit.clone());
         tokio::spawn(log_leader_changes(raft.clone()));
         Ok(Arc::new(ClusterNode { id: cfg.node_id, info: cfg.node, raft, reader, writer, batcher, pool }))
     }

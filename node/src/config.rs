@@ -56,6 +56,15 @@ pub struct ServeArgs {
     pub logs_kept_after_snapshot: Option<u64>,
     #[arg(long, env = "DTM_CACHE_CAPACITY_BYTES")]
     pub cache_capacity_bytes: Option<u64>,
+    /// Group commit: most records in one log entry.
+    #[arg(long, env = "DTM_GROUP_COMMIT_RECORDS_MAX")]
+    pub group_commit_records_max: Option<usize>,
+    /// Group commit: batches in flight at once from this node.
+    #[arg(long, env = "DTM_GROUP_COMMIT_IN_FLIGHT_MAX")]
+    pub group_commit_in_flight_max: Option<usize>,
+    /// Group commit: microseconds a lone submission waits for company while batches are in flight.
+    #[arg(long, env = "DTM_GROUP_COMMIT_LINGER_US")]
+    pub group_commit_linger_us: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -73,6 +82,16 @@ struct FileConfig {
     #[serde(default)]
     raft: FileRaft,
     cache_capacity_bytes: Option<u64>,
+    #[serde(default)]
+    group_commit: FileGroupCommit,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileGroupCommit {
+    records_max: Option<usize>,
+    in_flight_max: Option<usize>,
+    linger_us: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -137,6 +156,17 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
             .or(file.cache_capacity_bytes)
             .unwrap_or(StoreOptions::default().cache_capacity_bytes),
     };
+    let g = dtm_cluster::GroupCommitOptions::default();
+    let group_commit = dtm_cluster::GroupCommitOptions {
+        records_max: args.group_commit_records_max.or(file.group_commit.records_max).unwrap_or(g.records_max),
+        in_flight_max: args.group_commit_in_flight_max.or(file.group_commit.in_flight_max).unwrap_or(g.in_flight_max),
+        linger: args
+            .group_commit_linger_us
+            .or(file.group_commit.linger_us)
+            .map(std::time::Duration::from_micros)
+            .unwrap_or(g.linger),
+    };
+    group_commit.validate().map_err(anyhow::Error::msg)?;
     let opts = ServeOptions {
         node_id,
         site: args.site.or(file.site).unwrap_or_else(|| "default".into()),
@@ -147,6 +177,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
         advertise_grpc: args.advertise_grpc.or(file.advertise_grpc),
         raft,
         store,
+        group_commit,
     };
     Ok((opts, http_addr, grpc_addr))
 }

@@ -43,6 +43,7 @@ pub struct ServeOptions {
     pub advertise_grpc: Option<String>,
     pub raft: RaftOptions,
     pub store: StoreOptions,
+    pub group_commit: dtm_cluster::GroupCommitOptions,
 }
 
 /// Writes `contents` to `path` atomically (temp file + rename) with `mode`.
@@ -77,6 +78,7 @@ pub async fn serve(
         tls: node_tls.clone(),
         raft: opts.raft.clone(),
         store: opts.store.clone(),
+        group_commit: opts.group_commit.clone(),
     })
     .await
     .context("starting the Raft node")?;
