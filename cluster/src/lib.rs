@@ -9,6 +9,7 @@
 
 mod applier;
 mod batcher;
+mod detector;
 mod error;
 pub mod limits;
 mod network;
@@ -26,5 +27,5 @@ pub use node::ClusterStatus;
 pub use node::MemberStatus;
 pub use node::RaftOptions;
 pub use node::Writer;
-pub use service::server as grpc_server;
+pub use service::RaftRpc;
 pub use tls::NodeTls;

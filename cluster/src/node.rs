@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::applier::DtmApplier;
 use crate::batcher::Batcher;
+use crate::detector::LastContact;
 use crate::error::ClusterError;
 use crate::limits::*;
 use crate::network::Network;
@@ -179,6 +180,7 @@ pub struct ClusterNode {
     pub writer: Arc<Writer>,
     pub(crate) batcher: Batcher,
     pub(crate) pool: Arc<PeerPool>,
+    contact: Arc<LastContact>,
 }
 
 impl ClusterNode {
@@ -214,7 +216,20 @@ impl ClusterNode {
         cfg.group_commit.validate().map_err(ClusterError::BadRequest)?;
         let batcher = Batcher::start(writer.clone(), cfg.group_commit.clone());
         tokio::spawn(log_leader_changes(raft.clone()));
-        Ok(Arc::new(ClusterNode { id: cfg.node_id, info: cfg.node, raft, reader, writer, batcher, pool }))
+        let contact = LastContact::new();
+        tokio::spawn(crate::detector::run(
+            raft.clone(),
+            contact.clone(),
+            cfg.node_id,
+            Duration::from_millis(cfg.raft.heartbeat_interval_ms),
+            Duration::from_millis(cfg.raft.election_timeout_max_ms),
+        ));
+        Ok(Arc::new(ClusterNode { id: cfg.node_id, info: cfg.node, raft, reader, writer, batcher, pool, contact }))
+    }
+
+    /// The node-to-node gRPC service to serve on the gRPC port (mutual TLS).
+    pub fn grpc_service(&self) -> pb::raft_service_server::RaftServiceServer<crate::service::RaftRpc> {
+        crate::service::server(self.raft.clone(), self.contact.clone())
     }
 
     /// Makes this fresh node the single voter of a new cluster. A node that already has state (a

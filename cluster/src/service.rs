@@ -18,15 +18,19 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use std::sync::Arc;
+
+use crate::detector::LastContact;
 use crate::limits::GRPC_MESSAGE_BYTES_MAX;
 use crate::limits::LEARNER_CATCH_UP_DEADLINE;
 
 pub struct RaftRpc {
     raft: Raft,
+    contact: Arc<LastContact>,
 }
 
-pub fn server(raft: Raft) -> RaftServiceServer<RaftRpc> {
-    RaftServiceServer::new(RaftRpc { raft })
+pub(crate) fn server(raft: Raft, contact: Arc<LastContact>) -> RaftServiceServer<RaftRpc> {
+    RaftServiceServer::new(RaftRpc { raft, contact })
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
 }
@@ -75,6 +79,14 @@ impl RaftService for RaftRpc {
         use openraft::raft::AppendEntriesResponse as A;
         use pb::append_entries_response::Result as R;
         let result = match self.raft.append_entries(rpc).await.map_err(raft_err)? {
+            // Contact from a leader, as far as the crash detector is concerned.
+            resp @ (A::Success | A::PartialSuccess(_) | A::Conflict) => {
+                self.contact.touch();
+                resp
+            }
+            other => other,
+        };
+        let result = match result {
             A::Success => R::Success(pb::Blank {}),
             A::PartialSuccess(m) => R::PartialSuccess(pb::PartialSuccess { matching: dtm_model::opt_log_id_to_pb(&m) }),
             A::Conflict => R::Conflict(pb::Blank {}),

@@ -91,7 +91,7 @@ pub async fn serve(
 
     let grpc_task = {
         let mut stop = stop_rx.clone();
-        let svc = dtm_cluster::grpc_server(node.raft.clone());
+        let svc = node.grpc_service();
         let server = tonic::transport::Server::builder()
             .tls_config(node_tls.server_config())
             .context("gRPC TLS configuration")?
