@@ -95,11 +95,11 @@ fn revoke_key(txn: &mut Txn<'_>, c: &state::RevokeKey, at_ms: u64) -> Result<sta
     if entry.source_id != c.source_id {
         return Ok(rejected("not_found", format!("key `{}` does not belong to source `{}`", c.key_id, c.source_id)));
     }
-    if let Some(key) = entry.key.as_mut() {
-        if !key.revoked {
-            key.revoked = true;
-            key.revoked_at_ms = at_ms;
-        }
+    if let Some(key) = entry.key.as_mut()
+        && !key.revoked
+    {
+        key.revoked = true;
+        key.revoked_at_ms = at_ms;
     }
     txn.put_msg(k, &entry);
     Ok(applied())
@@ -142,18 +142,15 @@ fn ingest_one(
     position: &mut u32,
 ) -> Result<state::SubmissionResult, StoreError> {
     let idem_key = tables::idempotency(&sub.source, &sub.idempotency_key);
-    if !sub.idempotency_key.is_empty() {
-        if let Some(prev) = txn.get_msg::<state::IdempotencyEntry>(&idem_key)? {
-            if prev.fingerprint != sub.fingerprint || prev.dataset != sub.dataset {
-                return Ok(failed(
-                    "idempotency_conflict",
-                    "the Idempotency-Key was already used for a different request",
-                ));
-            }
-            let mut replay = prev.result.unwrap_or_default();
-            replay.replayed = true;
-            return Ok(replay);
+    if !sub.idempotency_key.is_empty()
+        && let Some(prev) = txn.get_msg::<state::IdempotencyEntry>(&idem_key)?
+    {
+        if prev.fingerprint != sub.fingerprint || prev.dataset != sub.dataset {
+            return Ok(failed("idempotency_conflict", "the Idempotency-Key was already used for a different request"));
         }
+        let mut replay = prev.result.unwrap_or_default();
+        replay.replayed = true;
+        return Ok(replay);
     }
     if txn.get(&tables::dataset(&sub.dataset))?.is_none() {
         return Ok(failed("unknown_dataset", format!("dataset `{}` is not defined", sub.dataset)));

@@ -2,6 +2,9 @@
 //! connected tonic channel per peer, with mutual TLS. Channels reconnect by themselves; openraft
 //! bounds and backs off its own retries, and every call carries the deadline openraft gives it.
 
+// openraft's `RPCError` is large by design; boxing it would only add allocations on every RPC.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;

@@ -115,15 +115,15 @@ impl Writer {
                     return Err(ClusterError::BadRequest(e.to_string()));
                 }
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    if let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) {
-                        if leader != self.id {
-                            match self.forward(leader, &node, &cmd, remaining).await {
-                                Ok((resp, index)) => {
-                                    self.wait_applied(index, LOCAL_APPLY_WAIT).await;
-                                    return Ok((resp, index));
-                                }
-                                Err(e) => tracing::info!(leader, error = %e, "forwarding failed; retrying"),
+                    if let (Some(leader), Some(node)) = (f.leader_id, f.leader_node)
+                        && leader != self.id
+                    {
+                        match self.forward(leader, &node, &cmd, remaining).await {
+                            Ok((resp, index)) => {
+                                self.wait_applied(index, LOCAL_APPLY_WAIT).await;
+                                return Ok((resp, index));
                             }
+                            Err(e) => tracing::info!(leader, error = %e, "forwarding failed; retrying"),
                         }
                     }
                 }

@@ -204,13 +204,14 @@ async fn failover(
                     .json(&json!({"failover": i, "pad": padding}))
                     .send()
                     .await;
-                if let (Ok(resp), Some(k)) = (r, killed_at.get()) {
-                    if resp.status().as_u16() == 201 && t0 >= *k {
-                        first.fetch_min(
-                            t0.duration_since(*k).as_micros() as u64 + t0.elapsed().as_micros() as u64,
-                            Ordering::Relaxed,
-                        );
-                    }
+                if let (Ok(resp), Some(k)) = (r, killed_at.get())
+                    && resp.status().as_u16() == 201
+                    && t0 >= *k
+                {
+                    first.fetch_min(
+                        t0.duration_since(*k).as_micros() as u64 + t0.elapsed().as_micros() as u64,
+                        Ordering::Relaxed,
+                    );
                 }
             }
         }));

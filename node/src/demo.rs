@@ -268,7 +268,7 @@ async fn feed(http: &reqwest::Client, urls: &[String], sources: &[Value], interv
         round += 1;
         for (i, s) in sources.iter().enumerate() {
             let (Some(key), Some(agency)) = (s["api_key"].as_str(), s["agency"].as_str()) else { continue };
-            let n = if round % 10 == 0 { 200 } else { 1 + (round % 5) as usize };
+            let n = if round.is_multiple_of(10) { 200 } else { 1 + (round % 5) as usize };
             let records: Vec<Value> = (0..n)
                 .map(|j| {
                     let t = 100 + ((round * 37 + j as u64 * 11) % 900);
@@ -296,7 +296,7 @@ async fn feed(http: &reqwest::Client, urls: &[String], sources: &[Value], interv
                 Err(e) => eprintln!("feed: {url}: {e}"),
             }
         }
-        if round % 20 == 0 {
+        if round.is_multiple_of(20) {
             println!("fed {accepted} records so far");
         }
     }

@@ -55,6 +55,9 @@ pub fn open(
     Ok((log, sm, reader))
 }
 
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// A read-only view of the application tables, for the API and the CLI. It reads whatever has been
 /// applied on this node; callers that need more wait on the Raft applied index first.
 #[derive(Clone)]
@@ -76,12 +79,7 @@ impl StateReader {
     }
 
     /// Up to `limit` pairs whose key starts with `prefix` and is greater than `after` (if given).
-    pub fn scan(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, StoreError> {
         let mut out = Vec::new();
         let iter = match after {
             Some(a) => {

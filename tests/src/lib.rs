@@ -182,10 +182,10 @@ impl TestCluster {
         let facts_path = data_dir.join("node.json");
         let deadline = Instant::now() + Duration::from_secs(30);
         let facts: Value = loop {
-            if let Ok(b) = std::fs::read(&facts_path) {
-                if let Ok(v) = serde_json::from_slice(&b) {
-                    break v;
-                }
+            if let Ok(b) = std::fs::read(&facts_path)
+                && let Ok(v) = serde_json::from_slice(&b)
+            {
+                break v;
             }
             if Instant::now() > deadline || child.try_wait()?.is_some() {
                 let _ = child.kill();
@@ -302,12 +302,11 @@ impl TestCluster {
     pub async fn leader(&self) -> anyhow::Result<u64> {
         eventually("a leader", Duration::from_secs(30), || async {
             for id in self.running() {
-                if let Ok(v) = self.status(id).await {
-                    if let Some(l) = v["leader_id"].as_u64() {
-                        if self.nodes.get(&l).is_some_and(NodeProc::is_running) {
-                            return Some(l);
-                        }
-                    }
+                if let Ok(v) = self.status(id).await
+                    && let Some(l) = v["leader_id"].as_u64()
+                    && self.nodes.get(&l).is_some_and(NodeProc::is_running)
+                {
+                    return Some(l);
                 }
             }
             None

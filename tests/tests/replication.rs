@@ -141,10 +141,10 @@ async fn leader_kill_under_load_loses_nothing_and_retries_never_duplicate() -> a
     c.kill(old_leader);
     let new_leader = eventually("a new leader", Duration::from_secs(20), || async {
         for id in all.iter().filter(|i| **i != old_leader) {
-            if let Ok(v) = c.status(*id).await {
-                if let Some(l) = v["leader_id"].as_u64().filter(|l| *l != old_leader) {
-                    return Some(l);
-                }
+            if let Ok(v) = c.status(*id).await
+                && let Some(l) = v["leader_id"].as_u64().filter(|l| *l != old_leader)
+            {
+                return Some(l);
             }
         }
         None

@@ -49,6 +49,31 @@ fn str_field<'a>(v: &'a Value, name: &str, required: bool) -> ApiResult<&'a str>
     }
 }
 
+/// An admin request whose body is a JSON object: who sent it, the raw bytes (kept verbatim) and the
+/// parsed object.
+async fn admin_object(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<(auth::Principal, bytes::Bytes, Value)> {
+    let who = auth::require_admin(state, headers).await?;
+    let bytes = super::read_body(headers, body, ADMIN_BODY_BYTES_MAX).await?;
+    let v = super::parse_json(headers, &bytes)?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    Ok((who, bytes, v))
+}
+
+/// The object's `id`, checked against the id syntax.
+fn object_id(v: &Value) -> ApiResult<&str> {
+    let id = str_field(v, "id", true)?;
+    if !super::valid_id(id) {
+        return Err(ApiError::bad_request("`id` must be 1-64 characters: letters, digits, `_`, `.`, `-`"));
+    }
+    Ok(id)
+}
+
 fn new_key(now: u64) -> (auth::Issued, state::ApiKey) {
     let issued = auth::issue_api_key();
     let key = state::ApiKey {
@@ -65,16 +90,8 @@ pub async fn create_source(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let who = auth::require_admin(&state, &headers).await?;
-    let bytes = super::read_body(&headers, body, ADMIN_BODY_BYTES_MAX).await?;
-    let v = super::parse_json(&headers, &bytes)?;
-    if !v.is_object() {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
-    }
-    let id = str_field(&v, "id", true)?;
-    if !super::valid_id(id) {
-        return Err(ApiError::bad_request("`id` must be 1-64 characters: letters, digits, `_`, `.`, `-`"));
-    }
+    let (who, bytes, v) = admin_object(&state, &headers, body).await?;
+    let id = object_id(&v)?;
     let name = str_field(&v, "name", true)?;
     let agency = str_field(&v, "agency", false)?;
     let contact = str_field(&v, "contact", false)?;
@@ -131,16 +148,8 @@ pub async fn create_dataset(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let who = auth::require_admin(&state, &headers).await?;
-    let bytes = super::read_body(&headers, body, ADMIN_BODY_BYTES_MAX).await?;
-    let v = super::parse_json(&headers, &bytes)?;
-    if !v.is_object() {
-        return Err(ApiError::bad_request("the body must be a JSON object (a dataset definition)"));
-    }
-    let id = str_field(&v, "id", true)?;
-    if !super::valid_id(id) {
-        return Err(ApiError::bad_request("`id` must be 1-64 characters: letters, digits, `_`, `.`, `-`"));
-    }
+    let (who, bytes, v) = admin_object(&state, &headers, body).await?;
+    let id = object_id(&v)?;
     if !v.get("schema").is_some_and(Value::is_object) {
         return Err(ApiError::bad_request("`schema` must be a JSON Schema object"));
     }
