@@ -10,6 +10,8 @@ use dtm_storage::Applier;
 use dtm_storage::StoreError;
 use dtm_storage::Txn;
 
+use crate::limits::IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX;
+use crate::limits::IDEMPOTENCY_RETENTION_MS;
 use crate::tables;
 
 pub struct DtmApplier;
@@ -49,7 +51,7 @@ impl Applier for DtmApplier {
             Kind::IssueKey(c) => issue_key(txn, c),
             Kind::RevokeKey(c) => revoke_key(txn, c, cmd.proposed_at_ms),
             Kind::DefineDataset(c) => define_dataset(txn, c),
-            Kind::Ingest(c) => ingest(txn, log_id, c),
+            Kind::Ingest(c) => ingest(txn, log_id, cmd.proposed_at_ms, c),
             Kind::IssueAdminToken(c) => issue_admin_token(txn, c),
             // The audit trail arrives with its own issue; until then audit events are accepted and
             // kept only in the log.
@@ -125,7 +127,13 @@ fn issue_admin_token(txn: &mut Txn<'_>, c: &state::IssueAdminToken) -> Result<st
     Ok(applied())
 }
 
-fn ingest(txn: &mut Txn<'_>, log_id: &LogId, c: &state::IngestBatch) -> Result<state::CommandResponse, StoreError> {
+fn ingest(
+    txn: &mut Txn<'_>,
+    log_id: &LogId,
+    now_ms: u64,
+    c: &state::IngestBatch,
+) -> Result<state::CommandResponse, StoreError> {
+    expire_idempotency_keys(txn, now_ms)?;
     let mut results = Vec::with_capacity(c.submissions.len());
     // Positions run over the whole entry so that records of different submissions never collide.
     let mut position: u32 = 0;
@@ -133,6 +141,22 @@ fn ingest(txn: &mut Txn<'_>, log_id: &LogId, c: &state::IngestBatch) -> Result<s
         results.push(ingest_one(txn, log_id, sub, &mut position)?);
     }
     Ok(state::CommandResponse { result: Some(Reply::Ingest(state::IngestResults { results })) })
+}
+
+/// Forgets idempotency entries older than `IDEMPOTENCY_RETENTION_MS`, at most
+/// `IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX` per entry. "Now" is the entry's proposal time, carried in the
+/// log, so every node forgets the same entries at the same position.
+fn expire_idempotency_keys(txn: &mut Txn<'_>, now_ms: u64) -> Result<(), StoreError> {
+    let expired = txn.scan_range(
+        tables::IDEMPOTENCY_EXPIRY,
+        &tables::idempotency_expired_before(now_ms),
+        IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX,
+    )?;
+    for (index_key, idem_key) in expired {
+        txn.remove(index_key);
+        txn.remove(idem_key);
+    }
+    Ok(())
 }
 
 fn ingest_one(
@@ -192,6 +216,8 @@ fn ingest_one(
     txn.put(count_key, (count + ids.len() as u64).to_be_bytes().to_vec());
     let result = state::SubmissionResult { ids, commit_index: log_id.index, ..Default::default() };
     if !sub.idempotency_key.is_empty() {
+        let expires_at_ms = sub.received_at_ms.saturating_add(IDEMPOTENCY_RETENTION_MS);
+        txn.put(tables::idempotency_expiry(expires_at_ms, &idem_key), idem_key.clone());
         txn.put_msg(
             idem_key,
             &state::IdempotencyEntry {

@@ -35,6 +35,15 @@ pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Submissions waiting to join a batch on one node; a full queue answers 429 with Retry-After.
 pub const GROUP_COMMIT_QUEUE_DEPTH: usize = 8192;
 
+/// How long an idempotency key is remembered: a retry within this time returns the first answer, a
+/// request after it is new. Part of the replicated semantics (every node expires the same entries at
+/// the same log position), so changing it needs a command-set version bump.
+pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Expired idempotency entries removed per applied ingest entry. Larger than the submissions one
+/// entry can add, so expiry keeps up with arrivals.
+pub const IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX: usize = 2048;
+
 /// Upper bounds for the configurable parts of group commit.
 pub const GROUP_COMMIT_IN_FLIGHT_MAX: usize = 256;
 pub const GROUP_COMMIT_LINGER_MAX: Duration = Duration::from_millis(100);
@@ -82,3 +91,4 @@ pub const LEARNER_CATCH_UP_DEADLINE: Duration = Duration::from_secs(300);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES as usize * 2 < GRPC_MESSAGE_BYTES_MAX);
 const _: () = assert!(GROUP_COMMIT_BYTES_MAX * 2 < GRPC_MESSAGE_BYTES_MAX);
 const _: () = assert!(GROUP_COMMIT_SUBMISSIONS_MAX <= GROUP_COMMIT_QUEUE_DEPTH);
+const _: () = assert!(IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX > GROUP_COMMIT_SUBMISSIONS_MAX);

@@ -9,6 +9,7 @@ pub const DATASET: &[u8] = b"ds/";
 pub const RECORD: &[u8] = b"rec/";
 pub const IDEMPOTENCY: &[u8] = b"idem/";
 pub const RECORD_COUNT: &[u8] = b"cnt/";
+pub const IDEMPOTENCY_EXPIRY: &[u8] = b"idx/";
 
 fn join(table: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = table.to_vec();
@@ -58,4 +59,20 @@ pub fn idempotency(source: &str, key: &str) -> Vec<u8> {
 
 pub fn record_count(dataset: &str) -> Vec<u8> {
     join(RECORD_COUNT, &[dataset.as_bytes()])
+}
+
+/// Expiry index of idempotency entries: `idx/<expires_at_ms be64><idempotency key>`; the value is
+/// the idempotency table key it expires.
+pub fn idempotency_expiry(expires_at_ms: u64, idempotency_key: &[u8]) -> Vec<u8> {
+    let mut k = IDEMPOTENCY_EXPIRY.to_vec();
+    k.extend_from_slice(&expires_at_ms.to_be_bytes());
+    k.extend_from_slice(idempotency_key);
+    k
+}
+
+/// The end (exclusive) of the expiry index range that has expired at `now_ms`.
+pub fn idempotency_expired_before(now_ms: u64) -> Vec<u8> {
+    let mut k = IDEMPOTENCY_EXPIRY.to_vec();
+    k.extend_from_slice(&now_ms.to_be_bytes());
+    k
 }

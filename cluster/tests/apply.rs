@@ -20,6 +20,8 @@ fn open() -> (tempfile::TempDir, StateMachineStore, StateReader) {
     (dir, sm, reader)
 }
 
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
 fn cmd(kind: Kind) -> state::Command {
     state::Command { version: 1, proposed_at_ms: 1_000, origin_node: 1, kind: Some(kind) }
 }
@@ -108,6 +110,16 @@ fn log() -> Vec<dtm_model::Entry> {
             })),
         ),
         entry(8, state::Command { version: 99, ..cmd(Kind::Audit(state::AuditEvents::default())) }),
+        // A day later: the idempotency keys above have expired, so key `a` with another body is a new
+        // request now (with a fresh API key, since k1 was revoked).
+        entry(9, cmd(Kind::IssueKey(state::IssueKey { source_id: "moj".into(), key: Some(key("k2")) }))),
+        entry(
+            10,
+            state::Command {
+                proposed_at_ms: DAY_MS + 1_000,
+                ..cmd(Kind::Ingest(state::IngestBatch { submissions: vec![submission("a", &["{\"n\":9}"], "k2")] }))
+            },
+        ),
     ]
 }
 
@@ -142,10 +154,17 @@ async fn apply_answers_idempotency_revocation_and_conflicts() {
     assert!(matches!(&replies[6].result, Some(Reply::Rejected(r)) if r.code == "conflict"));
     assert!(matches!(&replies[7].result, Some(Reply::Rejected(r)) if r.code == "unsupported_command"));
 
+    let late = &ingest_results(&replies[9])[0];
+    assert!(late.error_code.is_empty() && !late.replayed, "an expired key starts a new request: {late:?}");
+    assert_eq!(late.commit_index, 10);
+
     let records = reader.scan(&dtm_cluster::tables::records_of("etx"), None, 100).expect("scan");
-    assert_eq!(records.len(), 3, "a-0, a-1 and c-0, each once");
+    assert_eq!(records.len(), 4, "a-0, a-1 and c-0 once each, and the late request");
+    // Only the late request's idempotency entry (and its expiry index key) is left.
+    assert_eq!(reader.scan(dtm_cluster::tables::IDEMPOTENCY, None, 100).expect("scan").len(), 1);
+    assert_eq!(reader.scan(dtm_cluster::tables::IDEMPOTENCY_EXPIRY, None, 100).expect("scan").len(), 1);
     let (applied, _) = sm.applied_state().await.expect("applied state");
-    assert_eq!(applied.map(|l| l.index), Some(8));
+    assert_eq!(applied.map(|l| l.index), Some(10));
 }
 
 #[tokio::test]

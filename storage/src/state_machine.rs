@@ -82,6 +82,31 @@ impl<'a> Txn<'a> {
         }
     }
 
+    /// The first `limit` pairs with `start <= key < end`, as this transaction sees them (its own
+    /// writes and removals included), so that the result does not depend on how entries were grouped
+    /// into `apply` calls.
+    pub fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> std::result::Result<Vec<crate::Pair>, StoreError> {
+        let bounds = start.to_vec()..end.to_vec();
+        let removed_here = self.overlay.range(bounds.clone()).filter(|(_, v)| v.is_none()).count();
+        let mut merged = BTreeMap::new();
+        for kv in self.tree.range(bounds.clone()).take(limit.saturating_add(removed_here)) {
+            let (k, v) = kv?;
+            merged.insert(k.to_vec(), v.to_vec());
+        }
+        for (k, v) in self.overlay.range(bounds) {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         debug_assert!(key.first() != Some(&RESERVED_PREFIX), "application key in the reserved range");
         self.overlay.insert(key, Some(value));
@@ -322,5 +347,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let meta = dtm_model::snapshot_meta_from_pb(meta_pb)
             .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_range_sees_the_transactions_own_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new().path(dir.path()).open().expect("sled");
+        let tree = db.open_tree("sm").expect("tree");
+        for k in [&b"t/a"[..], b"t/b", b"t/c", b"t/d", b"u/x"] {
+            tree.insert(k, b"tree").expect("insert");
+        }
+        let mut txn = Txn::new(&tree);
+        txn.remove(b"t/b".to_vec());
+        txn.remove(b"t/c".to_vec());
+        txn.put(b"t/bb".to_vec(), b"overlay".to_vec());
+        txn.put(b"t/a".to_vec(), b"overwritten".to_vec());
+        let keys = |limit| -> Vec<(Vec<u8>, Vec<u8>)> { txn.scan_range(b"t/", b"t0", limit).expect("scan") };
+        assert_eq!(keys(2), vec![(b"t/a".to_vec(), b"overwritten".to_vec()), (b"t/bb".to_vec(), b"overlay".to_vec())]);
+        let three: Vec<Vec<u8>> = keys(3).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(three, vec![b"t/a".to_vec(), b"t/bb".to_vec(), b"t/d".to_vec()]);
+        assert_eq!(keys(10).len(), 3, "the range stops before `u/`");
     }
 }

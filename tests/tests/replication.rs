@@ -65,6 +65,24 @@ async fn records_posted_to_a_follower_are_readable_on_every_node() -> anyhow::Re
     assert_everywhere(&c, &ids).await?;
     let on_leader = c.records(leader, DATASET).await?;
     assert!(on_leader.iter().any(|(_, d)| d["transactions"] == 10));
+
+    // A linearizable read on another node sees every write acknowledged before it, at once.
+    let other = c.running().into_iter().find(|id| *id != follower && *id != leader).expect("third node");
+    for i in 0..10 {
+        let (s, v, _) = c.post(follower, DATASET, &key, &json!({"seq": i}), None).await?;
+        assert_eq!(s, 201, "{v}");
+        let committed = v["commit_index"].as_u64().expect("commit index");
+        let path = format!("/api/v1/datasets/{DATASET}/records?limit=1000&consistency=linearizable");
+        let (s, page) = c.admin(reqwest::Method::GET, other, &path, None).await?;
+        assert_eq!(s, 200, "{page}");
+        assert!(page["as_of_index"].as_u64().expect("as_of_index") >= committed, "{page}");
+        let seen = page["records"].as_array().expect("records").iter().any(|r| r["data"]["seq"] == i);
+        assert!(seen, "record {i} acknowledged at {committed} is visible on node {other}");
+    }
+    let (s, v) = c
+        .admin(reqwest::Method::GET, other, &format!("/api/v1/datasets/{DATASET}/records?consistency=eventual"), None)
+        .await?;
+    assert_eq!(s, 400, "an unknown consistency is refused: {v}");
     Ok(())
 }
 
