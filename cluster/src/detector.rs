@@ -4,8 +4,10 @@
 //! random election timeout have passed since the last heartbeat, and refuses others' votes during the
 //! lease: about 1.2–1.6 s with the default timings. When the leader has crashed (its gRPC port
 //! actively refuses connections: the process is gone, not slow or partitioned away), waiting the
-//! extra random timeout buys nothing. The lowest-id surviving voter then starts an election as soon
-//! as the lease has expired; the others keep openraft's own timer, so they do not split the vote.
+//! extra random timeout buys nothing. The surviving voter with the longest log (ties: the lowest id)
+//! then starts an election as soon as the lease has expired; the others keep openraft's own timer,
+//! so they do not split the vote, and a lagging node (say, one just restarted) does not campaign with
+//! a log the others must refuse.
 //! Starting an election is always safe in Raft; at worst it is unnecessary.
 
 use std::sync::Arc;
@@ -17,6 +19,12 @@ use std::time::Instant;
 use dtm_model::NodeId;
 use dtm_model::Raft;
 use openraft::ServerState;
+
+use crate::network::PeerPool;
+
+/// Elections the detector starts for one dead leader, and how long it waits for a leader after each.
+const ELECTION_ATTEMPTS_MAX: u32 = 5;
+const ELECTION_RETRY_AFTER: Duration = Duration::from_millis(150);
 
 /// When this node last heard from a leader (an append-entries or heartbeat RPC).
 pub struct LastContact {
@@ -47,7 +55,22 @@ async fn refuses_connections(addr: &str) -> bool {
     }
 }
 
-pub(crate) async fn run(raft: Raft, contact: Arc<LastContact>, id: NodeId, heartbeat: Duration, lease: Duration) {
+/// The last log index another voter reports, if it answers within a heartbeat or so.
+async fn last_log_index_of(pool: &PeerPool, id: NodeId, addr: &str) -> Option<u64> {
+    let mut client = pool.client(id, addr).ok()?;
+    let ask = client.node_status(dtm_model::pb::NodeStatusRequest {});
+    let answer = tokio::time::timeout(Duration::from_millis(150), ask).await.ok()?.ok()?;
+    Some(answer.into_inner().last_log_index)
+}
+
+pub(crate) async fn run(
+    raft: Raft,
+    pool: Arc<PeerPool>,
+    contact: Arc<LastContact>,
+    id: NodeId,
+    heartbeat: Duration,
+    lease: Duration,
+) {
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut handled_term = 0;
@@ -61,13 +84,27 @@ pub(crate) async fn run(raft: Raft, contact: Arc<LastContact>, id: NodeId, heart
         if contact.since() < heartbeat * 3 {
             continue;
         }
-        let membership = m.membership_config.membership();
-        let first_survivor = membership.voter_ids().filter(|v| *v != leader).min();
-        if first_survivor != Some(id) {
-            continue;
-        }
+        let membership = m.membership_config.membership().clone();
         let Some(addr) = membership.get_node(&leader).map(|n| n.grpc_addr.clone()) else { continue };
         if !refuses_connections(&addr).await {
+            continue;
+        }
+        // Only the survivor with the longest log (ties: the lowest id) campaigns early: it is the one
+        // the others will vote for, and a single candidate does not split the vote.
+        let mine = (m.last_log_index.unwrap_or(0), std::cmp::Reverse(id));
+        let others = membership
+            .voter_ids()
+            .filter(|v| *v != leader && *v != id)
+            .filter_map(|v| membership.get_node(&v).map(|n| (v, n.grpc_addr.clone())));
+        let mut best = true;
+        for (other, addr) in others {
+            if let Some(index) = last_log_index_of(&pool, other, &addr).await
+                && (index, std::cmp::Reverse(other)) > mine
+            {
+                best = false;
+            }
+        }
+        if !best {
             continue;
         }
         handled_term = m.current_term;
@@ -75,12 +112,29 @@ pub(crate) async fn run(raft: Raft, contact: Arc<LastContact>, id: NodeId, heart
         // which came at about the same time as ours.
         let wait = lease.saturating_sub(contact.since()) + heartbeat / 2;
         tokio::time::sleep(wait).await;
-        let still_gone = raft.metrics().borrow().current_leader == Some(leader) && contact.since() >= lease;
-        if still_gone {
-            tracing::warn!(leader, term = m.current_term, "leader's port refuses connections; starting an election");
+        // The other voters' last heartbeat may have come a little later than ours (CPU contention),
+        // so a first election can still meet a lease: retry a few times, briefly, until a leader is
+        // known. Each retry is an ordinary election at a higher term.
+        for attempt in 1..=ELECTION_ATTEMPTS_MAX {
+            let m = raft.metrics().borrow().clone();
+            let leaderless = m.current_leader.is_none() || m.current_leader == Some(leader);
+            if !leaderless || contact.since() < lease {
+                break;
+            }
+            tracing::warn!(
+                leader,
+                term = m.current_term,
+                attempt,
+                "leader's port refuses connections; starting an election"
+            );
             if let Err(e) = raft.trigger().elect().await {
                 tracing::warn!(error = %e, "could not start an election");
+                break;
             }
+            let _ = raft
+                .wait(Some(ELECTION_RETRY_AFTER))
+                .metrics(|m| m.current_leader.is_some() && m.current_leader != Some(leader), "a new leader")
+                .await;
         }
     }
 }

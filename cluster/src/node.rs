@@ -219,6 +219,7 @@ impl ClusterNode {
         let contact = LastContact::new();
         tokio::spawn(crate::detector::run(
             raft.clone(),
+            pool.clone(),
             contact.clone(),
             cfg.node_id,
             Duration::from_millis(cfg.raft.heartbeat_interval_ms),

@@ -214,6 +214,7 @@ impl RaftService for RaftRpc {
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             term: m.current_term,
             leader_id: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
         }))
     }
 }
