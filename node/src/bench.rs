@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Clients speak HTTP/1.1 instead of negotiating HTTP/2.
+    #[arg(long)]
+    pub http1: bool,
 }
 
 struct Level {
@@ -80,7 +83,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("{:>8} {:>12} {:>10} {:>10} {:>10} {:>8}", "clients", "records/s", "p50 ms", "p99 ms", "max ms", "errors");
     let mut results = Vec::new();
     for &c in &args.clients {
-        let level = load(&ca_pem, &urls, &key, &dataset, &padding, c, Duration::from_secs(args.duration_secs)).await?;
+        let level =
+            load(&ca_pem, args.http1, &urls, &key, &dataset, &padding, c, Duration::from_secs(args.duration_secs))
+                .await?;
         let rate = level.ok as f64 / level.elapsed.as_secs_f64();
         let ms = |q: f64| level.hist.value_at_quantile(q) as f64 / 1000.0;
         println!(
@@ -110,6 +115,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 async fn load(
     ca_pem: &[u8],
+    http1: bool,
     urls: &[String],
     key: &str,
     dataset: &str,
@@ -124,7 +130,7 @@ async fn load(
     let mut tasks = Vec::new();
     for i in 0..clients {
         // Its own client per task: one connection each, like independent source systems.
-        let http = crate::tls::https_client(ca_pem)?;
+        let http = crate::tls::https_client_with(ca_pem, http1)?;
         let url = format!("{}/api/v1/datasets/{dataset}/records", urls[i % urls.len()]);
         let key = key.to_string();
         let padding = padding.to_string();

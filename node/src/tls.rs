@@ -63,14 +63,24 @@ pub fn https_server_config(tls: &dtm_cluster::NodeTls) -> anyhow::Result<Arc<rus
 
 /// An HTTPS client that trusts only the cluster CA.
 pub fn https_client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
+    https_client_with(ca_pem, false)
+}
+
+/// Like `https_client`; with `http1_only` it does not offer HTTP/2.
+pub fn https_client_with(ca_pem: &[u8], http1_only: bool) -> anyhow::Result<reqwest::Client> {
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(ca_pem)? {
         roots.add(c).context("adding CA certificate")?;
     }
-    let cfg = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
+    let mut cfg =
+        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    cfg.alpn_protocols =
+        if http1_only { vec![b"http/1.1".to_vec()] } else { vec![b"h2".to_vec(), b"http/1.1".to_vec()] };
+    let builder = reqwest::Client::builder();
+    let builder = if http1_only { builder.http1_only() } else { builder };
+    builder
         .use_preconfigured_tls(cfg)
         .timeout(std::time::Duration::from_secs(30))
         .connect_timeout(std::time::Duration::from_secs(5))

@@ -120,15 +120,8 @@ impl<'a> Txn<'a> {
         self.overlay.insert(key, None);
     }
 
-    fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.overlay {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        batch
+    fn into_overlay(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        self.overlay
     }
 }
 
@@ -137,9 +130,11 @@ struct Inner {
     tree: sled::Tree,
     snapshots: sled::Tree,
     applier: Arc<dyn Applier>,
-    /// Held while a batch is written and while a snapshot copies the tables, so that a snapshot is
-    /// taken at exactly one applied index even though openraft builds it concurrently with `apply`.
+    /// Held while a batch is written, and briefly when a snapshot begins and ends.
     write_lock: Mutex<()>,
+    /// Open while a snapshot copies the tables: the value each key had when the snapshot began, for
+    /// every key changed since. Lets the copy run without holding `write_lock` (see `snapshot_begin`).
+    preimages: Mutex<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
     snapshot_seq: AtomicU64,
 }
 
@@ -160,6 +155,7 @@ impl StateMachineStore {
                 snapshots,
                 applier,
                 write_lock: Mutex::new(()),
+                preimages: Mutex::new(None),
                 snapshot_seq: AtomicU64::new(0),
             }),
         })
@@ -184,24 +180,84 @@ impl StateMachineStore {
         self.inner.write_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn build_snapshot_now(&self) -> std::result::Result<(SnapshotMeta, Vec<u8>), StoreError> {
-        let (body, applied, membership) = {
-            let _g = self.lock();
-            let (applied, membership) = self.read_applied()?;
-            let mut pairs = Vec::new();
-            let mut size = 0usize;
-            for kv in self.inner.tree.iter() {
-                let (k, v) = kv?;
-                if k.first() == Some(&RESERVED_PREFIX) {
-                    continue;
+    /// Records, while a snapshot window is open, the current value of each key about to change.
+    /// Called with `write_lock` held, before the change is written.
+    fn record_preimages<'k>(&self, keys: impl Iterator<Item = &'k Vec<u8>>) -> std::result::Result<(), StoreError> {
+        let mut window = self.inner.preimages.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pre) = window.as_mut() {
+            for k in keys {
+                if k.first() != Some(&RESERVED_PREFIX) && !pre.contains_key(k) {
+                    pre.insert(k.clone(), self.inner.tree.get(k)?.map(|v| v.to_vec()));
                 }
-                size += k.len() + v.len();
-                if size > SNAPSHOT_BYTES_MAX {
-                    return Err(StoreError::Invalid("state is larger than the snapshot limit".into()));
-                }
-                pairs.push(pb::SnapshotPair { key: k.to_vec(), value: v.to_vec() });
             }
-            (pb::SnapshotBody { format_version: SNAPSHOT_FORMAT_VERSION, pairs }, applied, membership)
+        }
+        Ok(())
+    }
+
+    /// Starts a snapshot: notes the applied state and opens the pre-image window, holding
+    /// `write_lock` only for that.
+    fn snapshot_begin(&self) -> std::result::Result<(Option<LogId>, StoredMem), StoreError> {
+        let _g = self.lock();
+        let mut window = self.inner.preimages.lock().unwrap_or_else(|p| p.into_inner());
+        if window.is_some() {
+            return Err(StoreError::Invalid("a snapshot is already being built".into()));
+        }
+        *window = Some(BTreeMap::new());
+        self.read_applied()
+    }
+
+    /// Copies the application tables without holding `write_lock`; concurrent writes may show
+    /// through, `snapshot_finish` undoes them.
+    fn snapshot_copy(&self) -> std::result::Result<Vec<crate::Pair>, StoreError> {
+        let mut pairs = Vec::new();
+        let mut size = 0usize;
+        for kv in self.inner.tree.iter() {
+            let (k, v) = kv?;
+            if k.first() == Some(&RESERVED_PREFIX) {
+                continue;
+            }
+            size += k.len() + v.len();
+            if size > SNAPSHOT_BYTES_MAX {
+                return Err(StoreError::Invalid("state is larger than the snapshot limit".into()));
+            }
+            pairs.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(pairs)
+    }
+
+    /// Closes the window and puts back, over the copy, the value every changed key had at
+    /// `snapshot_begin`: the result is the tables exactly as of the noted applied index.
+    fn snapshot_finish(&self, copied: Vec<crate::Pair>) -> Vec<crate::Pair> {
+        let pre = {
+            let _g = self.lock();
+            self.inner.preimages.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
+        };
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = copied.into_iter().filter(|(k, _)| !pre.contains_key(k)).collect();
+        merged.extend(pre.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        merged.into_iter().collect()
+    }
+
+    /// Closes the window after a failed copy, so that writes stop recording pre-images.
+    fn snapshot_abort(&self) {
+        let _g = self.lock();
+        *self.inner.preimages.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn build_snapshot_now(&self) -> std::result::Result<(SnapshotMeta, Vec<u8>), StoreError> {
+        let started = std::time::Instant::now();
+        let (applied, membership) = self.snapshot_begin()?;
+        let copied = match self.snapshot_copy() {
+            Ok(c) => c,
+            Err(e) => {
+                self.snapshot_abort();
+                return Err(e);
+            }
+        };
+        let pairs = self.snapshot_finish(copied);
+        let copy_ms = started.elapsed().as_millis() as u64;
+        let body = pb::SnapshotBody {
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            pairs: pairs.into_iter().map(|(key, value)| pb::SnapshotPair { key, value }).collect(),
         };
         let data = body.encode_to_vec();
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +266,7 @@ impl StateMachineStore {
             None => format!("0-0-0-{seq}"),
         };
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+        tracing::info!(snapshot_id = %meta.snapshot_id, copy_ms, total_ms = started.elapsed().as_millis() as u64, "copied tables for a snapshot");
         Ok((meta, data))
     }
 
@@ -227,15 +284,20 @@ impl StateMachineStore {
         let _g = self.lock();
         // One sled batch replaces the whole table, so a crash leaves either the old state or the new.
         let mut batch = sled::Batch::default();
+        let mut touched = Vec::new();
         for k in self.inner.tree.iter().keys() {
-            batch.remove(k?);
+            let k = k?;
+            touched.push(k.to_vec());
+            batch.remove(k);
         }
         for p in body.pairs {
             if p.key.first() == Some(&RESERVED_PREFIX) {
                 return Err(StoreError::Invalid("snapshot carries a reserved key".into()));
             }
+            touched.push(p.key.clone());
             batch.insert(p.key, p.value);
         }
+        self.record_preimages(touched.iter())?;
         if let Some(l) = &meta.last_log_id {
             batch.insert(KEY_LAST_APPLIED, dtm_model::log_id_to_pb(l).encode_to_vec());
         }
@@ -300,7 +362,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last = Some(entry.log_id);
             replies.push(reply);
         }
-        let mut batch = txn.into_batch();
+        let overlay = txn.into_overlay();
+        let mut batch = sled::Batch::default();
+        for (k, v) in &overlay {
+            match v {
+                Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                None => batch.remove(k.as_slice()),
+            }
+        }
         if let Some(l) = &last {
             batch.insert(KEY_LAST_APPLIED, dtm_model::log_id_to_pb(l).encode_to_vec());
         }
@@ -309,6 +378,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         {
             let _g = self.lock();
+            self.record_preimages(overlay.keys()).map_err(|e| sto(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
             tree.apply_batch(batch).map_err(|e| sto(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         }
         Ok(replies)
@@ -353,6 +423,70 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A test applier: `RegisterSource{id, name}` puts `id = name`, or removes `id` when `name` is
+    /// empty.
+    struct KvApplier;
+
+    impl Applier for KvApplier {
+        fn apply(
+            &self,
+            txn: &mut Txn<'_>,
+            _log_id: &LogId,
+            cmd: &Command,
+        ) -> std::result::Result<CommandResponse, StoreError> {
+            if let Some(dtm_model::state::command::Kind::RegisterSource(r)) = &cmd.kind {
+                let s = r.source.clone().unwrap_or_default();
+                if s.name.is_empty() {
+                    txn.remove(s.id.into_bytes())
+                } else {
+                    txn.put(s.id.into_bytes(), s.name.into_bytes())
+                }
+            }
+            Ok(CommandResponse::default())
+        }
+    }
+
+    fn kv(index: u64, key: &str, value: &str) -> dtm_model::Entry {
+        let source = dtm_model::state::Source { id: key.into(), name: value.into(), ..Default::default() };
+        let kind = dtm_model::state::command::Kind::RegisterSource(dtm_model::state::RegisterSource {
+            source: Some(source),
+            first_key: None,
+        });
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::LeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command { kind: Some(kind), ..Default::default() }),
+        }
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<crate::Pair> {
+        p.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_the_state_at_its_start_whatever_is_written_meanwhile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_log, mut sm, _reader) = crate::open(dir.path(), &Default::default(), Arc::new(KvApplier)).expect("open");
+        sm.apply(vec![kv(1, "t/a", "1"), kv(2, "t/b", "2"), kv(3, "t/c", "3")]).await.expect("apply");
+
+        let (applied, _) = sm.snapshot_begin().expect("begin");
+        assert_eq!(applied.map(|l| l.index), Some(3));
+        // Writes while the copy runs (change, remove, add) and after it (change, add).
+        sm.apply(vec![kv(4, "t/a", "changed"), kv(5, "t/b", ""), kv(6, "t/d", "4")]).await.expect("apply");
+        let copied = sm.snapshot_copy().expect("copy");
+        sm.apply(vec![kv(7, "t/c", "late"), kv(8, "t/e", "5")]).await.expect("apply");
+        let snapshot = sm.snapshot_finish(copied);
+        assert_eq!(snapshot, pairs(&[("t/a", "1"), ("t/b", "2"), ("t/c", "3")]));
+
+        // The window is closed: the live tables moved on, and a second snapshot sees them.
+        sm.apply(vec![kv(9, "t/f", "6")]).await.expect("apply");
+        let (applied, _) = sm.snapshot_begin().expect("begin");
+        assert_eq!(applied.map(|l| l.index), Some(9));
+        let copied = sm.snapshot_copy().expect("copy");
+        let snapshot = sm.snapshot_finish(copied);
+        let want = pairs(&[("t/a", "changed"), ("t/c", "late"), ("t/d", "4"), ("t/e", "5"), ("t/f", "6")]);
+        assert_eq!(snapshot, want);
+    }
 
     #[test]
     fn scan_range_sees_the_transactions_own_writes() {
