@@ -56,11 +56,14 @@ pub trait Applier: Send + Sync + 'static {
     ) -> std::result::Result<CommandResponse, StoreError>;
 }
 
+/// Keys and what they become (`None`: removed), or what they were (pre-images).
+type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// A write transaction over the application tables: reads see the transaction's own writes; the
 /// writes reach sled in one atomic batch together with the last-applied log id.
 pub struct Txn<'a> {
     tree: &'a sled::Tree,
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    overlay: Overlay,
 }
 
 impl<'a> Txn<'a> {
@@ -120,7 +123,7 @@ impl<'a> Txn<'a> {
         self.overlay.insert(key, None);
     }
 
-    fn into_overlay(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+    fn into_overlay(self) -> Overlay {
         self.overlay
     }
 }
@@ -134,7 +137,7 @@ struct Inner {
     write_lock: Mutex<()>,
     /// Open while a snapshot copies the tables: the value each key had when the snapshot began, for
     /// every key changed since. Lets the copy run without holding `write_lock` (see `snapshot_begin`).
-    preimages: Mutex<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
+    preimages: Mutex<Option<Overlay>>,
     snapshot_seq: AtomicU64,
 }
 
