@@ -85,6 +85,11 @@ impl GroupCommitOptions {
     }
 }
 
+/// How often the snapshot policy looks at the log, and when it gives up waiting for a snapshot it
+/// triggered.
+pub const SNAPSHOT_POLICY_TICK: Duration = Duration::from_millis(500);
+pub const SNAPSHOT_TRIGGER_RETRY: Duration = Duration::from_secs(120);
+
 /// How long `add-node` waits for a learner to catch up before promoting it.
 pub const LEARNER_CATCH_UP_DEADLINE: Duration = Duration::from_secs(300);
 

@@ -194,7 +194,8 @@ impl ClusterNode {
             election_timeout_max: cfg.raft.election_timeout_max_ms,
             install_snapshot_timeout: 10_000,
             max_payload_entries: APPEND_ENTRIES_MAX,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_after_logs),
+            // Snapshots are triggered by `snapshot_policy` below, which also weighs their cost.
+            snapshot_policy: SnapshotPolicy::Never,
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             max_in_snapshot_log_to_keep: cfg.raft.logs_kept_after_snapshot,
             // openraft purges only when at least this many entries can go; tie it to the snapshot
@@ -216,6 +217,7 @@ impl ClusterNode {
         cfg.group_commit.validate().map_err(ClusterError::BadRequest)?;
         let batcher = Batcher::start(writer.clone(), cfg.group_commit.clone());
         tokio::spawn(log_leader_changes(raft.clone()));
+        tokio::spawn(snapshot_policy(raft.clone(), reader.clone(), cfg.raft.snapshot_after_logs));
         let contact = LastContact::new();
         tokio::spawn(crate::detector::run(
             raft.clone(),
@@ -471,5 +473,42 @@ async fn log_leader_changes(raft: Raft) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Decides when to snapshot. A snapshot copies the whole state, so its cost grows with the data; a
+/// fixed "every N entries" rule would eventually spend most of the machine on snapshots. One is
+/// taken when at least `min_entries` entries *and* at least as many log bytes as the last snapshot's
+/// size have been applied since it: snapshot work stays proportional to what is written, however
+/// large the state grows (docs/benchmarks.md, "Snapshots").
+async fn snapshot_policy(raft: Raft, reader: StateReader, min_entries: u64) {
+    let mut tick = tokio::time::interval(SNAPSHOT_POLICY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Option<(u64, Instant)> = None;
+    loop {
+        tick.tick().await;
+        let (applied, snapshot) = {
+            let m = raft.metrics().borrow().clone();
+            if m.running_state.is_err() {
+                return;
+            }
+            (m.last_applied.map(|l| l.index).unwrap_or(0), m.snapshot.map(|l| l.index).unwrap_or(0))
+        };
+        // A triggered snapshot that has not landed yet (openraft ignores triggers while building);
+        // a trigger that came to nothing is retried after a while.
+        if let Some((at, when)) = pending {
+            if snapshot < at && when.elapsed() < SNAPSHOT_TRIGGER_RETRY {
+                continue;
+            }
+            pending = None;
+        }
+        let stats = reader.snapshot_stats();
+        if applied < snapshot.saturating_add(min_entries) || stats.log_bytes_since_snapshot() < stats.snapshot_bytes() {
+            continue;
+        }
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+        pending = Some((applied, Instant::now()));
     }
 }

@@ -16,6 +16,8 @@ pub enum StoreError {
     Corrupt(#[from] DecodeError),
     #[error("{0}")]
     Invalid(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl From<prost::DecodeError> for StoreError {

@@ -23,6 +23,40 @@ pub use state_machine::RESERVED_PREFIX;
 pub use state_machine::StateMachineStore;
 pub use state_machine::Txn;
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+/// Sizes the snapshot policy needs: bytes appended to the log, where the log stood when the last
+/// snapshot was taken, and how large that snapshot was. Counted since the process started (a
+/// restart begins a new count, which only delays the next snapshot).
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    log_bytes_total: AtomicU64,
+    log_bytes_at_snapshot: AtomicU64,
+    snapshot_bytes: AtomicU64,
+}
+
+impl SnapshotStats {
+    pub(crate) fn appended(&self, bytes: u64) {
+        self.log_bytes_total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot_taken(&self, snapshot_bytes: u64) {
+        self.log_bytes_at_snapshot.store(self.log_bytes_total.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.snapshot_bytes.store(snapshot_bytes, Ordering::Relaxed);
+    }
+
+    /// Log bytes appended since the last snapshot.
+    pub fn log_bytes_since_snapshot(&self) -> u64 {
+        self.log_bytes_total.load(Ordering::Relaxed).saturating_sub(self.log_bytes_at_snapshot.load(Ordering::Relaxed))
+    }
+
+    /// Size of the last snapshot built or installed (0 before the first).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes.load(Ordering::Relaxed)
+    }
+}
+
 /// Options that matter for memory and durability, passed explicitly by the node.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -49,9 +83,10 @@ pub fn open(
         // bounds how much unflushed state-machine work a crash can cost.
         .flush_every_ms(Some(500))
         .open()?;
-    let log = LogStore::new(db.clone())?;
-    let sm = StateMachineStore::new(db.clone(), applier)?;
-    let reader = StateReader { tree: db.open_tree("sm")?, db };
+    let stats = Arc::new(SnapshotStats::default());
+    let log = LogStore::new(db.clone(), stats.clone())?;
+    let sm = StateMachineStore::new(db.clone(), dir.join("raft-snapshot.pb"), applier, stats.clone())?;
+    let reader = StateReader { tree: db.open_tree("sm")?, db, stats };
     Ok((log, sm, reader))
 }
 
@@ -64,6 +99,7 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 pub struct StateReader {
     db: sled::Db,
     tree: sled::Tree,
+    stats: Arc<SnapshotStats>,
 }
 
 impl StateReader {
@@ -97,6 +133,11 @@ impl StateReader {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Log and snapshot sizes, for the snapshot policy.
+    pub fn snapshot_stats(&self) -> &SnapshotStats {
+        &self.stats
     }
 
     /// Bytes sled uses on disk (for metrics and benchmarks).

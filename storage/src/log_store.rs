@@ -35,6 +35,7 @@ pub struct LogStore {
     pub(crate) db: sled::Db,
     pub(crate) log: sled::Tree,
     pub(crate) meta: sled::Tree,
+    stats: std::sync::Arc<crate::SnapshotStats>,
 }
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
@@ -44,10 +45,13 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: sled::Db) -> std::result::Result<Self, StoreError> {
+    pub(crate) fn new(
+        db: sled::Db,
+        stats: std::sync::Arc<crate::SnapshotStats>,
+    ) -> std::result::Result<Self, StoreError> {
         let log = db.open_tree("raft_log")?;
         let meta = db.open_tree("raft_meta")?;
-        Ok(LogStore { db, log, meta })
+        Ok(LogStore { db, log, meta, stats })
     }
 
     fn read_log_id(&self, key: &[u8]) -> std::result::Result<Option<LogId>, StoreError> {
@@ -151,9 +155,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut bytes = 0u64;
         for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), dtm_model::encode_entry(&entry));
+            let encoded = dtm_model::encode_entry(&entry);
+            bytes += encoded.len() as u64;
+            batch.insert(&index_key(entry.log_id.index), encoded);
         }
+        self.stats.appended(bytes);
         self.log.apply_batch(batch).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // Durable before acknowledged: openraft counts this node towards the quorum only after the
         // callback, so the callback fires after the fsync and carries its outcome.

@@ -39,7 +39,6 @@ use crate::limits::SNAPSHOT_BYTES_MAX;
 pub const RESERVED_PREFIX: u8 = 0x00;
 const KEY_LAST_APPLIED: &[u8] = b"\x00meta/last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"\x00meta/membership";
-const KEY_CURRENT_SNAPSHOT: &[u8] = b"current";
 const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
@@ -131,7 +130,9 @@ impl<'a> Txn<'a> {
 struct Inner {
     db: sled::Db,
     tree: sled::Tree,
-    snapshots: sled::Tree,
+    /// The current snapshot (meta and data) as a file of its own: a snapshot of a large state kept
+    /// in sled would sit in sled's log in front of every later append's fsync.
+    snapshot_file: std::path::PathBuf,
     applier: Arc<dyn Applier>,
     /// Held while a batch is written, and briefly when a snapshot begins and ends.
     write_lock: Mutex<()>,
@@ -139,6 +140,7 @@ struct Inner {
     /// every key changed since. Lets the copy run without holding `write_lock` (see `snapshot_begin`).
     preimages: Mutex<Option<Overlay>>,
     snapshot_seq: AtomicU64,
+    stats: Arc<crate::SnapshotStats>,
 }
 
 /// The state machine store. Cheap to clone.
@@ -148,18 +150,23 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: sled::Db, applier: Arc<dyn Applier>) -> std::result::Result<Self, StoreError> {
+    pub(crate) fn new(
+        db: sled::Db,
+        snapshot_file: std::path::PathBuf,
+        applier: Arc<dyn Applier>,
+        stats: Arc<crate::SnapshotStats>,
+    ) -> std::result::Result<Self, StoreError> {
         let tree = db.open_tree("sm")?;
-        let snapshots = db.open_tree("snapshot")?;
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 db,
                 tree,
-                snapshots,
+                snapshot_file,
                 applier,
                 write_lock: Mutex::new(()),
                 preimages: Mutex::new(None),
                 snapshot_seq: AtomicU64::new(0),
+                stats,
             }),
         })
     }
@@ -263,6 +270,7 @@ impl StateMachineStore {
             pairs: pairs.into_iter().map(|(key, value)| pb::SnapshotPair { key, value }).collect(),
         };
         let data = body.encode_to_vec();
+        self.inner.stats.snapshot_taken(data.len() as u64);
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &applied {
             Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
@@ -273,9 +281,20 @@ impl StateMachineStore {
         Ok((meta, data))
     }
 
+    /// Writes the current snapshot atomically: a temporary file, fsynced, renamed over the old one,
+    /// and the directory fsynced, so a crash leaves either the old snapshot or the new.
     fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> std::result::Result<(), StoreError> {
+        use std::io::Write;
         let stored = pb::StoredSnapshot { meta: Some(dtm_model::snapshot_meta_to_pb(meta)), data: data.to_vec() };
-        self.inner.snapshots.insert(KEY_CURRENT_SNAPSHOT, stored.encode_to_vec())?;
+        let path = &self.inner.snapshot_file;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&stored.encode_to_vec())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         Ok(())
     }
 
@@ -318,10 +337,18 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
-        let (meta, data) =
-            self.build_snapshot_now().map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        self.store_snapshot(&meta, &data)
-            .map_err(|e| sto(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
+        // Copying the tables takes seconds on a large state: keep it off the async workers.
+        let this = self.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let (meta, data) = this.build_snapshot_now()?;
+            this.store_snapshot(&meta, &data)?;
+            Ok::<_, StoreError>((meta, data))
+        })
+        .await
+        .map_err(|e| {
+            sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, StoreError::Invalid(format!("snapshot task: {e}")))
+        })?;
+        let (meta, data) = built.map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         self.flush().await.map_err(|e| sto(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
@@ -398,21 +425,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<()> {
         let data = snapshot.into_inner();
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        self.install(meta, &data).map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
-        self.store_snapshot(meta, &data).map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
+        // Replacing the tables takes seconds on a large state: keep it off the async workers.
+        let (this, meta_copy) = (self.clone(), meta.clone());
+        let data = tokio::task::spawn_blocking(move || {
+            this.install(&meta_copy, &data)?;
+            this.store_snapshot(&meta_copy, &data)?;
+            Ok::<_, StoreError>(data)
+        })
+        .await
+        .map_err(|e| sto(subject(), ErrorVerb::Write, StoreError::Invalid(format!("install task: {e}"))))?
+        .map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
+        self.inner.stats.snapshot_taken(data.len() as u64);
         self.flush().await.map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
-        let v = self
-            .inner
-            .snapshots
-            .get(KEY_CURRENT_SNAPSHOT)
-            .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        let Some(v) = v else { return Ok(None) };
-        let stored = pb::StoredSnapshot::decode(v.as_ref())
+        let bytes = match tokio::fs::read(&self.inner.snapshot_file).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)),
+        };
+        let stored = pb::StoredSnapshot::decode(bytes.as_slice())
             .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         let meta_pb = stored.meta.ok_or_else(|| {
             sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, StoreError::Invalid("snapshot without meta".into()))
