@@ -181,3 +181,74 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
     };
     Ok((opts, http_addr, grpc_addr))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(contents: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut f, contents.as_bytes()).expect("write");
+        f
+    }
+
+    const CONFIG: &str = r#"
+node_id = 2
+site = "danang"
+data_dir = "/var/lib/dtm"
+tls_dir = "/etc/dtm/tls"
+http_addr = "10.0.0.12:8443"
+grpc_addr = "10.0.0.12:8543"
+
+[raft]
+election_timeout_min_ms = 500
+election_timeout_max_ms = 900
+
+[group_commit]
+in_flight_max = 8
+"#;
+
+    #[test]
+    fn flags_override_the_file_and_the_rest_comes_from_it() {
+        let f = file(CONFIG);
+        let args = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            site: Some("hue".into()),
+            http_addr: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let (opts, http, grpc) = resolve(args).expect("valid");
+        assert_eq!((opts.node_id, opts.site.as_str()), (2, "hue"));
+        assert_eq!((http.as_str(), grpc.as_str()), ("127.0.0.1:0", "10.0.0.12:8543"));
+        assert_eq!(opts.tls.cert, PathBuf::from("/etc/dtm/tls/node-2.pem"));
+        assert_eq!((opts.raft.election_timeout_min_ms, opts.raft.election_timeout_max_ms), (500, 900));
+        assert_eq!(opts.raft.heartbeat_interval_ms, RaftOptions::default().heartbeat_interval_ms);
+        assert_eq!(opts.group_commit.in_flight_max, 8);
+        assert!(!opts.bootstrap);
+    }
+
+    #[test]
+    fn unsafe_or_unknown_settings_are_refused_at_start_up() {
+        let base = |extra: &str| file(&format!("node_id = 1\ndata_dir = \"/d\"\ntls_dir = \"/t\"\n{extra}"));
+        let refused = |extra: &str| {
+            let f = base(extra);
+            resolve(ServeArgs { config: Some(f.path().to_path_buf()), ..Default::default() }).is_err()
+        };
+        assert!(!refused(""), "a minimal file is fine");
+        assert!(refused("[raft]\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 400"));
+        assert!(refused("[raft]\nheartbeat_interval_ms = 300"), "heartbeat too close to the election timeout");
+        assert!(refused("[group_commit]\nin_flight_max = 0"));
+        assert!(refused("[group_commit]\nlinger_us = 1000000"));
+        assert!(refused("no_such_option = true"), "unknown keys are errors, not silently ignored");
+        assert!(
+            resolve(ServeArgs {
+                node_id: Some(0),
+                data_dir: Some("/d".into()),
+                tls_dir: Some("/t".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(resolve(ServeArgs::default()).is_err(), "node id, data dir and TLS dir are required");
+    }
+}
