@@ -318,8 +318,13 @@ async fn membership_changes_during_writes() -> anyhow::Result<()> {
     })
     .await?;
     eprintln!("membership after changes: {status}");
-    // Some more writes after the changes, then stop.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Writes go on after the changes: wait for twenty more, then stop.
+    let after_changes = c.records(1, DATASET).await?.len();
+    eventually("writes to continue after the membership changes", Duration::from_secs(20), || async {
+        let n = c.records(1, DATASET).await.ok()?.len();
+        (n >= after_changes + 20).then_some(())
+    })
+    .await?;
     stop.store(true, Ordering::Relaxed);
     let mut expected = BTreeSet::new();
     for t in tasks {
