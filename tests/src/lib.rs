@@ -46,6 +46,23 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
     rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().expect("PEM certificates")
 }
 
+/// How often the waits below look again.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Blocking form of `eventually`: polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
 where
@@ -60,7 +77,7 @@ where
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
@@ -180,18 +197,19 @@ impl TestCluster {
         let mut child =
             cmd.stdout(logf.try_clone()?).stderr(logf).stdin(Stdio::null()).spawn().context("spawning dtm serve")?;
         let facts_path = data_dir.join("node.json");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let facts: Value = loop {
-            if let Ok(b) = std::fs::read(&facts_path)
-                && let Ok(v) = serde_json::from_slice(&b)
-            {
-                break v;
+        let mut exited = false;
+        let facts: Option<Value> = wait_until(Duration::from_secs(30), || {
+            exited = exited || matches!(child.try_wait(), Ok(Some(_)));
+            if exited {
+                return Some(None);
             }
-            if Instant::now() > deadline || child.try_wait()?.is_some() {
-                let _ = child.kill();
-                bail!("node {id} did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            let v = std::fs::read(&facts_path).ok().and_then(|b| serde_json::from_slice(&b).ok())?;
+            Some(Some(v))
+        })
+        .flatten();
+        let Some(facts) = facts else {
+            let _ = child.kill();
+            bail!("node {id} did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
         };
         let http_addr = facts["http_addr"].as_str().context("http_addr")?.to_string();
         let grpc_addr = facts["grpc_addr"].as_str().context("grpc_addr")?.to_string();
@@ -331,17 +349,15 @@ impl TestCluster {
         let Some(mut c) = self.nodes[&id].lock().take() else { return Ok(()) };
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = c.try_wait()? {
+        match wait_until(Duration::from_secs(20), || c.try_wait().ok().flatten()) {
+            Some(status) => {
                 anyhow::ensure!(status.success(), "node {id} exited with {status} after SIGTERM");
-                return Ok(());
+                Ok(())
             }
-            if Instant::now() > deadline {
+            None => {
                 let _ = c.kill();
                 bail!("node {id} did not stop within 20 s of SIGTERM");
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

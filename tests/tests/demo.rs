@@ -37,14 +37,8 @@ async fn total_records(http: &reqwest::Client, demo: &Value) -> Option<u64> {
 fn interrupt_and_wait(child: &mut std::process::Child) -> std::process::ExitStatus {
     // SAFETY: signalling our own child, as Ctrl-C would.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return s;
-        }
-        assert!(std::time::Instant::now() < deadline, "demo did not stop within 40 s of Ctrl-C");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    dtm_tests::wait_until(Duration::from_secs(40), || child.try_wait().ok().flatten())
+        .expect("demo stops within 40 s of Ctrl-C")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
