@@ -9,8 +9,8 @@ if ! need_cmd cargo; then
   echo "cargo is not installed: install the Rust toolchain (rustup) first." >&2
   exit 1
 fi
-# A C compiler builds jemalloc (tikv-jemalloc-sys).
-if ! need_cmd cc; then
+# A C compiler and make build jemalloc (tikv-jemalloc-sys).
+if ! need_cmd cc || ! need_cmd make; then
   echo "installing a C compiler (build-essential)…"
   apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
 fi
