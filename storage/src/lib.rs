@@ -86,7 +86,7 @@ pub fn open(
     let stats = Arc::new(SnapshotStats::default());
     let log = LogStore::new(db.clone(), stats.clone())?;
     let sm = StateMachineStore::new(db.clone(), dir.join("raft-snapshot.pb"), applier, stats.clone())?;
-    let reader = StateReader { tree: db.open_tree("sm")?, db, stats };
+    let reader = StateReader { tree: db.open_tree("sm")?, stats };
     Ok((log, sm, reader))
 }
 
@@ -97,7 +97,6 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 /// applied on this node; callers that need more wait on the Raft applied index first.
 #[derive(Clone)]
 pub struct StateReader {
-    db: sled::Db,
     tree: sled::Tree,
     stats: Arc<SnapshotStats>,
 }
@@ -138,10 +137,5 @@ impl StateReader {
     /// Log and snapshot sizes, for the snapshot policy.
     pub fn snapshot_stats(&self) -> &SnapshotStats {
         &self.stats
-    }
-
-    /// Bytes sled uses on disk (for metrics and benchmarks).
-    pub fn size_on_disk_bytes(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
     }
 }

@@ -242,9 +242,30 @@ impl StateMachineStore {
             let _g = self.lock();
             self.inner.preimages.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
         };
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = copied.into_iter().filter(|(k, _)| !pre.contains_key(k)).collect();
-        merged.extend(pre.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-        merged.into_iter().collect()
+        // Both sides are sorted by key: one linear merge, no second copy of the state.
+        let mut out = Vec::with_capacity(copied.len());
+        let mut pre = pre.into_iter().peekable();
+        for (k, v) in copied {
+            while let Some((pk, _)) = pre.peek() {
+                if *pk >= k {
+                    break;
+                }
+                // A key that existed at the start and was removed before the copy reached it.
+                if let Some((pk, Some(pv))) = pre.next() {
+                    out.push((pk, pv));
+                }
+            }
+            match pre.peek() {
+                Some((pk, _)) if *pk == k => {
+                    if let Some((pk, Some(pv))) = pre.next() {
+                        out.push((pk, pv));
+                    }
+                }
+                _ => out.push((k, v)),
+            }
+        }
+        out.extend(pre.filter_map(|(k, v)| v.map(|v| (k, v))));
+        out
     }
 
     /// Closes the window after a failed copy, so that writes stop recording pre-images.
@@ -393,22 +414,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             replies.push(reply);
         }
         let overlay = txn.into_overlay();
-        let mut batch = sled::Batch::default();
-        for (k, v) in &overlay {
-            match v {
-                Some(v) => batch.insert(k.as_slice(), v.as_slice()),
-                None => batch.remove(k.as_slice()),
-            }
-        }
-        if let Some(l) = &last {
-            batch.insert(KEY_LAST_APPLIED, dtm_model::log_id_to_pb(l).encode_to_vec());
-        }
-        if let Some(m) = &membership {
-            batch.insert(KEY_MEMBERSHIP, dtm_model::stored_membership_to_pb(m).encode_to_vec());
-        }
         {
             let _g = self.lock();
+            // Pre-images first (only while a snapshot window is open), then the writes themselves,
+            // moved into the batch without copying.
             self.record_preimages(overlay.keys()).map_err(|e| sto(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            let mut batch = sled::Batch::default();
+            for (k, v) in overlay {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            if let Some(l) = &last {
+                batch.insert(KEY_LAST_APPLIED, dtm_model::log_id_to_pb(l).encode_to_vec());
+            }
+            if let Some(m) = &membership {
+                batch.insert(KEY_MEMBERSHIP, dtm_model::stored_membership_to_pb(m).encode_to_vec());
+            }
             tree.apply_batch(batch).map_err(|e| sto(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         }
         Ok(replies)
