@@ -99,42 +99,29 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Pr
         .ok_or_else(|| ApiError::unauthorized("missing credentials (X-API-Key or Authorization: Bearer)"))?;
     let (prefix, id, secret) = parse(&text).ok_or_else(|| ApiError::unauthorized("malformed credential"))?;
     let invalid = || ApiError::unauthorized("invalid credential");
-    for attempt in 0..2 {
-        if attempt == 1 {
-            state.node.linearizable_barrier().await?;
-        }
-        match prefix {
-            API_KEY_PREFIX => {
-                if let Some(entry) =
-                    state.node.reader.get_msg::<state::IssueKey>(&tables::api_key(id)).map_err(ApiError::internal)?
-                {
-                    let key = entry.key.ok_or_else(|| ApiError::internal("stored key without key"))?;
-                    if !matches(&key.secret_sha256, secret) {
-                        return Err(invalid());
-                    }
-                    if key.revoked {
-                        return Err(ApiError::unauthorized("this API key has been revoked"));
-                    }
-                    return Ok(Principal::Source { source_id: entry.source_id, key_id: key.key_id });
-                }
+    match prefix {
+        API_KEY_PREFIX => {
+            let entry =
+                super::lookup_fresh::<state::IssueKey>(state, &tables::api_key(id)).await?.ok_or_else(invalid)?;
+            let key = entry.key.ok_or_else(|| ApiError::internal("stored key without key"))?;
+            if !matches(&key.secret_sha256, secret) {
+                return Err(invalid());
             }
-            ADMIN_TOKEN_PREFIX => {
-                if let Some(t) = state
-                    .node
-                    .reader
-                    .get_msg::<state::AdminToken>(&tables::admin_token(id))
-                    .map_err(ApiError::internal)?
-                {
-                    if !matches(&t.secret_sha256, secret) {
-                        return Err(invalid());
-                    }
-                    return Ok(Principal::Admin { token_id: t.token_id });
-                }
+            if key.revoked {
+                return Err(ApiError::unauthorized("this API key has been revoked"));
             }
-            _ => return Err(invalid()),
+            Ok(Principal::Source { source_id: entry.source_id, key_id: key.key_id })
         }
+        ADMIN_TOKEN_PREFIX => {
+            let t =
+                super::lookup_fresh::<state::AdminToken>(state, &tables::admin_token(id)).await?.ok_or_else(invalid)?;
+            if !matches(&t.secret_sha256, secret) {
+                return Err(invalid());
+            }
+            Ok(Principal::Admin { token_id: t.token_id })
+        }
+        _ => Err(invalid()),
     }
-    Err(invalid())
 }
 
 pub async fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {

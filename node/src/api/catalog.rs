@@ -160,10 +160,9 @@ pub async fn create_dataset(
 }
 
 async fn load_dataset(state: &AppState, id: &str) -> ApiResult<(state::Dataset, Value)> {
-    let ds =
-        state.node.reader.get_msg::<state::Dataset>(&tables::dataset(id)).map_err(ApiError::internal)?.ok_or_else(
-            || ApiError::new(StatusCode::NOT_FOUND, "unknown_dataset", format!("dataset `{id}` is not defined")),
-        )?;
+    let ds = super::lookup_fresh::<state::Dataset>(state, &tables::dataset(id))
+        .await?
+        .ok_or_else(|| ApiError::unknown_dataset(id))?;
     let def: Value = serde_json::from_slice(&ds.definition_json).map_err(ApiError::internal)?;
     Ok((ds, def))
 }

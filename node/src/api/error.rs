@@ -37,6 +37,9 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
+    pub fn unknown_dataset(id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "unknown_dataset", format!("dataset `{id}` is not defined"))
+    }
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }

@@ -154,6 +154,17 @@ pub fn valid_id(id: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
+/// Reads a replicated value; when this node does not have it, waits until it has applied everything
+/// the leader had committed and looks once more. Something created through another node a moment
+/// ago (a key, a dataset) is thus found here too, and a miss costs one read barrier.
+pub async fn lookup_fresh<M: prost::Message + Default>(state: &AppState, key: &[u8]) -> ApiResult<Option<M>> {
+    if let Some(v) = state.node.reader.get_msg::<M>(key).map_err(ApiError::internal)? {
+        return Ok(Some(v));
+    }
+    state.node.linearizable_barrier().await?;
+    state.node.reader.get_msg::<M>(key).map_err(ApiError::internal)
+}
+
 /// Wraps a command with its envelope: version, proposal time and the proposing node.
 pub fn command(state: &AppState, kind: dtm_model::state::command::Kind) -> dtm_model::state::Command {
     dtm_model::state::Command {

@@ -28,21 +28,6 @@ use super::error::ApiResult;
 use super::error::rejected;
 use crate::limits::*;
 
-fn unknown_dataset(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "unknown_dataset", format!("dataset `{id}` is not defined"))
-}
-
-/// Whether the dataset exists, looking again after a read barrier when this node has not seen it
-/// (it may have been defined through another node a moment ago).
-async fn dataset_exists(state: &AppState, id: &str) -> ApiResult<bool> {
-    let key = tables::dataset(id);
-    if state.node.reader.get(&key).map_err(ApiError::internal)?.is_some() {
-        return Ok(true);
-    }
-    state.node.linearizable_barrier().await?;
-    Ok(state.node.reader.get(&key).map_err(ApiError::internal)?.is_some())
-}
-
 pub async fn post_records(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -62,8 +47,10 @@ pub async fn post_records(
             Some(k.to_string())
         }
     };
-    if !super::valid_id(&dataset) || !dataset_exists(&state, &dataset).await? {
-        return Err(unknown_dataset(&dataset));
+    if !super::valid_id(&dataset)
+        || super::lookup_fresh::<state::Dataset>(&state, &tables::dataset(&dataset)).await?.is_none()
+    {
+        return Err(ApiError::unknown_dataset(&dataset));
     }
     let bytes = super::read_body(&headers, body, RECORDS_BODY_BYTES_MAX).await?;
     let value = super::parse_json(&headers, &bytes)?;
@@ -155,7 +142,7 @@ pub async fn get_records(
     if !super::valid_id(&dataset)
         || state.node.reader.get(&tables::dataset(&dataset)).map_err(ApiError::internal)?.is_none()
     {
-        return Err(unknown_dataset(&dataset));
+        return Err(ApiError::unknown_dataset(&dataset));
     }
     let limit = q.limit.unwrap_or(RECORDS_PAGE_DEFAULT).clamp(1, RECORDS_PAGE_MAX);
     let prefix = tables::records_of(&dataset);
