@@ -73,7 +73,8 @@ pub struct ClusterStatus {
     pub node_id: NodeId,
     pub leader_id: Option<NodeId>,
     pub term: u64,
-    pub commit_index: Option<u64>,
+    /// The last log index this node has applied.
+    pub applied_index: Option<u64>,
     pub members: Vec<MemberStatus>,
 }
 
@@ -431,7 +432,7 @@ impl ClusterNode {
             node_id: self.id,
             leader_id: m.current_leader,
             term: m.current_term,
-            commit_index: m.last_applied.map(|l| l.index),
+            applied_index: m.last_applied.map(|l| l.index),
             members,
         }
     }
