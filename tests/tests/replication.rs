@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use dtm_tests::TestCluster;
 use dtm_tests::eventually;
-use serde_json::Value;
 use serde_json::json;
 
 const DATASET: &str = "etx";
@@ -106,33 +105,29 @@ async fn writer(
         seq += 1;
         let idem = format!("w{w}-{seq}");
         let body = json!({"writer": w, "seq": seq});
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut attempt = 0usize;
-        loop {
-            let node = nodes[(seq as usize + attempt) % nodes.len()];
-            attempt += 1;
-            match c.post(node, DATASET, &key, &body, Some(&idem)).await {
-                Ok((201, v, _)) => {
-                    let ids = v["ids"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
-                        .unwrap_or_default();
-                    by_key.insert(idem.clone(), ids);
-                    break;
+        let attempt = std::sync::atomic::AtomicUsize::new(seq as usize);
+        // Each try goes to the next node; a refused connection (node down), 503 or 429 is retried,
+        // anything else ends the test.
+        let answer = eventually(&format!("submission {idem} to be acknowledged"), Duration::from_secs(30), || {
+            let node = nodes[attempt.fetch_add(1, Ordering::Relaxed) % nodes.len()];
+            let (c, key, body, idem) = (&c, &key, &body, &idem);
+            async move {
+                match c.post(node, DATASET, key, body, Some(idem)).await {
+                    Ok((201, v, _)) => Some(Ok(v)),
+                    Ok((s, v, _)) if s == 503 || s == 429 => {
+                        eprintln!("retrying after {s}: {v}");
+                        None
+                    }
+                    Ok((s, v, _)) => Some(Err(anyhow::anyhow!("unexpected answer {s}: {v}"))),
+                    Err(_) => None,
                 }
-                Ok((s, v, _)) if s == 503 || s == 429 => tracing_retry(s, &v),
-                Ok((s, v, _)) => anyhow::bail!("unexpected answer {s}: {v}"),
-                Err(_) => {} // connection refused or reset: the node is down; try the next one
             }
-            anyhow::ensure!(Instant::now() < deadline, "submission {idem} not acknowledged within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await??;
+        let ids = answer["ids"].as_array().map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_string)).collect());
+        by_key.insert(idem, ids.unwrap_or_default());
     }
     Ok(Acked { by_key })
-}
-
-fn tracing_retry(status: u16, v: &Value) {
-    eprintln!("retrying after {status}: {v}");
 }
 
 /// AC2 (A1.3, A1.4): under a steady write load, kill -9 the leader; a new leader is elected; every
