@@ -388,3 +388,43 @@ async fn a_crashed_leader_is_detected_and_replaced() -> anyhow::Result<()> {
     assert_eq!(s, 201, "{v}");
     Ok(())
 }
+
+/// Issue 2 "Group commit" (P7): concurrent submissions on a node are batched into shared log
+/// entries, so there are fewer entries than submissions, and each record is stored at the commit
+/// index its own answer named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_share_log_entries() -> anyhow::Result<()> {
+    let c = Arc::new(TestCluster::start(3, &[]).await?);
+    let key = setup(&c).await?;
+    let leader = c.leader().await?;
+    const SUBMISSIONS: u64 = 60;
+    let mut tasks = Vec::new();
+    for i in 0..SUBMISSIONS {
+        let (c, key) = (c.clone(), key.clone());
+        tasks.push(tokio::spawn(async move { c.post(leader, DATASET, &key, &json!({"i": i}), None).await }));
+    }
+    let mut index_of = BTreeMap::new();
+    for t in tasks {
+        let (s, v, _) = t.await??;
+        assert_eq!(s, 201, "{v}");
+        let index = v["commit_index"].as_u64().expect("commit index");
+        index_of.insert(v["ids"][0].as_str().expect("id").to_string(), index);
+    }
+    let entries: BTreeSet<u64> = index_of.values().copied().collect();
+    eprintln!("{SUBMISSIONS} concurrent submissions went into {} log entries", entries.len());
+    assert!((entries.len() as u64) < SUBMISSIONS, "some submissions share a log entry");
+    let (s, page) =
+        c.admin(reqwest::Method::GET, leader, &format!("/api/v1/datasets/{DATASET}/records?limit=1000"), None).await?;
+    assert_eq!(s, 200, "{page}");
+    let stored = page["records"].as_array().expect("records");
+    assert_eq!(stored.len() as u64, SUBMISSIONS);
+    for r in stored {
+        let id = r["id"].as_str().expect("id");
+        assert_eq!(
+            r["commit_index"].as_u64(),
+            index_of.get(id).copied(),
+            "record {id} is stored at its answer's index"
+        );
+    }
+    Ok(())
+}
