@@ -14,5 +14,5 @@ else
   echo "warning: clippy missing; lint check skipped" >&2
 fi
 # The cluster tests start the `dtm` binary as separate processes: build it first.
-cargo build --locked -p dtm-node
+cargo build --locked -p dtm-node --features fault-injection
 cargo nextest run --locked --workspace --profile ci "$@"

@@ -1,6 +1,15 @@
 //! What each replicated command does to the tables. Runs inside `apply` on every node, so it is
 //! deterministic: ids and times come from the command (assigned once by the proposer), iteration is
 //! over ordered maps, and nothing reads a clock, randomness or configuration.
+//!
+//! Ingest is where duplicates and conflicts are decided (A1.5): each record's natural key arrives as
+//! an HMAC computed by the proposer; the natural-key index keeps every version's content hash. A
+//! record identical to a version already stored is counted as a duplicate and not stored again; one
+//! with new content is stored as the next version and listed as a conflict, naming both sources.
+//! The first version of a key is what the aggregates count: DTM cannot know which agency's figure
+//! is right, so a conflicting figure waits for reconciliation instead of silently changing
+//! statistics. Aggregate cells are updated here, in the same batch as the records, and staged for
+//! the in-memory view (`aggregates.rs`).
 
 use dtm_model::LogId;
 use dtm_model::state;
@@ -10,11 +19,19 @@ use dtm_storage::Applier;
 use dtm_storage::StoreError;
 use dtm_storage::Txn;
 
+use std::sync::Arc;
+
+use crate::aggregates::AggregateView;
 use crate::limits::IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX;
 use crate::limits::IDEMPOTENCY_RETENTION_MS;
+use crate::limits::NATURAL_KEY_VERSIONS_MAX;
 use crate::tables;
 
-pub struct DtmApplier;
+/// The state machine's meaning. Holds the aggregate view it keeps current; nothing else.
+#[derive(Clone, Default)]
+pub struct DtmApplier {
+    pub view: Arc<AggregateView>,
+}
 
 fn applied() -> state::CommandResponse {
     state::CommandResponse { result: Some(Reply::Applied(state::Applied {})) }
@@ -51,13 +68,35 @@ impl Applier for DtmApplier {
             Kind::IssueKey(c) => issue_key(txn, c),
             Kind::RevokeKey(c) => revoke_key(txn, c, cmd.proposed_at_ms),
             Kind::DefineDataset(c) => define_dataset(txn, c),
-            Kind::Ingest(c) => ingest(txn, log_id, cmd.proposed_at_ms, c),
+            Kind::Ingest(c) => self.ingest(txn, log_id, cmd.proposed_at_ms, c),
             Kind::IssueAdminToken(c) => issue_admin_token(txn, c),
+            Kind::SetClusterSecrets(c) => set_cluster_secrets(txn, c),
             // The audit trail arrives with its own issue; until then audit events are accepted and
             // kept only in the log.
             Kind::Audit(_) => Ok(applied()),
         }
     }
+
+    fn committed(&self, last: &LogId) {
+        self.view.publish(last.index);
+    }
+
+    fn reset(&self, tables: &dtm_storage::StateReader) -> Result<(), StoreError> {
+        self.view.rebuild(tables)
+    }
+}
+
+fn set_cluster_secrets(txn: &mut Txn<'_>, c: &state::SetClusterSecrets) -> Result<state::CommandResponse, StoreError> {
+    let Some(secrets) = &c.secrets else { return Ok(rejected("invalid_command", "cluster secrets missing")) };
+    if secrets.masking_key.len() < 32 {
+        return Ok(rejected("invalid_command", "the masking key must have at least 256 bits"));
+    }
+    // First proposal wins: several nodes may propose at once, all but one are no-ops, and every node
+    // ends with the same key.
+    if txn.get(tables::CLUSTER_SECRETS)?.is_none() {
+        txn.put_msg(tables::CLUSTER_SECRETS.to_vec(), secrets);
+    }
+    Ok(applied())
 }
 
 fn register_source(txn: &mut Txn<'_>, c: &state::RegisterSource) -> Result<state::CommandResponse, StoreError> {
@@ -107,12 +146,24 @@ fn revoke_key(txn: &mut Txn<'_>, c: &state::RevokeKey, at_ms: u64) -> Result<sta
     Ok(applied())
 }
 
+/// A first definition (version 1) or the next version of one. The proposer checked the new version's
+/// compatibility against the latest it saw; `apply` only makes sure that nothing was defined in
+/// between (the version must be exactly the next), so two concurrent changes cannot both win.
 fn define_dataset(txn: &mut Txn<'_>, c: &state::DefineDataset) -> Result<state::CommandResponse, StoreError> {
     let Some(ds) = &c.dataset else { return Ok(rejected("invalid_command", "dataset definition without dataset")) };
     let k = tables::dataset(&ds.id);
-    if txn.get(&k)?.is_some() {
-        return Ok(rejected("conflict", format!("dataset `{}` is already defined", ds.id)));
+    let current = txn.get_msg::<state::Dataset>(&k)?.map(|d| d.version).unwrap_or(0);
+    if ds.version != current + 1 {
+        let message = if current == 0 {
+            format!("dataset `{}` has no version {}; define version 1 first", ds.id, ds.version.saturating_sub(1))
+        } else if ds.version == 1 {
+            format!("dataset `{}` is already defined", ds.id)
+        } else {
+            format!("dataset `{}` changed meanwhile (now at version {current}); check the new definition against it", ds.id)
+        };
+        return Ok(rejected("conflict", message));
     }
+    txn.put_msg(tables::dataset_version(&ds.id, ds.version), ds);
     txn.put_msg(k, ds);
     Ok(applied())
 }
@@ -127,21 +178,33 @@ fn issue_admin_token(txn: &mut Txn<'_>, c: &state::IssueAdminToken) -> Result<st
     Ok(applied())
 }
 
-fn ingest(
-    txn: &mut Txn<'_>,
-    log_id: &LogId,
-    now_ms: u64,
-    c: &state::IngestBatch,
-) -> Result<state::CommandResponse, StoreError> {
-    expire_idempotency_keys(txn, now_ms)?;
-    let mut results = Vec::with_capacity(c.submissions.len());
-    // Positions run over the whole entry so that records of different submissions never collide.
-    let mut position: u32 = 0;
-    for sub in &c.submissions {
-        results.push(ingest_one(txn, log_id, sub, &mut position)?);
+impl DtmApplier {
+    fn ingest(
+        &self,
+        txn: &mut Txn<'_>,
+        log_id: &LogId,
+        now_ms: u64,
+        c: &state::IngestBatch,
+    ) -> Result<state::CommandResponse, StoreError> {
+        expire_idempotency_keys(txn, now_ms)?;
+        let mut results = Vec::with_capacity(c.submissions.len());
+        // Positions run over the whole entry so that records of different submissions never collide.
+        let mut position: u32 = 0;
+        let mut cells = std::collections::BTreeMap::new();
+        for sub in &c.submissions {
+            results.push(ingest_one(txn, log_id, sub, &mut position, &mut cells)?);
+        }
+        // Each changed cell is written once per entry, however many of its records it holds.
+        for ((dataset, cell_key), cell) in cells {
+            self.view.stage(&dataset, &cell_key, &cell);
+            txn.put_msg(tables::aggregate_cell(&dataset, &cell_key), &cell);
+        }
+        Ok(state::CommandResponse { result: Some(Reply::Ingest(state::IngestResults { results })) })
     }
-    Ok(state::CommandResponse { result: Some(Reply::Ingest(state::IngestResults { results })) })
 }
+
+/// Aggregate cells changed by one entry, by (dataset, cell key).
+type ChangedCells = std::collections::BTreeMap<(String, Vec<u8>), state::AggCell>;
 
 /// Forgets idempotency entries older than `IDEMPOTENCY_RETENTION_MS`, at most
 /// `IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX` per entry. "Now" is the entry's proposal time, carried in the
@@ -164,6 +227,7 @@ fn ingest_one(
     log_id: &LogId,
     sub: &state::Submission,
     position: &mut u32,
+    cells: &mut ChangedCells,
 ) -> Result<state::SubmissionResult, StoreError> {
     let idem_key = tables::idempotency(&sub.source, &sub.idempotency_key);
     if !sub.idempotency_key.is_empty()
@@ -190,9 +254,72 @@ fn ingest_one(
         }
     }
     let mut ids = Vec::with_capacity(sub.records.len());
+    let mut outcomes = Vec::with_capacity(sub.records.len());
+    let mut delta = state::DatasetStats::default();
     for r in &sub.records {
-        let key = tables::record(&sub.dataset, log_id.index, *position);
+        let here = *position;
         *position = position.saturating_add(1);
+        let mut version = 1u32;
+        let mut previous_id = String::new();
+        let nk_key = tables::natural_key(&sub.dataset, &r.natural_key_hash);
+        let mut nk = None;
+        if !r.natural_key_hash.is_empty() {
+            let entry = txn.get_msg::<state::NaturalKeyEntry>(&nk_key)?.unwrap_or_default();
+            if let Some(same) = entry.versions.iter().find(|v| v.content_sha256 == r.content_sha256) {
+                ids.push(same.record_id.clone());
+                outcomes.push("duplicate".to_string());
+                delta.duplicates += 1;
+                continue;
+            }
+            if let Some(last) = entry.versions.last() {
+                version = entry.versions.len() as u32 + 1;
+                previous_id = last.record_id.clone();
+                let first = entry.versions.first().unwrap_or(last);
+                txn.put_msg(
+                    tables::conflict(&sub.dataset, log_id.index, here),
+                    &state::Conflict {
+                        dataset: sub.dataset.clone(),
+                        natural_key_hash: r.natural_key_hash.clone(),
+                        first_id: first.record_id.clone(),
+                        first_source: first.source.clone(),
+                        new_id: r.id.clone(),
+                        new_source: sub.source.clone(),
+                        version,
+                        commit_index: log_id.index,
+                    },
+                );
+                delta.conflicts += 1;
+            }
+            nk = Some(entry);
+        }
+        if let Some(mut entry) = nk {
+            // Bounded: the first version (what aggregates count) and the latest ones are kept.
+            if entry.versions.len() >= NATURAL_KEY_VERSIONS_MAX {
+                entry.versions.remove(1);
+            }
+            entry.versions.push(state::KeyVersion {
+                record_id: r.id.clone(),
+                source: sub.source.clone(),
+                content_sha256: r.content_sha256.clone(),
+                commit_index: log_id.index,
+            });
+            txn.put_msg(nk_key, &entry);
+        }
+        if version == 1
+            && let Some(c) = &r.contribution
+        {
+            let cell = match cells.entry((sub.dataset.clone(), c.cell_key.clone())) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let stored = txn.get_msg::<state::AggCell>(&tables::aggregate_cell(&sub.dataset, &c.cell_key))?;
+                    e.insert(stored.unwrap_or_default())
+                }
+            };
+            crate::aggregates::merge(cell, &c.measures);
+        }
+        if !r.reference_key.is_empty() {
+            txn.put(tables::reference(&sub.dataset, &r.reference_key), r.payload_json.clone());
+        }
         let stored = state::StoredRecord {
             id: r.id.clone(),
             dataset: sub.dataset.clone(),
@@ -202,19 +329,39 @@ fn ingest_one(
             commit_index: log_id.index,
             request_id: sub.request_id.clone(),
             received_on_node: sub.received_on_node,
+            schema_version: sub.schema_version,
+            classification: sub.classification.clone(),
+            priority: sub.priority.clone(),
+            version,
+            conflict: version > 1,
+            previous_id,
+            natural_key_hash: r.natural_key_hash.clone(),
+            channel: sub.channel.clone(),
+            masked_fields: r.masked_fields.clone(),
+            enriched_fields: r.enriched_fields.clone(),
+            content_sha256: r.content_sha256.clone(),
         };
         // No id -> key index yet: nothing reads records by id until lineage lands, and every extra
         // key per record costs a sled node copy (see docs/benchmarks.md).
-        txn.put_msg(key, &stored);
+        txn.put_msg(tables::record(&sub.dataset, log_id.index, here), &stored);
         ids.push(r.id.clone());
+        outcomes.push(if version > 1 { "conflict" } else { "stored" }.to_string());
+        delta.stored += 1;
     }
     let count_key = tables::record_count(&sub.dataset);
     let count = match txn.get(&count_key)? {
         Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])),
         _ => 0,
     };
-    txn.put(count_key, (count + ids.len() as u64).to_be_bytes().to_vec());
-    let result = state::SubmissionResult { ids, commit_index: log_id.index, ..Default::default() };
+    txn.put(count_key, (count + delta.stored).to_be_bytes().to_vec());
+    if delta.duplicates > 0 || delta.conflicts > 0 {
+        let stats_key = tables::dataset_stats(&sub.dataset);
+        let mut stats = txn.get_msg::<state::DatasetStats>(&stats_key)?.unwrap_or_default();
+        stats.duplicates += delta.duplicates;
+        stats.conflicts += delta.conflicts;
+        txn.put_msg(stats_key, &stats);
+    }
+    let result = state::SubmissionResult { ids, outcomes, commit_index: log_id.index, ..Default::default() };
     if !sub.idempotency_key.is_empty() {
         let expires_at_ms = sub.received_at_ms.saturating_add(IDEMPOTENCY_RETENTION_MS);
         txn.put(tables::idempotency_expiry(expires_at_ms, &idem_key), idem_key.clone());

@@ -5,8 +5,11 @@
 //! group-commit batcher (`batcher.rs`), other commands straight to the [`Writer`]. The writer
 //! proposes on the leader or forwards to it over mutual-TLS gRPC (`network.rs` client, `service.rs`
 //! server), retrying across leader changes. Committed entries are applied on every node by
-//! [`DtmApplier`] (`applier.rs`) into the tables laid out in `tables.rs`.
+//! [`DtmApplier`] (`applier.rs`) into the tables laid out in `tables.rs`: catalog, records, the
+//! natural-key index (duplicates and conflicts) and aggregate cells, which `aggregates.rs` mirrors in
+//! memory for queries at a known log index.
 
+pub mod aggregates;
 mod applier;
 mod batcher;
 mod detector;

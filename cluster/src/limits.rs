@@ -97,3 +97,7 @@ const _: () = assert!(SNAPSHOT_CHUNK_BYTES as usize * 2 < GRPC_MESSAGE_BYTES_MAX
 const _: () = assert!(GROUP_COMMIT_BYTES_MAX * 2 < GRPC_MESSAGE_BYTES_MAX);
 const _: () = assert!(GROUP_COMMIT_SUBMISSIONS_MAX <= GROUP_COMMIT_QUEUE_DEPTH);
 const _: () = assert!(IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX > GROUP_COMMIT_SUBMISSIONS_MAX);
+
+/// Versions of one natural key remembered in the index (the first and the latest ones): a record
+/// identical to one of them is a duplicate. Bounds the index entry of a key that keeps changing.
+pub const NATURAL_KEY_VERSIONS_MAX: usize = 64;

@@ -178,6 +178,8 @@ pub struct ClusterNode {
     pub info: NodeInfo,
     pub raft: Raft,
     pub reader: StateReader,
+    /// Every dataset's aggregate cells as of one applied index (see `aggregates.rs`).
+    pub aggregates: Arc<crate::aggregates::AggregateView>,
     pub writer: Arc<Writer>,
     pub(crate) batcher: Batcher,
     pub(crate) pool: Arc<PeerPool>,
@@ -209,7 +211,9 @@ impl ClusterNode {
         .map_err(|e| ClusterError::BadRequest(format!("raft options: {e}")))?;
 
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ClusterError::Internal(format!("data dir: {e}")))?;
-        let (log, sm, reader) = dtm_storage::open(&cfg.data_dir.join("store"), &cfg.store, Arc::new(DtmApplier))?;
+        let applier = DtmApplier::default();
+        let aggregates = applier.view.clone();
+        let (log, sm, reader) = dtm_storage::open(&cfg.data_dir.join("store"), &cfg.store, Arc::new(applier))?;
         let pool = PeerPool::new(cfg.tls.client_config());
         let raft = Raft::new(cfg.node_id, Arc::new(raft_config), Network { pool: pool.clone() }, log, sm)
             .await
@@ -228,7 +232,17 @@ impl ClusterNode {
             Duration::from_millis(cfg.raft.heartbeat_interval_ms),
             Duration::from_millis(cfg.raft.election_timeout_max_ms),
         ));
-        Ok(Arc::new(ClusterNode { id: cfg.node_id, info: cfg.node, raft, reader, writer, batcher, pool, contact }))
+        Ok(Arc::new(ClusterNode {
+            id: cfg.node_id,
+            info: cfg.node,
+            raft,
+            reader,
+            aggregates,
+            writer,
+            batcher,
+            pool,
+            contact,
+        }))
     }
 
     /// The node-to-node gRPC service to serve on the gRPC port (mutual TLS).

@@ -76,3 +76,67 @@ pub fn idempotency_expired_before(now_ms: u64) -> Vec<u8> {
     k.extend_from_slice(&now_ms.to_be_bytes());
     k
 }
+
+pub const DATASET_VERSION: &[u8] = b"dsv/";
+pub const NATURAL_KEY: &[u8] = b"nk/";
+pub const CONFLICT: &[u8] = b"conf/";
+pub const DATASET_STATS: &[u8] = b"dst/";
+pub const AGGREGATE: &[u8] = b"agg/";
+pub const REFERENCE: &[u8] = b"ref/";
+/// The cluster secrets (one key).
+pub const CLUSTER_SECRETS: &[u8] = b"sec/cluster";
+
+/// Every version of a dataset's definition: `dsv/<dataset>\0<version be32>`. `ds/<dataset>` holds
+/// the latest.
+pub fn dataset_version(dataset: &str, version: u32) -> Vec<u8> {
+    let mut k = dataset_versions_of(dataset);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+pub fn dataset_versions_of(dataset: &str) -> Vec<u8> {
+    let mut k = join(DATASET_VERSION, &[dataset.as_bytes()]);
+    k.push(0);
+    k
+}
+
+/// The natural-key index: `nk/<dataset>\0<hmac>`. The key's raw value is never stored in a key.
+pub fn natural_key(dataset: &str, hash: &[u8]) -> Vec<u8> {
+    join(NATURAL_KEY, &[dataset.as_bytes(), hash])
+}
+
+/// Conflicts in commit order: `conf/<dataset>\0<index be64><position be32>`.
+pub fn conflict(dataset: &str, index: u64, position: u32) -> Vec<u8> {
+    let mut k = conflicts_of(dataset);
+    k.extend_from_slice(&index.to_be_bytes());
+    k.extend_from_slice(&position.to_be_bytes());
+    k
+}
+
+pub fn conflicts_of(dataset: &str) -> Vec<u8> {
+    let mut k = join(CONFLICT, &[dataset.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn dataset_stats(dataset: &str) -> Vec<u8> {
+    join(DATASET_STATS, &[dataset.as_bytes()])
+}
+
+/// Aggregate cells: `agg/<dataset>\0<cell key>` (see `dtm_dataset::Contribution::cell_key`).
+pub fn aggregate_cell(dataset: &str, cell_key: &[u8]) -> Vec<u8> {
+    let mut k = aggregates_of(dataset);
+    k.extend_from_slice(cell_key);
+    k
+}
+
+pub fn aggregates_of(dataset: &str) -> Vec<u8> {
+    let mut k = join(AGGREGATE, &[dataset.as_bytes()]);
+    k.push(0);
+    k
+}
+
+/// Reference tables: `ref/<dataset>\0<key value>` → the latest record with that key (JSON).
+pub fn reference(dataset: &str, key: &str) -> Vec<u8> {
+    join(REFERENCE, &[dataset.as_bytes(), key.as_bytes()])
+}

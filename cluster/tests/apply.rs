@@ -16,7 +16,7 @@ use openraft::storage::RaftStateMachine;
 fn open() -> (tempfile::TempDir, StateMachineStore, StateReader) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_log, sm, reader) =
-        dtm_storage::open(dir.path(), &Default::default(), Arc::new(DtmApplier)).expect("open store");
+        dtm_storage::open(dir.path(), &Default::default(), Arc::new(DtmApplier::default())).expect("open store");
     (dir, sm, reader)
 }
 

@@ -25,7 +25,7 @@ pub type NodeId = u64;
 
 /// The version of the replicated command set this build proposes. A node applies every version up
 /// to its own; see `state.proto` for the rule on unknown kinds.
-pub const COMMAND_SET_VERSION: u32 = 1;
+pub const COMMAND_SET_VERSION: u32 = 2;
 
 openraft::declare_raft_types!(
     /// The single openraft type configuration of DTM.

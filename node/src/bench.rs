@@ -43,6 +43,40 @@ pub struct BenchArgs {
     /// Clients speak HTTP/1.1 instead of negotiating HTTP/2.
     #[arg(long)]
     pub http1: bool,
+    /// The dataset definition the records go to: `full` (JSON Schema, business rule, natural key,
+    /// masking, time field, dimensions and measures) or `minimal` (any JSON object), to measure what
+    /// validation, masking, deduplication and aggregation cost.
+    #[arg(long, default_value = "full")]
+    pub definition: String,
+}
+
+/// The benchmark's dataset definition (see `BenchArgs::definition`).
+fn bench_definition(id: &str, kind: &str) -> anyhow::Result<Value> {
+    match kind {
+        "minimal" => Ok(json!({"id": id, "title": "benchmark (minimal)", "schema": {"type": "object"}})),
+        "full" => Ok(json!({
+            "id": id, "title": "benchmark (full pipeline)",
+            "schema": {"type": "object", "required": ["client", "seq", "agency", "period", "channel", "transactions"],
+                "properties": {"client": {"type": "integer"}, "seq": {"type": "integer"},
+                    "agency": {"type": "string", "minLength": 2}, "period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                    "channel": {"enum": ["web", "mobile", "api", "kiosk"]},
+                    "transactions": {"type": "integer", "minimum": 0}, "failed": {"type": "integer", "minimum": 0},
+                    "citizen_id": {"type": "string"}, "pad": {"type": "string"}}},
+            "key": ["client", "seq"], "time_field": "period", "dimensions": ["agency", "channel"],
+            "measures": {"transactions": "sum", "failed": "max"},
+            "masking": {"citizen_id": "partial"},
+            "rules": [{"field": "failed", "op": "<=", "other": "transactions"}]
+        })),
+        other => anyhow::bail!("unknown --definition `{other}` (full or minimal)"),
+    }
+}
+
+/// One benchmark record (about `padding` + 150 bytes), valid under both definitions.
+fn bench_record(client: usize, seq: u64, padding: &str) -> Value {
+    const CHANNELS: [&str; 4] = ["web", "mobile", "api", "kiosk"];
+    json!({"client": client, "seq": seq, "agency": format!("AG{:02}", client % 20), "period": "2026-11",
+           "channel": CHANNELS[(seq % 4) as usize], "transactions": 100 + seq % 900, "failed": seq % 7,
+           "citizen_id": "001203004567", "pad": padding})
 }
 
 struct Level {
@@ -70,7 +104,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .expect(
             Method::POST,
             "/api/v1/datasets",
-            Some(&json!({"id": dataset, "title": "benchmark", "schema": {"type": "object"}})),
+            Some(&bench_definition(&dataset, &args.definition)?),
         )
         .await?;
     let src = admin
@@ -100,7 +134,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         results.push(json!({"clients": level.clients, "records_per_s": rate, "p50_ms": ms(0.5), "p99_ms": ms(0.99),
             "max_ms": level.hist.max() as f64 / 1000.0, "ok": level.ok, "errors": level.errors}));
     }
-    let mut report = json!({"dataset": dataset, "levels": results});
+    let mut report = json!({"dataset": dataset, "definition": args.definition, "levels": results});
     if args.failover {
         let ms = failover(&admin, &demo, &ca_pem, &urls, &key, &dataset, &padding).await?;
         println!("failover: leader killed -> first successful write in {ms:.0} ms");
@@ -143,7 +177,8 @@ async fn load(
                 let r = http
                     .post(&url)
                     .header("x-api-key", &key)
-                    .json(&json!({"client": i, "seq": seq, "pad": padding}))
+                    // Natural keys stay unique across levels: (level, client, seq).
+                    .json(&bench_record(clients * 100_000 + i, seq, &padding))
                     .send()
                     .await;
                 let good = matches!(&r, Ok(resp) if resp.status().as_u16() == 201);
@@ -207,7 +242,7 @@ async fn failover(
                 let r = http
                     .post(&url)
                     .header("x-api-key", &key)
-                    .json(&json!({"failover": i, "pad": padding}))
+                    .json(&bench_record(1_000_000 + i, seq_failover(), &padding))
                     .send()
                     .await;
                 if let (Ok(resp), Some(k)) = (r, killed_at.get())
@@ -252,4 +287,10 @@ async fn failover(
     let us = first_ok_after_kill_us.load(Ordering::Relaxed);
     anyhow::ensure!(us != u64::MAX, "no write succeeded within 30 s of the leader kill");
     Ok(us as f64 / 1000.0)
+}
+
+/// Sequence numbers for the failover writers, unique across them (natural keys must not repeat).
+fn seq_failover() -> u64 {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    SEQ.fetch_add(1, Ordering::Relaxed)
 }

@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Group commit: microseconds a lone submission waits for company while batches are in flight.
     #[arg(long, env = "DTM_GROUP_COMMIT_LINGER_US")]
     pub group_commit_linger_us: Option<u64>,
+    /// Requests of one source system in progress at once on this node (validation and commit);
+    /// more are answered 429 with Retry-After, so one flooding source cannot starve the others.
+    #[arg(long, env = "DTM_SOURCE_QUEUE_DEPTH")]
+    pub source_queue_depth: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -84,6 +88,14 @@ struct FileConfig {
     cache_capacity_bytes: Option<u64>,
     #[serde(default)]
     group_commit: FileGroupCommit,
+    #[serde(default)]
+    pipeline: FilePipeline,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FilePipeline {
+    source_queue_depth: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -167,6 +179,15 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
             .unwrap_or(g.linger),
     };
     group_commit.validate().map_err(anyhow::Error::msg)?;
+    let p = dtm_actors::PipelineOptions::default();
+    let pipeline = dtm_actors::PipelineOptions {
+        queue_depth_per_source: args
+            .source_queue_depth
+            .or(file.pipeline.source_queue_depth)
+            .unwrap_or(p.queue_depth_per_source),
+        ..p
+    };
+    pipeline.validate().map_err(anyhow::Error::msg)?;
     let opts = ServeOptions {
         node_id,
         site: args.site.or(file.site).unwrap_or_else(|| "default".into()),
@@ -178,6 +199,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
         raft,
         store,
         group_commit,
+        pipeline,
     };
     Ok((opts, http_addr, grpc_addr))
 }

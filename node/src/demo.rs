@@ -219,85 +219,175 @@ async fn drive(
     feed(&http, &urls, &sources, Duration::from_secs_f64(args.feed_interval_secs.max(0.05))).await
 }
 
+/// The demo catalog: a reference table of provinces, monthly statistics (natural key, rules,
+/// masking, enrichment, measures) and real-time transaction events (hourly aggregates).
 async fn setup_catalog(client: &Client) -> anyhow::Result<(Vec<Value>, Vec<Value>)> {
-    let schema = json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "required": ["agency", "period", "channel", "transactions", "failed"],
-        "properties": {
-            "agency": {"type": "string"}, "period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
-            "channel": {"type": "string", "enum": ["web", "mobile", "api", "kiosk"]},
-            "transactions": {"type": "integer", "minimum": 0}, "failed": {"type": "integer", "minimum": 0},
-            "citizen_id": {"type": "string"}, "email": {"type": "string"}, "note": {"type": "string"}
-        }
+    let provinces = json!({
+        "id": "provinces", "title": "Tỉnh, thành phố / Provinces", "owner": "Tổng cục Thống kê",
+        "schema": {"type": "object", "required": ["code", "name", "region"],
+                   "properties": {"code": {"type": "string"}, "name": {"type": "string"}, "region": {"type": "string"}}},
+        "key": ["code"], "reference": {"key": "code"}, "classification": "public", "priority": "low"
     });
-    let dataset = json!({
-        "id": "etx_monthly", "title": "E-transaction statistics, monthly", "schema": schema,
-        "key": ["agency", "period", "channel"], "time_field": "period", "dimensions": ["agency", "channel"],
+    let monthly = json!({
+        "id": "etx_monthly", "title": "E-transaction statistics, monthly",
+        "description": "Online transactions per agency, month and channel (Circular 12/2025, C3(b))",
+        "owner": "Bộ Khoa học và Công nghệ",
+        "schema": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+            "required": ["agency", "province", "period", "channel", "transactions", "failed"],
+            "properties": {
+                "agency": {"type": "string"}, "province": {"type": "string"},
+                "period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                "channel": {"type": "string", "enum": ["web", "mobile", "api", "kiosk"]},
+                "transactions": {"type": "integer", "minimum": 0}, "failed": {"type": "integer", "minimum": 0},
+                "contact_email": {"type": "string"}, "note": {"type": "string"}
+            }
+        },
+        "key": ["agency", "period", "channel"], "time_field": "period",
+        "dimensions": ["agency", "channel", "region"],
         "measures": {"transactions": "sum", "failed": "sum"},
-        "masking": {"citizen_id": "partial", "email": "hash", "note": "redact"},
+        "units": {"transactions": "transactions", "failed": "transactions"},
+        "masking": {"contact_email": "hash", "note": "redact"},
+        "rules": [{"field": "failed", "op": "<=", "other": "transactions", "message": "failed cannot exceed transactions"},
+                  {"field": "province", "in_reference": "provinces"}],
+        "lookups": [{"field": "province", "reference": "provinces", "add": {"region": "region"}}],
         "classification": "internal", "priority": "normal"
     });
-    let (status, v) = client.call(Method::POST, "/api/v1/datasets", Some(&dataset)).await?;
-    // 409: defined by a first run that was interrupted before demo.json was written.
-    anyhow::ensure!(status == 201 || status == 409, "defining etx_monthly: HTTP {status}: {v}");
+    let events = json!({
+        "id": "etx_events", "title": "E-transaction events, real time",
+        "schema": {
+            "type": "object", "required": ["event_id", "time", "agency", "service", "channel", "duration_ms", "status"],
+            "properties": {
+                "event_id": {"type": "string"}, "time": {"type": "string", "format": "date-time"},
+                "agency": {"type": "string"}, "service": {"type": "string"},
+                "channel": {"type": "string", "enum": ["web", "mobile", "api", "kiosk"]},
+                "duration_ms": {"type": "integer", "minimum": 0}, "status": {"enum": ["ok", "failed"]},
+                "citizen_id": {"type": "string"}
+            }
+        },
+        "key": ["event_id"], "time_field": "time", "dimensions": ["agency", "channel", "status"],
+        "measures": {"duration_ms": "avg"}, "units": {"duration_ms": "ms"},
+        "masking": {"citizen_id": "partial"}, "classification": "confidential", "priority": "high"
+    });
+    for def in [&provinces, &monthly, &events] {
+        let (status, v) = client.call(Method::POST, "/api/v1/datasets", Some(def)).await?;
+        // 409: defined by a first run that was interrupted before demo.json was written.
+        anyhow::ensure!(status == 201 || status == 409, "defining {}: HTTP {status}: {v}", def["id"]);
+    }
     let mut sources = Vec::new();
-    for (id, name, agency) in [
-        ("moj-portal", "Cổng dịch vụ công Bộ Tư pháp", "Bộ Tư pháp"),
-        ("hcmc-portal", "Cổng dịch vụ công TP. Hồ Chí Minh", "UBND TP. Hồ Chí Minh"),
+    for (id, name, agency, province) in [
+        ("gso", "Tổng cục Thống kê", "Tổng cục Thống kê", "HN"),
+        ("moj-portal", "Cổng dịch vụ công Bộ Tư pháp", "Bộ Tư pháp", "HN"),
+        ("hcmc-portal", "Cổng dịch vụ công TP. Hồ Chí Minh", "UBND TP. Hồ Chí Minh", "HCM"),
     ] {
         let body = json!({"id": id, "name": name, "agency": agency, "contact": "cntt@example.gov.vn"});
         let v = client
             .expect(Method::POST, "/api/v1/sources", Some(&body))
             .await
             .with_context(|| format!("registering {id}"))?;
-        sources.push(json!({"id": id, "agency": agency, "api_key": v["api_key"]}));
+        sources.push(json!({"id": id, "agency": agency, "province": province, "api_key": v["api_key"]}));
     }
-    Ok((sources, vec![json!("etx_monthly")]))
+    Ok((sources, vec![json!("provinces"), json!("etx_monthly"), json!("etx_events")]))
 }
 
-/// Posts sample records round-robin over the nodes: small real-time submissions every interval and
-/// a larger array every tenth round. Failures are reported and the feed goes on.
+const PROVINCES: [(&str, &str, &str); 5] = [
+    ("HN", "Hà Nội", "Đồng bằng sông Hồng"),
+    ("HCM", "TP. Hồ Chí Minh", "Đông Nam Bộ"),
+    ("DN", "Đà Nẵng", "Duyên hải Nam Trung Bộ"),
+    ("HP", "Hải Phòng", "Đồng bằng sông Hồng"),
+    ("CT", "Cần Thơ", "Đồng bằng sông Cửu Long"),
+];
+const CHANNELS: [&str; 4] = ["web", "mobile", "api", "kiosk"];
+
+/// Posts one request and says how it went (failures are printed; the feed goes on).
+async fn post(http: &reqwest::Client, url: &str, dataset: &str, key: &str, idem: &str, body: &Value) -> Option<Value> {
+    let r = http
+        .post(format!("{url}/api/v1/datasets/{dataset}/records"))
+        .header("x-api-key", key)
+        .header("idempotency-key", idem)
+        .json(body)
+        .send()
+        .await;
+    match r {
+        Ok(resp) if resp.status().as_u16() == 201 => resp.json().await.ok(),
+        Ok(resp) => {
+            eprintln!("feed: {url} answered {} for {dataset}", resp.status());
+            None
+        }
+        Err(e) => {
+            eprintln!("feed: {url}: {e}");
+            None
+        }
+    }
+}
+
+/// The sample feed: the provinces reference table and a year of monthly statistics per agency (a
+/// batch-like array), then real-time events every interval round-robin over the nodes. Every 25th
+/// round an agency re-sends its latest monthly report, which DTM counts as duplicates.
 async fn feed(http: &reqwest::Client, urls: &[String], sources: &[Value], interval: Duration) -> anyhow::Result<()> {
-    let channels = ["web", "mobile", "api", "kiosk"];
+    let run = std::process::id();
+    let key_of = |s: &Value| s["api_key"].as_str().unwrap_or("").to_string();
+    if let Some(gso) = sources.iter().find(|s| s["id"] == "gso") {
+        let rows: Vec<Value> =
+            PROVINCES.iter().map(|(code, name, region)| json!({"code": code, "name": name, "region": region})).collect();
+        post(http, &urls[0], "provinces", &key_of(gso), "demo-provinces", &json!(rows)).await;
+    }
+    let agencies: Vec<&Value> = sources.iter().filter(|s| s["id"] != "gso").collect();
+    let monthly = |s: &Value, month: u64| -> Vec<Value> {
+        CHANNELS
+            .iter()
+            .enumerate()
+            .map(|(c, channel)| {
+                let t = 5_000 + (month * 731 + c as u64 * 977) % 20_000;
+                json!({"agency": s["agency"], "province": s["province"], "period": format!("2026-{month:02}"),
+                       "channel": channel, "transactions": t, "failed": t / 40,
+                       "contact_email": format!("thongke{month}@example.gov.vn")})
+            })
+            .collect()
+    };
+    for (i, s) in agencies.iter().enumerate() {
+        let year: Vec<Value> = (1..=11).flat_map(|m| monthly(s, m)).collect();
+        let idem = format!("demo-monthly-{}", s["id"].as_str().unwrap_or(""));
+        post(http, &urls[i % urls.len()], "etx_monthly", &key_of(s), &idem, &json!(year)).await;
+    }
+    let services = ["khai-sinh", "ly-lich-tu-phap", "dang-ky-kinh-doanh", "cap-phep-xay-dung"];
     let mut round: u64 = 0;
     let mut accepted: u64 = 0;
+    let mut duplicates: u64 = 0;
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
         round += 1;
-        for (i, s) in sources.iter().enumerate() {
-            let (Some(key), Some(agency)) = (s["api_key"].as_str(), s["agency"].as_str()) else { continue };
+        for (i, s) in agencies.iter().enumerate() {
+            let url = &urls[(round as usize + i) % urls.len()];
             let n = if round.is_multiple_of(10) { 200 } else { 1 + (round % 5) as usize };
+            let now = time::OffsetDateTime::now_utc();
             let records: Vec<Value> = (0..n)
                 .map(|j| {
-                    let t = 100 + ((round * 37 + j as u64 * 11) % 900);
+                    let d = 150 + ((round * 37 + j as u64 * 11) % 2_000);
                     json!({
-                        "agency": agency, "period": format!("2026-{:02}", 1 + (round / 60) % 12),
-                        "channel": channels[(j + i) % channels.len()], "transactions": t, "failed": t / 50,
+                        "event_id": format!("{}-{run}-{round}-{j}", s["id"].as_str().unwrap_or("")),
+                        "time": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                        "agency": s["agency"], "service": services[j % services.len()],
+                        "channel": CHANNELS[(j + i) % CHANNELS.len()], "duration_ms": d,
+                        "status": if d % 23 == 0 { "failed" } else { "ok" },
                         "citizen_id": format!("0792{:08}", (round * 1000 + j as u64) % 100_000_000),
                     })
                 })
                 .collect();
-            let url = &urls[(round as usize + i) % urls.len()];
-            let r = http
-                .post(format!("{url}/api/v1/datasets/etx_monthly/records"))
-                .header("x-api-key", key)
-                .header(
-                    "idempotency-key",
-                    format!("demo-{}-{round}-{}", s["id"].as_str().unwrap_or(""), std::process::id()),
-                )
-                .json(&records)
-                .send()
-                .await;
-            match r {
-                Ok(resp) if resp.status().as_u16() == 201 => accepted += n as u64,
-                Ok(resp) => eprintln!("feed: {url} answered {}", resp.status()),
-                Err(e) => eprintln!("feed: {url}: {e}"),
+            let idem = format!("demo-{}-{round}-{run}", s["id"].as_str().unwrap_or(""));
+            if post(http, url, "etx_events", &key_of(s), &idem, &json!(records)).await.is_some() {
+                accepted += n as u64;
+            }
+            if round.is_multiple_of(25) {
+                let idem = format!("demo-resend-{}-{round}-{run}", s["id"].as_str().unwrap_or(""));
+                if let Some(v) = post(http, url, "etx_monthly", &key_of(s), &idem, &json!(monthly(s, 11))).await {
+                    duplicates += v["duplicates"].as_u64().unwrap_or(0);
+                }
             }
         }
         if round.is_multiple_of(20) {
-            println!("fed {accepted} records so far");
+            println!("fed {accepted} events so far; {duplicates} re-sent monthly figures recognised as duplicates");
         }
     }
 }

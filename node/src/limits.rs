@@ -28,6 +28,17 @@ pub const RETRY_AFTER_SECONDS: u64 = 1;
 /// How long shutdown waits for in-flight requests before closing connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Compiled dataset definitions kept per node (one per dataset version in use).
+pub const COMPILED_DATASETS_CACHED_MAX: usize = 1_024;
+/// Versions listed by `GET /datasets/{id}`.
+pub const DATASET_VERSIONS_LISTED_MAX: usize = 1_000;
+/// Datasets one source may be allowed to send to.
+pub const SOURCE_ALLOWED_DATASETS_MAX: usize = 1_000;
+/// Aggregate rows one query may answer; a query that would give more is refused (narrow it).
+pub const AGGREGATE_ROWS_MAX: usize = 100_000;
+/// How often each node aligns its source actors with the replicated catalog.
+pub const SOURCE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
 const _: () = assert!(RECORDS_PAGE_DEFAULT <= RECORDS_PAGE_MAX);
 const _: () = assert!(ADMIN_BODY_BYTES_MAX <= RECORDS_BODY_BYTES_MAX);
 const _: () = assert!(RECORDS_BODY_BYTES_MAX < OVERSIZED_BODY_DISCARD_BYTES_MAX);

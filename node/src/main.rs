@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod demo;
 mod limits;
+mod pipeline;
 mod server;
 mod tls;
 

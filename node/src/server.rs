@@ -44,6 +44,7 @@ pub struct ServeOptions {
     pub raft: RaftOptions,
     pub store: StoreOptions,
     pub group_commit: dtm_cluster::GroupCommitOptions,
+    pub pipeline: dtm_actors::PipelineOptions,
 }
 
 /// Writes `contents` to `path` atomically (temp file + rename) with `mode`.
@@ -125,12 +126,46 @@ pub async fn serve(
         });
     }
 
-    serve_https(api::router(api::AppState { node: node.clone() }), http, TlsAcceptor::from(https_cfg), stop_rx.clone())
-        .await;
+    let pipeline = dtm_actors::Pipeline::start(Arc::new(crate::pipeline::IngestStages), opts.pipeline.clone())
+        .await
+        .context("starting the source actors")?;
+    tokio::spawn(sync_source_actors(node.clone(), pipeline.clone(), stop_rx.clone()));
+    let state = api::AppState::new(node.clone(), pipeline.clone());
+    serve_https(api::router(state), http, TlsAcceptor::from(https_cfg), stop_rx.clone()).await;
     let _ = grpc_task.await;
+    pipeline.shutdown().await;
     node.shutdown().await;
     tracing::info!(node_id = opts.node_id, "node stopped");
     Ok(())
+}
+
+/// Keeps this node's source supervisors equal to the registered sources (created when a source is
+/// registered through any node, stopped when it is gone), until shutdown.
+async fn sync_source_actors(
+    node: Arc<ClusterNode>,
+    pipeline: dtm_actors::Pipeline<crate::pipeline::IngestStages>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(crate::limits::SOURCE_SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let mut ids = Vec::new();
+        let scanned = node.reader.for_each_prefixed(dtm_cluster::tables::SOURCE, |k, _| {
+            ids.push(String::from_utf8_lossy(&k[dtm_cluster::tables::SOURCE.len()..]).into_owned());
+            Ok(())
+        });
+        if let Err(e) = scanned {
+            tracing::warn!(error = %e, "could not read the sources to sync their actors");
+            continue;
+        }
+        if let Err(e) = pipeline.sync_sources(&ids).await {
+            tracing::warn!(error = %e, "could not sync the source actors");
+        }
+    }
 }
 
 /// Makes a fresh node the first member of a new cluster and writes the first admin token to

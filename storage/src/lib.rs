@@ -85,8 +85,9 @@ pub fn open(
         .open()?;
     let stats = Arc::new(SnapshotStats::default());
     let log = LogStore::new(db.clone(), stats.clone())?;
-    let sm = StateMachineStore::new(db.clone(), dir.join("raft-snapshot.pb"), applier, stats.clone())?;
+    let sm = StateMachineStore::new(db.clone(), dir.join("raft-snapshot.pb"), applier.clone(), stats.clone())?;
     let reader = StateReader { tree: db.open_tree("sm")?, stats };
+    applier.reset(&reader)?;
     Ok((log, sm, reader))
 }
 
@@ -132,6 +133,25 @@ impl StateReader {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Visits, in key order, every pair whose key starts with `prefix` (for rebuilding derived state;
+    /// the API pages with `scan`).
+    pub fn for_each_prefixed(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for kv in self.tree.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            visit(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    /// The last log index applied to these tables (0 before the first).
+    pub fn applied_index(&self) -> Result<u64, StoreError> {
+        crate::state_machine::read_applied_index(&self.tree)
     }
 
     /// Log and snapshot sizes, for the snapshot policy.

@@ -43,6 +43,14 @@ const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
+/// The index of the last applied log entry recorded in `tree` (0 before the first).
+pub(crate) fn read_applied_index(tree: &sled::Tree) -> std::result::Result<u64, StoreError> {
+    match tree.get(KEY_LAST_APPLIED)? {
+        None => Ok(0),
+        Some(v) => Ok(pb::LogId::decode(v.as_ref())?.index),
+    }
+}
+
 /// Turns a replicated command into table changes. Implementations must be deterministic: the same
 /// command on the same table contents gives the same changes and the same response on every node,
 /// so they read no clock, no randomness and no configuration.
@@ -53,6 +61,17 @@ pub trait Applier: Send + Sync + 'static {
         log_id: &LogId,
         cmd: &Command,
     ) -> std::result::Result<CommandResponse, StoreError>;
+
+    /// Called once the writes of an `apply` call have reached sled, with `write_lock` still held and
+    /// the last log id applied. State the applier derives in memory (the aggregate view) publishes
+    /// what it staged during `apply` here, so readers never see it ahead of or behind the tables.
+    fn committed(&self, _last: &LogId) {}
+
+    /// Called when the tables were replaced wholesale (a snapshot was installed) and when the store is
+    /// opened: in-memory derived state must be rebuilt from `tables`.
+    fn reset(&self, _tables: &crate::StateReader) -> std::result::Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Keys and what they become (`None`: removed), or what they were (pre-images).
@@ -346,7 +365,13 @@ impl StateMachineStore {
         }
         batch.insert(KEY_MEMBERSHIP, dtm_model::stored_membership_to_pb(&meta.last_membership).encode_to_vec());
         self.inner.tree.apply_batch(batch)?;
+        self.inner.applier.reset(&self.reader())?;
         Ok(())
+    }
+
+    /// A read view of the same tables.
+    pub(crate) fn reader(&self) -> crate::StateReader {
+        crate::StateReader { tree: self.inner.tree.clone(), stats: self.inner.stats.clone() }
     }
 
     /// Every node flushes after install so that the log can be purged behind the snapshot.
@@ -433,6 +458,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 batch.insert(KEY_MEMBERSHIP, dtm_model::stored_membership_to_pb(m).encode_to_vec());
             }
             tree.apply_batch(batch).map_err(|e| sto(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+            if let Some(l) = &last {
+                self.inner.applier.committed(l);
+            }
         }
         Ok(replies)
     }

@@ -29,7 +29,7 @@ fn free_base_port() -> u16 {
 }
 
 async fn total_records(http: &reqwest::Client, demo: &Value) -> Option<u64> {
-    let url = format!("{}/api/v1/datasets/etx_monthly/records?limit=1", demo["nodes"][1]["http"].as_str()?);
+    let url = format!("{}/api/v1/datasets/etx_events/records?limit=1", demo["nodes"][1]["http"].as_str()?);
     let v: Value = http.get(url).bearer_auth(demo["admin_token"].as_str()?).send().await.ok()?.json().await.ok()?;
     v["total"].as_u64()
 }

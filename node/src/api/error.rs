@@ -19,11 +19,17 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Vec<Value>,
+    /// Seconds for `Retry-After` on 429 and 503 (the default when unset).
+    pub retry_after_seconds: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: Vec::new() }
+        ApiError { status, code, message: message.into(), details: Vec::new(), retry_after_seconds: None }
+    }
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_seconds = Some(seconds);
+        self
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -44,7 +50,13 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
     pub fn unprocessable(message: impl Into<String>, details: Vec<Value>) -> Self {
-        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, code: "invalid_records", message: message.into(), details }
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_records",
+            message: message.into(),
+            details,
+            retry_after_seconds: None,
+        }
     }
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         let id = uuid::Uuid::new_v4();
@@ -97,7 +109,8 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
         let mut resp = (self.status, Json(body)).into_response();
         if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(self.retry_after_seconds.unwrap_or(RETRY_AFTER_SECONDS)));
         }
         resp
     }

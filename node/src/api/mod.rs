@@ -2,6 +2,7 @@
 //! live in `records.rs` (ingest and read back), `catalog.rs` (sources, keys, datasets) and
 //! `cluster.rs` (health, readiness, membership).
 
+mod aggregates;
 pub mod auth;
 mod catalog;
 mod cluster;
@@ -20,7 +21,18 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::routing::delete;
 use axum::routing::get;
 use axum::routing::post;
+use dtm_actors::Pipeline;
+use dtm_actors::PipelineError;
 use dtm_cluster::ClusterNode;
+use dtm_cluster::tables;
+use dtm_model::state;
+use serde_json::json;
+
+use crate::pipeline::Catalog;
+use crate::pipeline::IngestStages;
+use crate::pipeline::Job;
+use crate::pipeline::Rejection;
+use crate::pipeline::TableRefs;
 use tower::ServiceBuilder;
 use tower_http::request_id::MakeRequestUuid;
 use tower_http::request_id::PropagateRequestIdLayer;
@@ -38,6 +50,21 @@ use error::ApiResult;
 #[derive(Clone)]
 pub struct AppState {
     pub node: Arc<ClusterNode>,
+    /// The per-source supervised actors that parse, validate, mask and prepare records.
+    pub pipeline: Pipeline<IngestStages>,
+    /// Compiled dataset definitions, one per version.
+    pub catalog: Arc<Catalog>,
+    /// Reference tables as this node has applied them (enrichment and membership rules).
+    pub refs: Arc<TableRefs>,
+    /// The cluster's masking key, read (or proposed) once.
+    pub masking_key: Arc<tokio::sync::OnceCell<Arc<Vec<u8>>>>,
+}
+
+impl AppState {
+    pub fn new(node: Arc<ClusterNode>, pipeline: Pipeline<IngestStages>) -> Self {
+        let refs = Arc::new(TableRefs { reader: node.reader.clone() });
+        AppState { node, pipeline, catalog: Arc::default(), refs, masking_key: Arc::default() }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -52,7 +79,12 @@ pub fn router(state: AppState) -> Router {
         .route("/sources/{id}/keys/{key_id}", delete(catalog::revoke_key))
         .route("/datasets", post(catalog::create_dataset))
         .route("/datasets/{id}", get(catalog::get_dataset))
+        .route("/datasets/{id}/versions", post(catalog::create_version))
         .route("/datasets/{id}/schema", get(catalog::get_schema))
+        .route("/datasets/{id}/conflicts", get(catalog::get_conflicts))
+        .route("/datasets/{id}/aggregates", get(aggregates::get_aggregates))
+        .route("/datasets/{id}/aggregates/digest", get(aggregates::get_digest))
+        .route("/pipeline", get(aggregates::get_pipeline))
         .route("/datasets/{id}/records", post(records::post_records).get(records::get_records));
     Router::new()
         .nest("/api/v1", api)
@@ -128,9 +160,8 @@ async fn discard(mut body: Body, declared: u64) {
     let _ = tokio::time::timeout(OVERSIZED_BODY_DISCARD_TIMEOUT, drain).await;
 }
 
-/// Requires a JSON content type (415 otherwise) and parses the body (400 with the parser's
-/// position otherwise).
-pub fn parse_json(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<serde_json::Value> {
+/// Requires a JSON content type (415 otherwise).
+pub fn require_json(headers: &HeaderMap) -> ApiResult<()> {
     let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
         return Err(ApiError::new(
@@ -139,6 +170,13 @@ pub fn parse_json(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<serde_json::Va
             "this endpoint takes Content-Type: application/json",
         ));
     }
+    Ok(())
+}
+
+/// Requires a JSON content type (415 otherwise) and parses the body (400 with the parser's
+/// position otherwise).
+pub fn parse_json(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<serde_json::Value> {
+    require_json(headers)?;
     serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(axum::http::StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {e}"))
     })
@@ -172,5 +210,111 @@ pub fn command(state: &AppState, kind: dtm_model::state::command::Kind) -> dtm_m
         proposed_at_ms: now_ms(),
         origin_node: state.node.id,
         kind: Some(kind),
+    }
+}
+
+/// The cluster's masking key (HMAC key of `hash` masking and of the natural-key index). Read from
+/// the replicated tables; a cluster that has none yet gets one proposed by this node (the first
+/// proposal in the log wins, so every node ends with the same key).
+pub async fn masking_key(state: &AppState) -> ApiResult<Arc<Vec<u8>>> {
+    let key = state
+        .masking_key
+        .get_or_try_init(|| async {
+            let read = |state: &AppState| {
+                state.node.reader.get_msg::<state::ClusterSecrets>(tables::CLUSTER_SECRETS).map_err(ApiError::internal)
+            };
+            if let Some(s) = lookup_fresh::<state::ClusterSecrets>(state, tables::CLUSTER_SECRETS).await? {
+                return Ok(Arc::new(s.masking_key));
+            }
+            let mut key = vec![0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+            let secrets = state::ClusterSecrets { masking_key: key };
+            let cmd = command(
+                state,
+                state::command::Kind::SetClusterSecrets(state::SetClusterSecrets { secrets: Some(secrets) }),
+            );
+            state.node.write(cmd).await?;
+            match read(state)? {
+                Some(s) => Ok(Arc::new(s.masking_key)),
+                None => Err(ApiError::internal("cluster secrets missing after they were committed")),
+            }
+        })
+        .await?;
+    Ok(key.clone())
+}
+
+/// Runs a job through the source's actors: admission (429 when the source's queue is full), then
+/// ingest → validate → aggregate. The permit is returned so the caller holds it until the commit.
+pub async fn run_pipeline(
+    state: &AppState,
+    source_id: &str,
+    job: Job,
+) -> ApiResult<(dtm_actors::Permit, Vec<state::RecordIn>)> {
+    let permit = match state.pipeline.admit(source_id) {
+        Ok(p) => p,
+        // A source registered through another node a moment ago: its actors start here on first use.
+        Err(PipelineError::Unavailable { .. }) if !state.pipeline.has_source(source_id) => {
+            state.pipeline.add_source(source_id).await.map_err(ApiError::internal)?;
+            state.pipeline.admit(source_id).map_err(pipeline_error)?
+        }
+        Err(e) => return Err(pipeline_error(e)),
+    };
+    let (permit, out) = state.pipeline.run(permit, job).await;
+    Ok((permit, out.map_err(pipeline_error)?))
+}
+
+fn retry_after(e: ApiError, after: std::time::Duration) -> ApiError {
+    e.with_retry_after(after.as_secs_f64().ceil().max(1.0) as u64)
+}
+
+/// The one place where pipeline outcomes become HTTP statuses.
+pub fn pipeline_error(e: PipelineError<Rejection>) -> ApiError {
+    use axum::http::StatusCode;
+    match e {
+        PipelineError::Busy { retry_after: after } => retry_after(
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "source_busy",
+                "this source has too many requests in progress on this node; retry after the indicated time",
+            ),
+            after,
+        ),
+        PipelineError::Rejected(Rejection::MalformedJson(m)) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", m),
+        PipelineError::Rejected(Rejection::BadRequest(m)) => ApiError::bad_request(m),
+        PipelineError::Rejected(Rejection::TooManyRecords) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_records",
+            format!(
+                "at most {} records per request; use a batch upload for more",
+                crate::limits::RECORDS_PER_REQUEST_MAX
+            ),
+        ),
+        PipelineError::Rejected(Rejection::Invalid(problems)) => ApiError::unprocessable(
+            "some records are invalid; nothing was stored",
+            problems.into_iter().map(|p| json!({"record": p.record, "field": p.field, "message": p.message})).collect(),
+        ),
+        PipelineError::Crashed { stage } => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "pipeline_failed",
+            format!("the {stage} stage failed on this request and is being restarted; nothing was stored; retry"),
+        ),
+        PipelineError::Unavailable { retry_after: after } => retry_after(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pipeline_unavailable",
+                "this source's pipeline is restarting on this node; retry",
+            ),
+            after,
+        ),
+        PipelineError::Timeout => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pipeline_timeout",
+            "the request took too long to validate; nothing was stored; retry",
+        ),
+        PipelineError::Stopped => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this node is shutting down; retry on another node",
+        ),
     }
 }

@@ -27,14 +27,17 @@ use super::error::ApiError;
 use super::error::ApiResult;
 use super::error::rejected;
 use crate::limits::*;
+use crate::pipeline::Job;
+use dtm_dataset::SourceForm;
 
 pub async fn post_records(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(dataset): Path<String>,
+    Query(q): Query<PostQuery>,
     body: Body,
 ) -> ApiResult<Response> {
-    let (source, key_id) = auth::require_source(&state, &headers).await?;
+    let (source_id, key_id) = auth::require_source(&state, &headers).await?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -47,69 +50,93 @@ pub async fn post_records(
             Some(k.to_string())
         }
     };
-    if !super::valid_id(&dataset)
-        || super::lookup_fresh::<state::Dataset>(&state, &tables::dataset(&dataset)).await?.is_none()
-    {
+    let source = super::lookup_fresh::<state::Source>(&state, &tables::source(&source_id))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the source of this key is not registered"))?;
+    if !super::valid_id(&dataset) {
         return Err(ApiError::unknown_dataset(&dataset));
     }
+    if !source.allowed_datasets.is_empty() && !source.allowed_datasets.iter().any(|d| d == &dataset) {
+        return Err(ApiError::forbidden(format!("source `{source_id}` may not send to dataset `{dataset}`")));
+    }
+    let version = schema_version(&headers, q.schema_version)?;
+    let ds = super::catalog::dataset_version(&state, &dataset, version).await?;
+    let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;
     let bytes = super::read_body(&headers, body, RECORDS_BODY_BYTES_MAX).await?;
-    let value = super::parse_json(&headers, &bytes)?;
-    let items = match value {
-        Value::Array(items) => items,
-        obj @ Value::Object(_) => vec![obj],
-        _ => return Err(ApiError::bad_request("the body must be a JSON object or an array of objects")),
+    super::require_json(&headers)?;
+    let form = source.form.parse::<SourceForm>().unwrap_or(SourceForm::Raw);
+    let job = Job {
+        dataset: compiled.clone(),
+        form,
+        masking_key: super::masking_key(&state).await?,
+        refs: state.refs.clone(),
+        body: bytes.clone(),
     };
-    if items.is_empty() {
-        return Err(ApiError::bad_request("the array holds no records"));
-    }
-    if items.len() > RECORDS_PER_REQUEST_MAX {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_records",
-            format!("at most {RECORDS_PER_REQUEST_MAX} records per request; use a batch upload for more"),
-        ));
-    }
-    let problems: Vec<Value> = items
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| !v.is_object())
-        .map(|(i, _)| json!({"record": i, "field": "", "message": "a record must be a JSON object"}))
-        .collect();
-    if !problems.is_empty() {
-        return Err(ApiError::unprocessable("some records are invalid; nothing was stored", problems));
-    }
+    let (permit, records) = super::run_pipeline(&state, &source_id, job).await?;
     let mut fingerprint = Sha256::new();
     fingerprint.update(dataset.as_bytes());
     fingerprint.update([0]);
     fingerprint.update(&bytes);
-    let records = items
-        .iter()
-        .map(|v| state::RecordIn { id: uuid::Uuid::new_v4().to_string(), payload_json: v.to_string().into_bytes() })
-        .collect();
-    let request_id = super::request_id(&headers);
     let submission = state::Submission {
         dataset: dataset.clone(),
-        source,
+        source: source_id,
         // Every submission carries a key: the client's, or one made here, so that an internal retry
         // after a leader change can never store the records twice.
         idempotency_key: idempotency_key.clone().unwrap_or_else(|| format!("auto:{}", uuid::Uuid::new_v4())),
         fingerprint: fingerprint.finalize().to_vec(),
-        request_id,
+        request_id: super::request_id(&headers),
         received_at_ms: super::now_ms(),
         received_on_node: state.node.id,
         records,
         key_id,
+        schema_version: compiled.version,
+        classification: compiled.def.classification.clone(),
+        priority: compiled.def.priority.clone(),
+        channel: "rest".into(),
     };
-    let result = state.node.submit(submission).await?;
+    let result = state.node.submit(submission).await;
+    // The permit bounds the source's whole in-flight work, commit included.
+    drop(permit);
+    let result = result?;
     if !result.error_code.is_empty() {
         return Err(rejected(&result.error_code, result.error_message));
     }
-    let body = json!({"accepted": result.ids.len(), "ids": result.ids, "commit_index": result.commit_index});
+    let count = |what: &str| result.outcomes.iter().filter(|o| o.as_str() == what).count();
+    let body = json!({
+        "accepted": result.ids.len(),
+        "ids": result.ids,
+        "commit_index": result.commit_index,
+        "schema_version": compiled.version,
+        "stored": count("stored") + count("conflict"),
+        "duplicates": count("duplicate"),
+        "conflicts": count("conflict"),
+        "outcomes": result.outcomes,
+    });
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     if result.replayed {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+#[derive(Deserialize)]
+pub struct PostQuery {
+    schema_version: Option<u32>,
+}
+
+/// The schema version a sender declares (`X-Schema-Version` header or `?schema_version=`); None
+/// means the latest.
+fn schema_version(headers: &HeaderMap, query: Option<u32>) -> ApiResult<Option<u32>> {
+    match headers.get("x-schema-version") {
+        None => Ok(query),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|v| *v >= 1)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("X-Schema-Version must be a version number (1, 2, ...)")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -168,6 +195,9 @@ pub async fn get_records(
         records.push(json!({
             "id": r.id, "source": r.source, "commit_index": r.commit_index,
             "received_at_ms": r.received_at_ms, "data": data,
+            "schema_version": r.schema_version, "classification": r.classification, "priority": r.priority,
+            "version": r.version, "previous_id": r.previous_id, "conflict": r.conflict, "channel": r.channel,
+            "masked_fields": r.masked_fields, "enriched_fields": r.enriched_fields,
         }));
         last_key = Some(k);
     }

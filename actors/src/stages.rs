@@ -1,0 +1,58 @@
+//! The contract between this crate and the node: [`Stages`], the work of each stage.
+
+/// The work of the three stages, supplied by the node. Each call is synchronous CPU work (parsing,
+/// schema validation, masking, hashing) and runs on tokio's blocking pool, so a slow call never
+/// stalls the runtime's workers. A call may panic (a poison input): the stage actor holding the job
+/// fails, its caller gets `Crashed`, and the source supervisor restarts the actor.
+pub trait Stages: Send + Sync + 'static {
+    /// What a handler submits (a parsed request for one dataset).
+    type Job: Send + 'static;
+    /// The output of `ingest`, the input of `validate`.
+    type Parsed: Send + 'static;
+    /// The output of `validate`, the input of `aggregate`.
+    type Validated: Send + 'static;
+    /// What the handler gets back (records ready to propose).
+    type Output: Send + 'static;
+    /// A client-side problem (e.g. 422 problems), not a failure of the actor.
+    type Rejection: Send + 'static;
+
+    /// Parses the job of source `source`.
+    fn ingest(&self, source: &str, job: Self::Job) -> Result<Self::Parsed, Self::Rejection>;
+    /// Checks the parsed input against the source's schema.
+    fn validate(&self, source: &str, parsed: Self::Parsed) -> Result<Self::Validated, Self::Rejection>;
+    /// Masks, hashes and groups the validated input into what is proposed to Raft.
+    fn aggregate(&self, source: &str, validated: Self::Validated) -> Result<Self::Output, Self::Rejection>;
+}
+
+/// One of the three stages of a source's pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StageId {
+    /// Runs [`Stages::ingest`].
+    Ingest,
+    /// Runs [`Stages::validate`].
+    Validate,
+    /// Runs [`Stages::aggregate`].
+    Aggregate,
+}
+
+impl StageId {
+    /// Every stage, in the order a job flows through them.
+    pub const ALL: [StageId; 3] = [StageId::Ingest, StageId::Validate, StageId::Aggregate];
+
+    /// The stage's name in errors, logs, metrics labels and actor names.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StageId::Ingest => "ingest",
+            StageId::Validate => "validate",
+            StageId::Aggregate => "aggregate",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            StageId::Ingest => 0,
+            StageId::Validate => 1,
+            StageId::Aggregate => 2,
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The aggregate view: every dataset's aggregate cells in memory, exactly as the applied tables hold
+//! them, for analysts' queries on any node.
+//!
+//! The cells themselves are maintained by `apply` in the replicated tables (`agg/…`), so they are
+//! persisted with the log index they reflect and travel in snapshots. Scanning them in sled for
+//! every query would be slow and could mix two log positions while `apply` goes on; instead `apply`
+//! stages each changed cell here and the store publishes the staged cells once the batch has reached
+//! sled (`Applier::committed`), under the store's write lock. A reader therefore always sees the
+//! cells of one log index, and says which (`as_of_index`). The view is rebuilt from the tables when
+//! the store opens and when a snapshot is installed.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::RwLock;
+
+use dtm_dataset::Cell;
+use dtm_dataset::MeasureStat;
+use dtm_model::state;
+use dtm_storage::StateReader;
+use dtm_storage::StoreError;
+use prost::Message;
+use sha2::Digest;
+use sha2::Sha256;
+
+use crate::tables;
+
+/// Cells of one dataset, by cell key.
+pub type Cells = BTreeMap<Vec<u8>, Cell>;
+
+#[derive(Default)]
+struct Published {
+    /// The log index every cell reflects.
+    index: u64,
+    datasets: BTreeMap<String, Cells>,
+}
+
+#[derive(Default)]
+pub struct AggregateView {
+    published: RwLock<Published>,
+    /// Cells changed by the `apply` call in progress; published by `publish`.
+    staged: Mutex<Vec<(String, Vec<u8>, Cell)>>,
+}
+
+pub fn cell_from_pb(c: &state::AggCell) -> Cell {
+    Cell {
+        count: c.count,
+        measures: c
+            .measures
+            .iter()
+            .map(|(k, m)| (k.clone(), MeasureStat { sum: m.sum, min: m.min, max: m.max, n: m.n }))
+            .collect(),
+    }
+}
+
+pub fn cell_to_pb(c: &Cell) -> state::AggCell {
+    state::AggCell {
+        count: c.count,
+        measures: c
+            .measures
+            .iter()
+            .map(|(k, m)| (k.clone(), state::MeasureStat { sum: m.sum, min: m.min, max: m.max, n: m.n }))
+            .collect(),
+    }
+}
+
+/// Adds one record's contribution to a stored cell (deterministic: same order, same floats).
+pub fn merge(cell: &mut state::AggCell, measures: &BTreeMap<String, f64>) {
+    cell.count += 1;
+    for (name, v) in measures {
+        let m = cell.measures.entry(name.clone()).or_default();
+        if m.n == 0 {
+            m.min = *v;
+            m.max = *v;
+        } else {
+            m.min = m.min.min(*v);
+            m.max = m.max.max(*v);
+        }
+        m.sum += v;
+        m.n += 1;
+    }
+}
+
+impl AggregateView {
+    pub fn stage(&self, dataset: &str, cell_key: &[u8], cell: &state::AggCell) {
+        let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        staged.push((dataset.to_string(), cell_key.to_vec(), cell_from_pb(cell)));
+    }
+
+    /// Publishes the staged cells as the state at `index`.
+    pub fn publish(&self, index: u64) {
+        let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut p = self.published.write().unwrap_or_else(|p| p.into_inner());
+        for (dataset, key, cell) in staged {
+            p.datasets.entry(dataset).or_default().insert(key, cell);
+        }
+        p.index = p.index.max(index);
+    }
+
+    /// Replaces the view with the cells in `tables`.
+    pub fn rebuild(&self, tables: &StateReader) -> Result<(), StoreError> {
+        let mut datasets: BTreeMap<String, Cells> = BTreeMap::new();
+        tables.for_each_prefixed(tables::AGGREGATE, |k, v| {
+            let rest = &k[tables::AGGREGATE.len()..];
+            let Some(sep) = rest.iter().position(|b| *b == 0) else {
+                return Err(StoreError::Invalid("aggregate key without dataset separator".into()));
+            };
+            let dataset = String::from_utf8(rest[..sep].to_vec())
+                .map_err(|_| StoreError::Invalid("aggregate key with a non-UTF-8 dataset".into()))?;
+            let cell = state::AggCell::decode(v)?;
+            datasets.entry(dataset).or_default().insert(rest[sep + 1..].to_vec(), cell_from_pb(&cell));
+            Ok(())
+        })?;
+        let index = tables.applied_index()?;
+        self.staged.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *self.published.write().unwrap_or_else(|p| p.into_inner()) = Published { index, datasets };
+        Ok(())
+    }
+
+    /// Runs `f` over one dataset's cells (None: no cells yet) at the index they reflect.
+    pub fn read<T>(&self, dataset: &str, f: impl FnOnce(u64, Option<&Cells>) -> T) -> T {
+        let p = self.published.read().unwrap_or_else(|p| p.into_inner());
+        f(p.index, p.datasets.get(dataset))
+    }
+
+    /// SHA-256 over the dataset's whole aggregate state (each cell key and its stored encoding, in
+    /// key order, length-prefixed), with the index it reflects. Equal on every node at one index.
+    pub fn digest(&self, dataset: &str) -> (u64, [u8; 32]) {
+        self.read(dataset, |index, cells| {
+            let mut h = Sha256::new();
+            for (k, c) in cells.into_iter().flatten() {
+                let v = cell_to_pb(c).encode_to_vec();
+                h.update((k.len() as u64).to_be_bytes());
+                h.update(k);
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(&v);
+            }
+            (index, h.finalize().into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_cells_are_invisible_until_published() {
+        let view = AggregateView::default();
+        let mut cell = state::AggCell::default();
+        merge(&mut cell, &BTreeMap::from([("x".to_string(), 2.0)]));
+        view.stage("d", b"k", &cell);
+        assert_eq!(view.read("d", |i, c| (i, c.is_none())), (0, true));
+        view.publish(7);
+        let (index, count) = view.read("d", |i, c| (i, c.and_then(|c| c.get(&b"k"[..])).map(|c| c.count)));
+        assert_eq!((index, count), (7, Some(1)));
+    }
+
+    #[test]
+    fn merge_keeps_min_max_sum_and_count() {
+        let mut cell = state::AggCell::default();
+        for v in [5.0, -1.0, 3.0] {
+            merge(&mut cell, &BTreeMap::from([("x".to_string(), v)]));
+        }
+        let m = &cell.measures["x"];
+        assert_eq!((cell.count, m.sum, m.min, m.max, m.n), (3, 7.0, -1.0, 5.0, 3));
+    }
+}
