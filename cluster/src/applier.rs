@@ -159,7 +159,10 @@ fn define_dataset(txn: &mut Txn<'_>, c: &state::DefineDataset) -> Result<state::
         } else if ds.version == 1 {
             format!("dataset `{}` is already defined", ds.id)
         } else {
-            format!("dataset `{}` changed meanwhile (now at version {current}); check the new definition against it", ds.id)
+            format!(
+                "dataset `{}` changed meanwhile (now at version {current}); check the new definition against it",
+                ds.id
+            )
         };
         return Ok(rejected("conflict", message));
     }

@@ -13,11 +13,12 @@ use dtm_storage::StateReader;
 use openraft::EntryPayload;
 use openraft::storage::RaftStateMachine;
 
-fn open() -> (tempfile::TempDir, StateMachineStore, StateReader) {
+fn open() -> (tempfile::TempDir, StateMachineStore, StateReader, DtmApplier) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let applier = DtmApplier::default();
     let (_log, sm, reader) =
-        dtm_storage::open(dir.path(), &Default::default(), Arc::new(DtmApplier::default())).expect("open store");
-    (dir, sm, reader)
+        dtm_storage::open(dir.path(), &Default::default(), Arc::new(applier.clone())).expect("open store");
+    (dir, sm, reader, applier)
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -47,7 +48,11 @@ fn submission(idem: &str, payloads: &[&str], key_id: &str) -> state::Submission 
         records: payloads
             .iter()
             .enumerate()
-            .map(|(i, p)| state::RecordIn { id: format!("{idem}-{i}"), payload_json: p.as_bytes().to_vec() })
+            .map(|(i, p)| state::RecordIn {
+                id: format!("{idem}-{i}"),
+                payload_json: p.as_bytes().to_vec(),
+                ..Default::default()
+            })
             .collect(),
         ..Default::default()
     }
@@ -70,6 +75,7 @@ fn log() -> Vec<dtm_model::Entry> {
                     definition_json: b"{}".to_vec(),
                     version: 1,
                     defined_at_ms: 1,
+                    ..Default::default()
                 }),
             })),
         ),
@@ -106,6 +112,7 @@ fn log() -> Vec<dtm_model::Entry> {
                     definition_json: b"{}".to_vec(),
                     version: 1,
                     defined_at_ms: 2,
+                    ..Default::default()
                 }),
             })),
         ),
@@ -120,7 +127,48 @@ fn log() -> Vec<dtm_model::Entry> {
                 ..cmd(Kind::Ingest(state::IngestBatch { submissions: vec![submission("a", &["{\"n\":9}"], "k2")] }))
             },
         ),
+        // Natural keys (A1.5): a new key, the identical record again (duplicate), the same key with
+        // other content (conflict), another key in the same cell; then the duplicate again in a
+        // later entry.
+        entry(
+            11,
+            state::Command {
+                proposed_at_ms: DAY_MS + 2_000,
+                ..cmd(Kind::Ingest(state::IngestBatch {
+                    submissions: vec![keyed("e", &[(1, 1, 10.0), (1, 1, 10.0), (1, 2, 99.0), (2, 3, 5.0)])],
+                }))
+            },
+        ),
+        entry(
+            12,
+            state::Command {
+                proposed_at_ms: DAY_MS + 3_000,
+                ..cmd(Kind::Ingest(state::IngestBatch { submissions: vec![keyed("f", &[(1, 1, 10.0)])] }))
+            },
+        ),
     ]
+}
+
+/// A submission of records given as (natural key, content, measure value), all in one cell.
+fn keyed(idem: &str, records: &[(u8, u8, f64)]) -> state::Submission {
+    state::Submission {
+        records: records
+            .iter()
+            .enumerate()
+            .map(|(i, (key, content, x))| state::RecordIn {
+                id: format!("{idem}-{i}"),
+                payload_json: format!("{{\"x\":{x}}}").into_bytes(),
+                natural_key_hash: vec![*key; 32],
+                content_sha256: vec![*content; 32],
+                contribution: Some(state::AggContribution {
+                    cell_key: b"cell".to_vec(),
+                    measures: [("x".to_string(), *x)].into(),
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ..submission(idem, &[], "k2")
+    }
 }
 
 fn ingest_results(r: &state::CommandResponse) -> &[state::SubmissionResult] {
@@ -132,7 +180,7 @@ fn ingest_results(r: &state::CommandResponse) -> &[state::SubmissionResult] {
 
 #[tokio::test]
 async fn apply_answers_idempotency_revocation_and_conflicts() {
-    let (_dir, mut sm, reader) = open();
+    let (_dir, mut sm, reader, _) = open();
     let replies = sm.apply(log()).await.expect("apply");
     assert!(matches!(replies[0].result, Some(Reply::Applied(_))));
     assert!(matches!(replies[1].result, Some(Reply::Applied(_))));
@@ -158,19 +206,38 @@ async fn apply_answers_idempotency_revocation_and_conflicts() {
     assert!(late.error_code.is_empty() && !late.replayed, "an expired key starts a new request: {late:?}");
     assert_eq!(late.commit_index, 10);
 
+    let e11 = &ingest_results(&replies[10])[0];
+    assert_eq!(e11.outcomes, ["stored", "duplicate", "conflict", "stored"]);
+    assert_eq!(e11.ids, ["e-0", "e-0", "e-2", "e-3"], "a duplicate answers the id of the record it repeats");
+    let e12 = &ingest_results(&replies[11])[0];
+    assert_eq!(
+        (e12.outcomes.as_slice(), e12.ids.as_slice()),
+        (&["duplicate".to_string()][..], &["e-0".to_string()][..])
+    );
+
     let records = reader.scan(&dtm_cluster::tables::records_of("etx"), None, 100).expect("scan");
-    assert_eq!(records.len(), 4, "a-0, a-1 and c-0 once each, and the late request");
-    // Only the late request's idempotency entry (and its expiry index key) is left.
+    assert_eq!(records.len(), 7, "a-0, a-1 and c-0 once each, the late request, e-0, e-2 (a version) and e-3");
+    let conflicts = reader.scan(&dtm_cluster::tables::conflicts_of("etx"), None, 100).expect("scan");
+    assert_eq!(conflicts.len(), 1);
+    let c: state::Conflict = prost::Message::decode(conflicts[0].1.as_slice()).expect("conflict");
+    assert_eq!((c.first_id.as_str(), c.new_id.as_str(), c.version), ("e-0", "e-2", 2));
+    // The aggregates count the first version of each key once: e-0 (10) and e-3 (5), in one cell.
+    let cell: state::AggCell =
+        reader.get_msg(&dtm_cluster::tables::aggregate_cell("etx", b"cell")).expect("read").expect("cell");
+    let x = &cell.measures["x"];
+    assert_eq!((cell.count, x.sum, x.min, x.max), (2, 15.0, 5.0, 10.0));
+    // Only the last request's idempotency entry (and its expiry index key) is left: the test
+    // submissions were all received at time 0, so each later entry expires the ones before it.
     assert_eq!(reader.scan(dtm_cluster::tables::IDEMPOTENCY, None, 100).expect("scan").len(), 1);
     assert_eq!(reader.scan(dtm_cluster::tables::IDEMPOTENCY_EXPIRY, None, 100).expect("scan").len(), 1);
     let (applied, _) = sm.applied_state().await.expect("applied state");
-    assert_eq!(applied.map(|l| l.index), Some(10));
+    assert_eq!(applied.map(|l| l.index), Some(12));
 }
 
 #[tokio::test]
 async fn two_nodes_applying_the_same_log_hold_identical_tables() {
-    let (_d1, mut a, ra) = open();
-    let (_d2, mut b, rb) = open();
+    let (_d1, mut a, ra, va) = open();
+    let (_d2, mut b, rb, vb) = open();
     // Different batching of the same entries into apply calls must not matter either.
     a.apply(log()).await.expect("apply");
     for e in log() {
@@ -180,4 +247,12 @@ async fn two_nodes_applying_the_same_log_hold_identical_tables() {
     let all_b = rb.scan(b"", None, usize::MAX).expect("scan b");
     assert!(!all_a.is_empty());
     assert_eq!(all_a, all_b);
+    // The in-memory aggregate views agree too, at the same index, and with a view rebuilt from the
+    // tables (what a restart or a snapshot install does).
+    let (da, db) = (va.view.digest("etx"), vb.view.digest("etx"));
+    assert_eq!(da, db);
+    assert_eq!(da.0, 12);
+    let rebuilt = dtm_cluster::aggregates::AggregateView::default();
+    rebuilt.rebuild(&ra).expect("rebuild");
+    assert_eq!(rebuilt.digest("etx"), da);
 }

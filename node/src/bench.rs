@@ -100,13 +100,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let ca_pem = std::fs::read(demo["ca_cert"].as_str().context("demo.json has no ca_cert")?)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let dataset = format!("bench_{run_id}");
-    admin
-        .expect(
-            Method::POST,
-            "/api/v1/datasets",
-            Some(&bench_definition(&dataset, &args.definition)?),
-        )
-        .await?;
+    admin.expect(Method::POST, "/api/v1/datasets", Some(&bench_definition(&dataset, &args.definition)?)).await?;
     let src = admin
         .expect(Method::POST, "/api/v1/sources", Some(&json!({"id": format!("bench-{run_id}"), "name": "benchmark"})))
         .await?;

@@ -328,8 +328,10 @@ async fn feed(http: &reqwest::Client, urls: &[String], sources: &[Value], interv
     let run = std::process::id();
     let key_of = |s: &Value| s["api_key"].as_str().unwrap_or("").to_string();
     if let Some(gso) = sources.iter().find(|s| s["id"] == "gso") {
-        let rows: Vec<Value> =
-            PROVINCES.iter().map(|(code, name, region)| json!({"code": code, "name": name, "region": region})).collect();
+        let rows: Vec<Value> = PROVINCES
+            .iter()
+            .map(|(code, name, region)| json!({"code": code, "name": name, "region": region}))
+            .collect();
         post(http, &urls[0], "provinces", &key_of(gso), "demo-provinces", &json!(rows)).await;
     }
     let agencies: Vec<&Value> = sources.iter().filter(|s| s["id"] != "gso").collect();
@@ -370,7 +372,7 @@ async fn feed(http: &reqwest::Client, urls: &[String], sources: &[Value], interv
                         "time": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
                         "agency": s["agency"], "service": services[j % services.len()],
                         "channel": CHANNELS[(j + i) % CHANNELS.len()], "duration_ms": d,
-                        "status": if d % 23 == 0 { "failed" } else { "ok" },
+                        "status": if d.is_multiple_of(23) { "failed" } else { "ok" },
                         "citizen_id": format!("0792{:08}", (round * 1000 + j as u64) % 100_000_000),
                     })
                 })

@@ -40,9 +40,16 @@ pub struct Parsed {
     records: Vec<Value>,
 }
 
+/// A record after validation: its stored form, the fields masked and the fields added.
+struct Checked {
+    record: Map<String, Value>,
+    masked_fields: Vec<String>,
+    enriched_fields: Vec<String>,
+}
+
 pub struct Validated {
     job: Job,
-    records: Vec<(Map<String, Value>, Vec<String>, Vec<String>)>,
+    records: Vec<Checked>,
 }
 
 /// Why the stages refused a request: the client's problem, never the actor's.
@@ -68,8 +75,8 @@ impl dtm_actors::Stages for IngestStages {
     type Rejection = Rejection;
 
     fn ingest(&self, _source: &str, job: Job) -> Result<Parsed, Rejection> {
-        let value: Value = serde_json::from_slice(&job.body)
-            .map_err(|e| Rejection::MalformedJson(format!("malformed JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_slice(&job.body).map_err(|e| Rejection::MalformedJson(format!("malformed JSON: {e}")))?;
         let records = match value {
             Value::Array(items) => items,
             obj @ Value::Object(_) => vec![obj],
@@ -100,12 +107,18 @@ impl dtm_actors::Stages for IngestStages {
         let mut out = Vec::with_capacity(records.len());
         for (i, r) in records.into_iter().enumerate() {
             let Value::Object(mut obj) = r else {
-                problems.push(Problem { record: Some(i), field: String::new(), message: "a record must be a JSON object".into() });
+                problems.push(Problem {
+                    record: Some(i),
+                    field: String::new(),
+                    message: "a record must be a JSON object".into(),
+                });
                 continue;
             };
             let enriched = ds.enrich(&mut obj, refs);
             match ds.mask(i, &mut obj, job.form, &job.masking_key) {
-                Ok(masked) => out.push((obj, masked, enriched)),
+                Ok(masked_fields) => {
+                    out.push(Checked { record: obj, masked_fields, enriched_fields: enriched });
+                }
                 Err(p) => problems.extend(p),
             }
         }
@@ -119,9 +132,11 @@ impl dtm_actors::Stages for IngestStages {
         let ds = &v.job.dataset;
         let mut out = Vec::with_capacity(v.records.len());
         let mut problems = Vec::new();
-        for (i, (obj, masked_fields, enriched_fields)) in v.records.into_iter().enumerate() {
+        for (i, Checked { record: obj, masked_fields, enriched_fields }) in v.records.into_iter().enumerate() {
             let contribution = match ds.contribution(i, &obj) {
-                Ok(c) => Some(state::AggContribution { cell_key: c.cell_key(), measures: c.measures.into_iter().collect() }),
+                Ok(c) => {
+                    Some(state::AggContribution { cell_key: c.cell_key(), measures: c.measures.into_iter().collect() })
+                }
                 Err(p) => {
                     problems.push(p);
                     continue;

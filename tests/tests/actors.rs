@@ -80,7 +80,13 @@ async fn a_flooding_source_is_pushed_back_without_hurting_another() -> anyhow::R
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let r = c.http.post(&url).header("x-api-key", &a).json(&json!({"agency": "A", "n": w * 1_000_000 + i})).send().await;
+                let r = c
+                    .http
+                    .post(&url)
+                    .header("x-api-key", &a)
+                    .json(&json!({"agency": "A", "n": w * 1_000_000 + i}))
+                    .send()
+                    .await;
                 match r {
                     Ok(r) if r.status().as_u16() == 201 => {
                         ok.fetch_add(1, Ordering::Relaxed);
@@ -143,7 +149,8 @@ async fn a_crashing_validate_actor_is_restarted_and_isolated() -> anyhow::Result
         let (s, v, _) = c.post(3, "etx", &a, &json!({"agency": "A", "n": i}), None).await?;
         assert_eq!(s, 201, "{v}");
     }
-    let (s, v, _) = c.post(3, "etx", &a, &json!({"agency": "A", "n": 99, "__dtm_fault__": "panic-validate"}), None).await?;
+    let (s, v, _) =
+        c.post(3, "etx", &a, &json!({"agency": "A", "n": 99, "__dtm_fault__": "panic-validate"}), None).await?;
     assert_eq!((s, v["error"]["code"].as_str()), (500, Some("pipeline_failed")), "{v}");
     assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("validate")), "{v}");
 

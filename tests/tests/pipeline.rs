@@ -90,15 +90,23 @@ async fn catalog(c: &TestCluster) -> anyhow::Result<(String, String)> {
     anyhow::ensure!(s == 201, "provinces: {s} {v}");
     define(c, etx_definition()).await?;
     let raw = source(c, 1, json!({"id": "moj", "name": "Bộ Tư pháp", "agency": "MOJ"})).await?;
-    let masked =
-        source(c, 2, json!({"id": "hcm", "name": "UBND TP.HCM", "form": "masked", "allowed_datasets": ["etx_monthly"]}))
-            .await?;
+    let masked = source(
+        c,
+        2,
+        json!({"id": "hcm", "name": "UBND TP.HCM", "form": "masked", "allowed_datasets": ["etx_monthly"]}),
+    )
+    .await?;
     Ok((raw, masked))
 }
 
 async fn aggregates(c: &TestCluster, node: u64, query: &str) -> anyhow::Result<Value> {
     let (s, v) = c
-        .admin(Method::GET, node, &format!("/api/v1/datasets/etx_monthly/aggregates?{query}&consistency=linearizable"), None)
+        .admin(
+            Method::GET,
+            node,
+            &format!("/api/v1/datasets/etx_monthly/aggregates?{query}&consistency=linearizable"),
+            None,
+        )
         .await?;
     anyhow::ensure!(s == 200, "aggregates from node {node}: {s} {v}");
     Ok(v)
@@ -137,7 +145,8 @@ async fn records_are_validated_masked_and_deduplicated_on_every_node() -> anyhow
             d.iter().map(|p| (p["record"].as_i64().unwrap_or(-1), p["field"].as_str().unwrap_or("").into())).collect()
         })
         .unwrap_or_default();
-    for want in [(0, "/agency"), (0, "/period"), (0, "/channel"), (0, "/transactions"), (1, "/failed"), (2, "/province")]
+    for want in
+        [(0, "/agency"), (0, "/period"), (0, "/channel"), (0, "/transactions"), (1, "/failed"), (2, "/province")]
     {
         assert!(problems.contains(&(want.0, want.1.to_string())), "missing {want:?} in {problems:?}");
     }
@@ -175,8 +184,10 @@ async fn records_are_validated_masked_and_deduplicated_on_every_node() -> anyhow
     leak["email"] = json!("tran.thi.b@hochiminhcity.gov.vn");
     let (s, v, _) = c.post(1, "etx_monthly", &masked, &leak, None).await?;
     assert_eq!(s, 422, "{v}");
-    let fields: Vec<&str> =
-        v["error"]["details"].as_array().map(|d| d.iter().filter_map(|p| p["field"].as_str()).collect()).unwrap_or_default();
+    let fields: Vec<&str> = v["error"]["details"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|p| p["field"].as_str()).collect())
+        .unwrap_or_default();
     assert!(fields.contains(&"/citizen_id") && fields.contains(&"/email"), "{v}");
     leak["citizen_id"] = json!("079******567");
     leak["email"] = json!("hmac:0f1e2d3c4b5a69788796a5b4c3d2e1f0");
@@ -201,14 +212,20 @@ async fn records_are_validated_masked_and_deduplicated_on_every_node() -> anyhow
     assert_eq!(s, 200, "{v}");
     let conflicts = v["conflicts"].as_array().cloned().unwrap_or_default();
     assert_eq!(conflicts.len(), 1, "{v}");
-    assert_eq!((conflicts[0]["first"]["source"].as_str(), conflicts[0]["new"]["source"].as_str()), (Some("moj"), Some("mic")));
+    assert_eq!(
+        (conflicts[0]["first"]["source"].as_str(), conflicts[0]["new"]["source"].as_str()),
+        (Some("moj"), Some("mic"))
+    );
     let (_, ds) = c.admin(Method::GET, 2, "/api/v1/datasets/etx_monthly", None).await?;
     assert_eq!((ds["duplicates"].as_u64(), ds["conflicts"].as_u64()), (Some(1), Some(1)), "{ds}");
 
     // The statistics themselves: October MOJ = 120 + 80 transactions over two records.
     let rows = after["rows"].as_array().cloned().unwrap_or_default();
     let oct = rows.iter().find(|r| r["bucket"] == "2026-10" && r["agency"] == "MOJ").expect("October MOJ row");
-    assert_eq!((oct["count"].as_u64(), oct["transactions"].as_f64(), oct["failed"].as_f64()), (Some(2), Some(200.0), Some(4.0)));
+    assert_eq!(
+        (oct["count"].as_u64(), oct["transactions"].as_f64(), oct["failed"].as_f64()),
+        (Some(2), Some(200.0), Some(4.0))
+    );
     let by_region = aggregates(&c, 3, "interval=year&group_by=region").await?;
     let north = by_region["rows"].as_array().and_then(|r| r.iter().find(|r| r["region"] == "Bắc")).cloned();
     assert_eq!(north.and_then(|r| r["count"].as_u64()), Some(4), "{by_region}");
@@ -287,7 +304,8 @@ async fn aggregates_and_digests_agree_on_every_node_and_after_a_snapshot() -> an
     let (raw, _) = catalog(&c).await?;
     let channels = ["web", "mobile", "counter"];
     for i in 0..60 {
-        let rec = record(&format!("AG{:02}", i % 7), &format!("2026-{:02}", 1 + i % 12), channels[i % 3], 10 + i as i64, 1);
+        let rec =
+            record(&format!("AG{:02}", i % 7), &format!("2026-{:02}", 1 + i % 12), channels[i % 3], 10 + i as i64, 1);
         let (s, v, _) = c.post(1 + (i as u64 % 3), "etx_monthly", &raw, &rec, None).await?;
         assert_eq!(s, 201, "{v}");
     }

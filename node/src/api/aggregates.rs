@@ -73,7 +73,10 @@ pub async fn get_aggregates(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "too_many_rows",
-            format!("the answer would have {} rows (at most {AGGREGATE_ROWS_MAX}); narrow the period or group by fewer dimensions", rows.len()),
+            format!(
+                "the answer would have {} rows (at most {AGGREGATE_ROWS_MAX}); narrow the period or group by fewer dimensions",
+                rows.len()
+            ),
         ));
     }
     Ok(Json(json!({

@@ -145,7 +145,9 @@ pub async fn create_source(
     }
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "key_id": issued.id, "api_key": issued.secret_text, "form": form, "commit_index": index})),
+        Json(
+            json!({"id": id, "key_id": issued.id, "api_key": issued.secret_text, "form": form, "commit_index": index}),
+        ),
     ))
 }
 
@@ -227,7 +229,8 @@ async fn define(
     v: &Value,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let def = DatasetDef::parse(v).map_err(|p| definition_problems("the dataset definition is invalid", p))?;
-    CompiledDataset::compile(def.clone(), 1).map_err(|p| definition_problems("the dataset definition is invalid", p))?;
+    CompiledDataset::compile(def.clone(), 1)
+        .map_err(|p| definition_problems("the dataset definition is invalid", p))?;
     let latest = load_latest(state, id).await?;
     let version = match &latest {
         None => 1,
@@ -283,15 +286,15 @@ pub async fn dataset_version(state: &AppState, id: &str, version: Option<u32>) -
     match version {
         None => Ok(latest),
         Some(v) if v == latest.version => Ok(latest),
-        Some(v) => super::lookup_fresh::<state::Dataset>(state, &tables::dataset_version(id, v))
-            .await?
-            .ok_or_else(|| {
+        Some(v) => {
+            super::lookup_fresh::<state::Dataset>(state, &tables::dataset_version(id, v)).await?.ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
                     "unknown_schema_version",
                     format!("dataset `{id}` has no version {v} (latest is {})", latest.version),
                 )
-            }),
+            })
+        }
     }
 }
 

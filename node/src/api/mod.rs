@@ -279,7 +279,9 @@ pub fn pipeline_error(e: PipelineError<Rejection>) -> ApiError {
             ),
             after,
         ),
-        PipelineError::Rejected(Rejection::MalformedJson(m)) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", m),
+        PipelineError::Rejected(Rejection::MalformedJson(m)) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", m)
+        }
         PipelineError::Rejected(Rejection::BadRequest(m)) => ApiError::bad_request(m),
         PipelineError::Rejected(Rejection::TooManyRecords) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
