@@ -71,6 +71,7 @@ impl Applier for DtmApplier {
             Kind::Ingest(c) => self.ingest(txn, log_id, cmd.proposed_at_ms, c),
             Kind::IssueAdminToken(c) => issue_admin_token(txn, c),
             Kind::SetClusterSecrets(c) => set_cluster_secrets(txn, c),
+            Kind::RemoveSource(c) => remove_source(txn, c, cmd.proposed_at_ms),
             // The audit trail arrives with its own issue; until then audit events are accepted and
             // kept only in the log.
             Kind::Audit(_) => Ok(applied()),
@@ -115,10 +116,28 @@ fn register_source(txn: &mut Txn<'_>, c: &state::RegisterSource) -> Result<state
     Ok(applied())
 }
 
+fn remove_source(txn: &mut Txn<'_>, c: &state::RemoveSource, at_ms: u64) -> Result<state::CommandResponse, StoreError> {
+    let k = tables::source(&c.source_id);
+    let Some(mut source) = txn.get_msg::<state::Source>(&k)? else {
+        return Ok(rejected("not_found", format!("source `{}` is not registered", c.source_id)));
+    };
+    if source.removed_at_ms == 0 {
+        // The entry stays (ids are never reused, and records keep naming their source); the mark is
+        // what refuses its keys, here in `apply` and at the gateway.
+        source.removed_at_ms = at_ms.max(1);
+        txn.put_msg(k, &source);
+    }
+    Ok(applied())
+}
+
 fn issue_key(txn: &mut Txn<'_>, c: &state::IssueKey) -> Result<state::CommandResponse, StoreError> {
     let Some(key) = &c.key else { return Ok(rejected("invalid_command", "key issue without key")) };
-    if txn.get(&tables::source(&c.source_id))?.is_none() {
-        return Ok(rejected("not_found", format!("source `{}` is not registered", c.source_id)));
+    match txn.get_msg::<state::Source>(&tables::source(&c.source_id))? {
+        None => return Ok(rejected("not_found", format!("source `{}` is not registered", c.source_id))),
+        Some(s) if s.removed_at_ms != 0 => {
+            return Ok(rejected("not_found", format!("source `{}` was removed", c.source_id)));
+        }
+        Some(_) => {}
     }
     let k = tables::api_key(&key.key_id);
     if txn.get(&k)?.is_some() {
@@ -246,8 +265,12 @@ fn ingest_one(
     if txn.get(&tables::dataset(&sub.dataset))?.is_none() {
         return Ok(failed("unknown_dataset", format!("dataset `{}` is not defined", sub.dataset)));
     }
-    if txn.get(&tables::source(&sub.source))?.is_none() {
-        return Ok(failed("unknown_source", format!("source `{}` is not registered", sub.source)));
+    match txn.get_msg::<state::Source>(&tables::source(&sub.source))? {
+        None => return Ok(failed("unknown_source", format!("source `{}` is not registered", sub.source))),
+        Some(s) if s.removed_at_ms != 0 => {
+            return Ok(failed("unknown_source", format!("source `{}` was removed", sub.source)));
+        }
+        Some(_) => {}
     }
     if !sub.key_id.is_empty() {
         let key = txn.get_msg::<state::IssueKey>(&tables::api_key(&sub.key_id))?;

@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// validation, masking, deduplication and aggregation cost.
     #[arg(long, default_value = "full")]
     pub definition: String,
+    /// Instead of the load levels: load this many events and measure aggregate query latency on
+    /// one node (see `bench_aggregates.rs`).
+    #[arg(long, default_value_t = 0)]
+    pub aggregate_records: u64,
 }
 
 /// The benchmark's dataset definition (see `BenchArgs::definition`).
@@ -107,6 +111,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let key = src["api_key"].as_str().context("no api_key")?.to_string();
     let urls = admin.nodes.clone();
     let padding = "x".repeat(args.payload_bytes);
+    if args.aggregate_records > 0 {
+        let report = crate::bench_aggregates::run(&admin, &key, &run_id, args.aggregate_records).await?;
+        if let Some(out) = &args.out {
+            std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
+        }
+        return Ok(());
+    }
 
     println!("{:>8} {:>12} {:>10} {:>10} {:>10} {:>8}", "clients", "records/s", "p50 ms", "p99 ms", "max ms", "errors");
     let mut results = Vec::new();

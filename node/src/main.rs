@@ -4,6 +4,7 @@
 
 mod api;
 mod bench;
+mod bench_aggregates;
 mod certs;
 mod client;
 mod config;

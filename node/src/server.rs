@@ -139,8 +139,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Keeps this node's source supervisors equal to the registered sources (created when a source is
-/// registered through any node, stopped when it is gone), until shutdown.
+/// Keeps this node's source supervisors equal to the registered, not removed sources (created when
+/// a source is registered through any node, stopped when it is removed), until shutdown.
 async fn sync_source_actors(
     node: Arc<ClusterNode>,
     pipeline: dtm_actors::Pipeline<crate::pipeline::IngestStages>,
@@ -153,15 +153,13 @@ async fn sync_source_actors(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let mut ids = Vec::new();
-        let scanned = node.reader.for_each_prefixed(dtm_cluster::tables::SOURCE, |k, _| {
-            ids.push(String::from_utf8_lossy(&k[dtm_cluster::tables::SOURCE.len()..]).into_owned());
-            Ok(())
-        });
-        if let Err(e) = scanned {
-            tracing::warn!(error = %e, "could not read the sources to sync their actors");
-            continue;
-        }
+        let ids = match api::active_source_ids(&node.reader) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the sources to sync their actors");
+                continue;
+            }
+        };
         if let Err(e) = pipeline.sync_sources(&ids).await {
             tracing::warn!(error = %e, "could not sync the source actors");
         }

@@ -140,7 +140,8 @@ async fn a_flooding_source_is_pushed_back_without_hurting_another() -> anyhow::R
 }
 
 /// AC6: a fault in one source's validate actor fails that request with a clear 5xx; the actor is
-/// restarted (and counted); the other source is unaffected; nothing accepted before is lost.
+/// restarted (and counted); the other source is unaffected; nothing accepted before is lost. Then
+/// the source is removed: its actors stop on every node and its key is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_validate_actor_is_restarted_and_isolated() -> anyhow::Result<()> {
     let c = TestCluster::start(3, &[]).await?;
@@ -185,6 +186,21 @@ async fn a_crashing_validate_actor_is_restarted_and_isolated() -> anyhow::Result
         })
         .await?;
         assert!(recs.iter().all(|(_, d): &(String, Value)| d.get("__dtm_fault__").is_none()));
+    }
+
+    // Removing a source stops its actors on every node and refuses its keys; its records stay.
+    let (s, v) = c.admin(Method::DELETE, 1, "/api/v1/sources/flooder", None).await?;
+    assert_eq!(s, 200, "{v}");
+    for node in 1..=3 {
+        eventually("the removed source's actors to stop", Duration::from_secs(10), || async {
+            let (s, stats) = c.admin(Method::GET, node, "/api/v1/pipeline", None).await.ok()?;
+            let listed = stats["sources"].as_array()?.iter().any(|s| s["source"] == "flooder");
+            (s == 200 && !listed).then_some(())
+        })
+        .await?;
+        let (s, v, _) = c.post(node, "etx", &a, &json!({"agency": "A", "n": 7}), None).await?;
+        assert_eq!(s, 401, "node {node}: {v}");
+        assert_eq!(c.records(node, "etx").await?.len(), 7);
     }
     Ok(())
 }

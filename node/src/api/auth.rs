@@ -110,6 +110,10 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Pr
             if key.revoked {
                 return Err(ApiError::unauthorized("this API key has been revoked"));
             }
+            let source = state.node.reader.get_msg::<state::Source>(&tables::source(&entry.source_id));
+            if source.map_err(ApiError::internal)?.is_some_and(|s| s.removed_at_ms != 0) {
+                return Err(ApiError::unauthorized("the source system of this API key was removed"));
+            }
             Ok(Principal::Source { source_id: entry.source_id, key_id: key.key_id })
         }
         ADMIN_TOKEN_PREFIX => {

@@ -46,6 +46,7 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::RevokeKey(_) => "revoke_key",
         Kind::DefineDataset(_) => "define_dataset",
         Kind::SetClusterSecrets(_) => "set_cluster_secrets",
+        Kind::RemoveSource(_) => "remove_source",
         _ => "other",
     }
 }
@@ -135,6 +136,7 @@ pub async fn create_source(
         registered_at_ms: now,
         allowed_datasets,
         form: form.clone(),
+        removed_at_ms: 0,
     };
     let index =
         write(&state, &who, Kind::RegisterSource(state::RegisterSource { source: Some(source), first_key: Some(key) }))
@@ -166,6 +168,21 @@ pub async fn issue_key(
             json!({"source_id": source_id, "key_id": issued.id, "api_key": issued.secret_text, "commit_index": index}),
         ),
     ))
+}
+
+/// `DELETE /sources/{id}`: the source's keys stop working on every node, its actors stop, its
+/// records stay.
+pub async fn remove_source(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(source_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let who = auth::require_admin(&state, &headers).await?;
+    let index = write(&state, &who, Kind::RemoveSource(state::RemoveSource { source_id: source_id.clone() })).await?;
+    if let Err(e) = state.pipeline.sync_sources(&super::active_sources(&state).map_err(ApiError::internal)?).await {
+        tracing::warn!(source = %source_id, error = %e, "could not stop the source's actors yet");
+    }
+    Ok(Json(json!({"id": source_id, "removed": true, "commit_index": index})))
 }
 
 pub async fn revoke_key(

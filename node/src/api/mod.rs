@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster/nodes", post(cluster::add_node))
         .route("/cluster/nodes/{id}", delete(cluster::remove_node))
         .route("/sources", post(catalog::create_source))
+        .route("/sources/{id}", delete(catalog::remove_source))
         .route("/sources/{id}/keys", post(catalog::issue_key))
         .route("/sources/{id}/keys/{key_id}", delete(catalog::revoke_key))
         .route("/datasets", post(catalog::create_dataset))
@@ -319,4 +320,21 @@ pub fn pipeline_error(e: PipelineError<Rejection>) -> ApiError {
             "this node is shutting down; retry on another node",
         ),
     }
+}
+
+/// The ids of the registered sources that have not been removed, as this node has applied them.
+pub fn active_sources(state: &AppState) -> Result<Vec<String>, dtm_storage::StoreError> {
+    active_source_ids(&state.node.reader)
+}
+
+pub fn active_source_ids(reader: &dtm_storage::StateReader) -> Result<Vec<String>, dtm_storage::StoreError> {
+    let mut ids = Vec::new();
+    reader.for_each_prefixed(tables::SOURCE, |_, v| {
+        let s = <state::Source as prost::Message>::decode(v)?;
+        if s.removed_at_ms == 0 {
+            ids.push(s.id);
+        }
+        Ok(())
+    })?;
+    Ok(ids)
 }

@@ -1,0 +1,131 @@
+//! `dtm bench --aggregate-records N`: loads N transaction events (arrays of 1,000 records through
+//! the real-time API, several requests at once) into a fresh dataset whose time field is a
+//! date-time spread over 30 days (hourly cells × 20 agencies × 4 channels × 2 statuses), then asks
+//! one node a mix of aggregate queries over HTTPS and reports their p50/p99/max latency.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use reqwest::Method;
+use serde_json::Value;
+use serde_json::json;
+
+use crate::client::Client;
+
+/// Records per request while loading, and requests in flight at once.
+const LOAD_RECORDS_PER_REQUEST: usize = 1_000;
+const LOAD_REQUESTS_IN_FLIGHT: usize = 8;
+/// Queries asked after loading (a rotating mix of shapes).
+const QUERIES: usize = 300;
+
+const AGENCIES: usize = 20;
+const CHANNELS: [&str; 4] = ["web", "mobile", "api", "kiosk"];
+
+fn definition(id: &str) -> Value {
+    json!({
+        "id": id, "title": "aggregate benchmark (events)",
+        "schema": {"type": "object", "required": ["event_id", "time", "agency", "channel", "status", "duration_ms"],
+            "properties": {"event_id": {"type": "string"}, "time": {"type": "string"}, "agency": {"type": "string"},
+                "channel": {"type": "string"}, "status": {"enum": ["ok", "failed"]},
+                "duration_ms": {"type": "integer", "minimum": 0}, "fee": {"type": "number"}}},
+        "key": ["event_id"], "time_field": "time", "dimensions": ["agency", "channel", "status"],
+        "measures": {"duration_ms": "avg", "fee": "sum"}
+    })
+}
+
+/// Event `n` of the run: spread evenly over 30 days of November 2026 (Vietnam time).
+fn event(run: &str, n: u64) -> Value {
+    let minute = n % (30 * 24 * 60);
+    let (day, hour, min) = (1 + minute / (24 * 60), (minute / 60) % 24, minute % 60);
+    json!({"event_id": format!("{run}-{n}"), "time": format!("2026-11-{day:02}T{hour:02}:{min:02}:00+07:00"),
+           "agency": format!("AG{:02}", n % AGENCIES as u64), "channel": CHANNELS[(n / 7 % 4) as usize],
+           "status": if n.is_multiple_of(17) { "failed" } else { "ok" }, "duration_ms": 100 + n % 1_900,
+           "fee": (n % 50) as f64 * 1_000.0})
+}
+
+pub async fn run(admin: &Client, key: &str, run: &str, records: u64) -> anyhow::Result<Value> {
+    let dataset = format!("aggbench_{run}");
+    admin.expect(Method::POST, "/api/v1/datasets", Some(&definition(&dataset))).await?;
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..LOAD_REQUESTS_IN_FLIGHT {
+        let (http, url) = (admin.http.clone(), admin.nodes[w % admin.nodes.len()].clone());
+        let (key, run, dataset, next) = (key.to_string(), run.to_string(), dataset.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let from = next.fetch_add(LOAD_RECORDS_PER_REQUEST as u64, Ordering::Relaxed);
+                if from >= records {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let to = (from + LOAD_RECORDS_PER_REQUEST as u64).min(records);
+                let body: Vec<Value> = (from..to).map(|n| event(&run, n)).collect();
+                let r = http
+                    .post(format!("{url}/api/v1/datasets/{dataset}/records"))
+                    .header("x-api-key", &key)
+                    .json(&body)
+                    .send()
+                    .await?;
+                let status = r.status().as_u16();
+                anyhow::ensure!(status == 201, "loading: HTTP {status}: {}", r.text().await.unwrap_or_default());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let load_s = started.elapsed().as_secs_f64();
+    println!("loaded {records} events in {load_s:.1} s ({:.0} records/s)", records as f64 / load_s);
+
+    let node = admin.nodes.first().context("no node")?.clone();
+    let token = admin.token.clone().context("no admin token")?;
+    // Every node has applied everything before the clock starts.
+    let (s, v) = admin
+        .call(Method::GET, &format!("/api/v1/datasets/{dataset}/aggregates/digest?consistency=linearizable"), None)
+        .await?;
+    anyhow::ensure!(s == 200, "digest: {s} {v}");
+    let shapes = [
+        "interval=day&group_by=agency",
+        "interval=month&group_by=agency,channel",
+        "interval=hour&from=2026-11-15&to=2026-11-15",
+        "interval=week&group_by=status",
+        "interval=year&group_by=agency,channel,status",
+    ];
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut cells_total = 0u64;
+    for i in 0..QUERIES {
+        let shape = shapes[i % shapes.len()];
+        let t0 = Instant::now();
+        let r = admin
+            .http
+            .get(format!("{node}/api/v1/datasets/{dataset}/aggregates?{shape}"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let body: Value = r.json().await?;
+        hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+        anyhow::ensure!(status == 200, "query {shape}: {status} {body}");
+        if i < shapes.len() {
+            let rows = body["rows"].as_array().map(Vec::len).unwrap_or(0);
+            let count: u64 =
+                body["rows"].as_array().map(|r| r.iter().filter_map(|r| r["count"].as_u64()).sum()).unwrap_or(0);
+            cells_total = cells_total.max(count);
+            println!("  {shape}: {rows} rows, {count} records");
+        }
+    }
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "aggregate queries on one node over {records} records: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({QUERIES} queries)",
+        ms(0.5),
+        ms(0.99),
+        hist.max() as f64 / 1000.0
+    );
+    Ok(json!({"records": records, "load_records_per_s": records as f64 / load_s, "queries": QUERIES,
+              "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": hist.max() as f64 / 1000.0,
+              "records_counted": cells_total}))
+}
