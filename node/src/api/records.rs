@@ -94,6 +94,10 @@ pub async fn post_records(
         priority: compiled.def.priority.clone(),
         channel: "rest".into(),
     };
+    #[cfg(feature = "fault-injection")]
+    if let Some(fake) = planted_bug::acknowledge_without_commit(&submission) {
+        return Ok(fake);
+    }
     let result = state.node.submit(submission).await;
     // The permit bounds the source's whole in-flight work, commit included.
     drop(permit);
@@ -211,4 +215,36 @@ pub async fn get_records(
         .map(u64::from_be_bytes)
         .unwrap_or(0);
     Ok(Json(json!({"dataset": dataset, "as_of_index": as_of_index, "total": total, "records": records, "next": next})))
+}
+
+/// The chaos suite's planted bug (feature `fault-injection`, never in a release build): with
+/// `DTM_PLANTED_BUG=ack-without-commit` in the node's environment, one submission in 20 is answered
+/// 201 without ever being proposed. The chaos checker must report those records as lost.
+#[cfg(feature = "fault-injection")]
+mod planted_bug {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
+
+    use axum::Json;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::response::Response;
+    use dtm_model::state;
+    use serde_json::json;
+
+    pub fn acknowledge_without_commit(sub: &state::Submission) -> Option<Response> {
+        static SEEN: AtomicU64 = AtomicU64::new(0);
+        if std::env::var("DTM_PLANTED_BUG").ok().as_deref() != Some("ack-without-commit") {
+            return None;
+        }
+        if !SEEN.fetch_add(1, Ordering::Relaxed).is_multiple_of(20) {
+            return None;
+        }
+        tracing::warn!("planted bug: acknowledging a submission that is never committed");
+        let ids: Vec<&str> = sub.records.iter().map(|r| r.id.as_str()).collect();
+        let outcomes: Vec<&str> = ids.iter().map(|_| "stored").collect();
+        let body = json!({"accepted": ids.len(), "ids": ids, "commit_index": 0, "schema_version": sub.schema_version,
+                          "stored": ids.len(), "duplicates": 0, "conflicts": 0, "outcomes": outcomes});
+        Some((StatusCode::CREATED, Json(body)).into_response())
+    }
 }
