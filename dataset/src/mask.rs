@@ -119,7 +119,10 @@ pub fn raw_personal_data_kind(value: &Value) -> Option<&'static str> {
         Value::Number(n) => n.to_string(),
         _ => return None,
     };
-    if looks_masked(&text) {
+    // Only the forms that cannot hide anything are skipped outright: a `*` appended to an e-mail
+    // address must not let it through (a partially masked address has no name part left before
+    // `@`, so the pattern does not match it).
+    if text.starts_with(HASH_PREFIX) || text == REDACTED {
         return None;
     }
     if EMAIL.is_match(&text) {

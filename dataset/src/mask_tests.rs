@@ -62,6 +62,8 @@ fn c7_masked_form_refuses_raw_personal_data() {
         ("note", json!("(028) 3823 4567"), "phone number"),
         ("email", json!("an.nguyen@example.vn"), "e-mail address"),
         ("note", json!("liên hệ an@bo.gov.vn"), "e-mail address"),
+        // A star does not make an address masked.
+        ("email", json!("an.nguyen@example.vn*"), "e-mail address"),
     ];
     for (field, value, kind) in cases {
         let mut r = obj(json!({"agency": "A"}));
@@ -81,6 +83,8 @@ fn c7_masked_form_accepts_masked_values() {
     let mut r = obj(json!({
         "citizen_id": "001******567", "email": mask_hash(&json!("an@bo.gov.vn"), b"k"), "note": "[redacted]"
     }));
+    let partially = obj(json!({"email": "a***@bo.gov.vn"}));
+    assert!(ds.mask(0, &mut partially.clone(), SourceForm::Masked, b"k").is_ok(), "a partially masked address");
     let before = r.clone();
     assert_eq!(ds.mask(0, &mut r, SourceForm::Masked, b"k").unwrap(), ["citizen_id", "email", "note"]);
     assert_eq!(r, before);
