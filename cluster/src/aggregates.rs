@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::sync::RwLock;
 
 use dtm_dataset::Cell;
+use dtm_dataset::DecodedCell;
 use dtm_dataset::MeasureStat;
 use dtm_model::state;
 use dtm_storage::StateReader;
@@ -24,8 +25,8 @@ use sha2::Sha256;
 
 use crate::tables;
 
-/// Cells of one dataset, by cell key.
-pub type Cells = BTreeMap<Vec<u8>, Cell>;
+/// Cells of one dataset, by cell key, decoded once when published so queries parse nothing.
+pub type Cells = BTreeMap<Vec<u8>, DecodedCell>;
 
 #[derive(Default)]
 struct Published {
@@ -38,7 +39,7 @@ struct Published {
 pub struct AggregateView {
     published: RwLock<Published>,
     /// Cells changed by the `apply` call in progress; published by `publish`.
-    staged: Mutex<Vec<(String, Vec<u8>, Cell)>>,
+    staged: Mutex<Vec<(String, Vec<u8>, DecodedCell)>>,
 }
 
 pub fn cell_from_pb(c: &state::AggCell) -> Cell {
@@ -81,9 +82,16 @@ pub fn merge(cell: &mut state::AggCell, measures: &BTreeMap<String, f64>) {
 }
 
 impl AggregateView {
+    /// Stages a changed cell. A key that does not decode (written by a faulty proposer) stays in the
+    /// tables and the digest but cannot be queried; it is logged, not fatal.
     pub fn stage(&self, dataset: &str, cell_key: &[u8], cell: &state::AggCell) {
-        let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
-        staged.push((dataset.to_string(), cell_key.to_vec(), cell_from_pb(cell)));
+        match DecodedCell::decode(cell_key, cell_from_pb(cell)) {
+            Ok(decoded) => {
+                let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+                staged.push((dataset.to_string(), cell_key.to_vec(), decoded));
+            }
+            Err(e) => tracing::error!(dataset, error = %e, "aggregate cell with an undecodable key"),
+        }
     }
 
     /// Publishes the staged cells as the state at `index`.
@@ -107,7 +115,13 @@ impl AggregateView {
             let dataset = String::from_utf8(rest[..sep].to_vec())
                 .map_err(|_| StoreError::Invalid("aggregate key with a non-UTF-8 dataset".into()))?;
             let cell = state::AggCell::decode(v)?;
-            datasets.entry(dataset).or_default().insert(rest[sep + 1..].to_vec(), cell_from_pb(&cell));
+            let key = &rest[sep + 1..];
+            match DecodedCell::decode(key, cell_from_pb(&cell)) {
+                Ok(decoded) => {
+                    datasets.entry(dataset).or_default().insert(key.to_vec(), decoded);
+                }
+                Err(e) => tracing::error!(dataset, error = %e, "aggregate cell with an undecodable key"),
+            }
             Ok(())
         })?;
         let index = tables.applied_index()?;
@@ -128,7 +142,7 @@ impl AggregateView {
         self.read(dataset, |index, cells| {
             let mut h = Sha256::new();
             for (k, c) in cells.into_iter().flatten() {
-                let v = cell_to_pb(c).encode_to_vec();
+                let v = cell_to_pb(&c.cell).encode_to_vec();
                 h.update((k.len() as u64).to_be_bytes());
                 h.update(k);
                 h.update((v.len() as u64).to_be_bytes());
@@ -148,10 +162,16 @@ mod tests {
         let view = AggregateView::default();
         let mut cell = state::AggCell::default();
         merge(&mut cell, &BTreeMap::from([("x".to_string(), 2.0)]));
-        view.stage("d", b"k", &cell);
+        let key = dtm_dataset::Contribution {
+            time: dtm_dataset::TimePoint::Year(2026),
+            dims: vec![],
+            measures: BTreeMap::new(),
+        }
+        .cell_key();
+        view.stage("d", &key, &cell);
         assert_eq!(view.read("d", |i, c| (i, c.is_none())), (0, true));
         view.publish(7);
-        let (index, count) = view.read("d", |i, c| (i, c.and_then(|c| c.get(&b"k"[..])).map(|c| c.count)));
+        let (index, count) = view.read("d", |i, c| (i, c.and_then(|c| c.get(&key[..])).map(|c| c.cell.count)));
         assert_eq!((index, count), (7, Some(1)));
     }
 

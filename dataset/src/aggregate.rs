@@ -55,6 +55,32 @@ pub fn decode_cell_key(b: &[u8]) -> Result<(TimePoint, Vec<Value>), String> {
     }
 }
 
+/// A cell with its key decoded once (when it is stored in a query view), so that queries parse
+/// nothing per cell.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodedCell {
+    pub time: TimePoint,
+    pub dims: Vec<Value>,
+    /// The canonical JSON of each dimension value: what rows are grouped by.
+    pub dims_canonical: Vec<String>,
+    pub cell: Cell,
+}
+
+impl DecodedCell {
+    pub fn decode(key: &[u8], cell: Cell) -> Result<DecodedCell, String> {
+        let (time, dims) = decode_cell_key(key)?;
+        let dims_canonical = dims.iter().map(canonical_json).collect();
+        Ok(DecodedCell { time, dims, dims_canonical, cell })
+    }
+}
+
+/// The first bytes of the cell keys of time points starting at `minutes` (see `TimePoint::sort_key`).
+fn key_bound(minutes: i64) -> Vec<u8> {
+    let mut k = ((minutes as u64) ^ (1 << 63)).to_be_bytes().to_vec();
+    k.push(0);
+    k
+}
+
 /// Running statistics of one measure in one cell.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MeasureStat {
@@ -101,11 +127,17 @@ impl Cell {
         }
     }
 
-    /// Adds all of another cell (used when rolling cells up).
+    /// Adds all of another cell (used when rolling cells up). Allocates only for a measure this
+    /// cell has not seen yet.
     pub fn merge(&mut self, other: &Cell) {
         self.count += other.count;
         for (name, stat) in &other.measures {
-            self.measures.entry(name.clone()).or_default().merge(stat);
+            match self.measures.get_mut(name) {
+                Some(m) => m.merge(stat),
+                None => {
+                    self.measures.insert(name.clone(), stat.clone());
+                }
+            }
         }
     }
 }
@@ -164,18 +196,47 @@ impl AggregateQuery {
         }
         Ok(AggregateQuery { interval, group_by: dims, from, to })
     }
+
+    /// The range of cell keys that can hold cells of this query's from/to window (cell keys sort by
+    /// the start of their time point). Cells inside it are still checked exactly by `aggregate`.
+    pub fn key_range(&self) -> (std::ops::Bound<Vec<u8>>, std::ops::Bound<Vec<u8>>) {
+        use std::ops::Bound;
+        let lower = match self.from.and_then(|f| f.range_minutes()) {
+            Some((start, _)) => Bound::Included(key_bound(start)),
+            None => Bound::Unbounded,
+        };
+        let upper = match self.to.and_then(|t| t.range_minutes()) {
+            Some((_, end)) => Bound::Excluded(key_bound(end)),
+            None => Bound::Unbounded,
+        };
+        (lower, upper)
+    }
 }
 
 /// Bucket sort key and the canonical JSON of each grouped dimension value.
-type GroupKey = (Vec<u8>, Vec<String>);
+type GroupKey<'a> = (Vec<u8>, Vec<&'a str>);
 /// Bucket, grouped dimension values and the rolled-up statistics of one answer row.
 type Group = (TimePoint, Vec<Value>, Cell);
 
-/// Rolls cells up into answer rows sorted by bucket (by time) and then by the grouped dimension
-/// values (canonical JSON).
+/// Rolls cells given by their stored keys up into answer rows (see [`aggregate_decoded`]).
 pub fn aggregate<'a>(
     def: &DatasetDef,
     cells: impl IntoIterator<Item = (&'a [u8], &'a Cell)>,
+    q: &AggregateQuery,
+) -> Result<Vec<Value>, Problem> {
+    let decoded = cells
+        .into_iter()
+        .map(|(k, c)| DecodedCell::decode(k, c.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Problem::new("", format!("stored cell key: {e}")))?;
+    aggregate_decoded(def, decoded.iter(), q)
+}
+
+/// Rolls cells up into answer rows sorted by bucket (by time) and then by the grouped dimension
+/// values (canonical JSON).
+pub fn aggregate_decoded<'a>(
+    def: &DatasetDef,
+    cells: impl IntoIterator<Item = &'a DecodedCell>,
     q: &AggregateQuery,
 ) -> Result<Vec<Value>, Problem> {
     let mut positions = Vec::with_capacity(q.group_by.len());
@@ -189,9 +250,9 @@ pub fn aggregate<'a>(
     let to_end = q.to.and_then(|t| t.range_minutes()).map(|(_, e)| e);
     // Keyed by (bucket sort key, canonical JSON of each grouped value): BTreeMap order is the answer order.
     let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
-    for (key, cell) in cells {
-        let (time, dims) = decode_cell_key(key).map_err(|e| Problem::new("", format!("stored cell key: {e}")))?;
-        if dims.len() != def.dimensions.len() {
+    for decoded in cells {
+        let DecodedCell { time, dims, dims_canonical, cell } = decoded;
+        if dims.len() != def.dimensions.len() || dims_canonical.len() != dims.len() {
             return Err(Problem::new("", "stored cell key does not match the dataset's dimensions"));
         }
         if let Some((start, _)) = time.range_minutes()
@@ -200,9 +261,13 @@ pub fn aggregate<'a>(
             continue;
         }
         let bucket = time.truncate(q.interval).map_err(|e| Problem::new("/interval", e))?;
-        let values: Vec<Value> = positions.iter().map(|i| dims[*i].clone()).collect();
-        let group_key = (bucket.sort_key(), values.iter().map(canonical_json).collect());
-        if !groups.contains_key(&group_key) && groups.len() >= limits::AGGREGATE_ROWS_MAX {
+        let group_key: GroupKey<'a> =
+            (bucket.sort_key(), positions.iter().map(|i| dims_canonical[*i].as_str()).collect());
+        if let Some(group) = groups.get_mut(&group_key) {
+            group.2.merge(cell);
+            continue;
+        }
+        if groups.len() >= limits::AGGREGATE_ROWS_MAX {
             return Err(Problem::new(
                 "",
                 format!(
@@ -211,7 +276,8 @@ pub fn aggregate<'a>(
                 ),
             ));
         }
-        groups.entry(group_key).or_insert_with(|| (bucket, values, Cell::default())).2.merge(cell);
+        let values: Vec<Value> = positions.iter().map(|i| dims[*i].clone()).collect();
+        groups.insert(group_key, (bucket, values, cell.clone()));
     }
     Ok(groups.into_values().map(|(bucket, values, cell)| row(def, q, bucket, values, &cell)).collect())
 }

@@ -65,7 +65,9 @@ pub async fn get_aggregates(
     let (as_of_index, rows) = state.node.aggregates.read(&id, |index, cells| {
         let empty = dtm_cluster::aggregates::Cells::new();
         let cells = cells.unwrap_or(&empty);
-        let rows = dtm_dataset::aggregate(&compiled.def, cells.iter().map(|(k, c)| (k.as_slice(), c)), &query);
+        // Cells are ordered by time: only the from/to window is visited.
+        let rows =
+            dtm_dataset::aggregate_decoded(&compiled.def, cells.range(query.key_range()).map(|(_, c)| c), &query);
         (index, rows)
     });
     let rows = rows.map_err(|p| ApiError::bad_request(p.message))?;
