@@ -30,7 +30,12 @@ pub const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(2);
 /// upper bounds; `GroupCommitOptions` may lower them.
 pub const GROUP_COMMIT_SUBMISSIONS_MAX: usize = 512;
 pub const GROUP_COMMIT_RECORDS_MAX: usize = 10_000;
-pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
+///
+/// Bytes are bounded tightly: a log entry must reach a follower within one AppendEntries, which
+/// openraft 0.9 gives one heartbeat interval (see `dtm_storage::limits::APPEND_ENTRIES_BYTES_MAX`).
+/// A single submission larger than this still goes alone in one entry; the gateway bounds those
+/// (`RECORDS_BODY_BYTES_MAX`).
+pub const GROUP_COMMIT_BYTES_MAX: usize = 1024 * 1024;
 
 /// Submissions waiting to join a batch on one node; a full queue answers 429 with Retry-After.
 pub const GROUP_COMMIT_QUEUE_DEPTH: usize = 8192;

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
-/// Largest real-time request body (`POST .../records`), in bytes. Larger uploads use batches.
-pub const RECORDS_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest real-time request body (`POST .../records`), in bytes. Larger uploads use batches. A
+/// real-time request is one log entry (it is atomic), and an entry must cross to a follower within
+/// one heartbeat interval, so this stays small.
+pub const RECORDS_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest body of an admin request (source, dataset definition), in bytes.
 pub const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// How much of an oversized body is read and discarded so the client can read the 413, and for

@@ -21,3 +21,8 @@ pub const FLUSH_QUEUE_DEPTH: usize = 4_096;
 pub const FLUSH_GROUP_MAX: usize = 1_024;
 
 const _: () = assert!(FLUSH_GROUP_MAX <= FLUSH_QUEUE_DEPTH);
+
+/// Encoded log bytes sent to a follower in one AppendEntries (at least one entry is always sent).
+/// openraft 0.9 allows each AppendEntries one heartbeat interval (100 ms by default): 1 MiB crosses
+/// TLS on loopback and is fsynced by a follower well within it, even on a busy 2-core machine.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 1024 * 1024;

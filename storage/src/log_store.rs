@@ -31,6 +31,7 @@ use prost::Message;
 
 use crate::error::StoreError;
 use crate::error::sto;
+use crate::limits::APPEND_ENTRIES_BYTES_MAX;
 use crate::limits::FLUSH_GROUP_MAX;
 use crate::limits::FLUSH_QUEUE_DEPTH;
 use crate::limits::LOG_READ_ENTRIES_MAX;
@@ -130,7 +131,47 @@ impl LogStore {
     }
 }
 
+fn key_index(k: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = k
+        .try_into()
+        .map_err(|_| sto(ErrorSubject::Logs, ErrorVerb::Read, StoreError::Invalid("log key is not 8 bytes".into())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Decodes the entry stored under `k`, checking that it carries the index of its key.
+fn decode_at(k: &[u8], v: &[u8]) -> Result<dtm_model::Entry> {
+    let index = key_index(k)?;
+    let entry = dtm_model::decode_entry(v).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+    if entry.log_id.index != index {
+        return Err(sto(
+            ErrorSubject::Logs,
+            ErrorVerb::Read,
+            StoreError::Invalid(format!("log entry under key {index} carries index {}", entry.log_id.index)),
+        ));
+    }
+    Ok(entry)
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
+    /// What replication sends in one AppendEntries: entries from `start`, stopping before `end` or
+    /// once `APPEND_ENTRIES_BYTES_MAX` bytes are reached (always at least one entry). openraft 0.9
+    /// gives each AppendEntries RPC one heartbeat interval to complete; a follower that lags by many
+    /// large group-commit entries would otherwise be sent more than it can take in that time, again
+    /// and again, and never catch up.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<dtm_model::Entry>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for kv in self.log.range(index_key(start)..index_key(end)) {
+            let (k, v) = kv.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            if !out.is_empty() && bytes + v.len() > APPEND_ENTRIES_BYTES_MAX {
+                break;
+            }
+            bytes += v.len();
+            out.push(decode_at(&k, &v)?);
+        }
+        Ok(out)
+    }
+
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -143,21 +184,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for kv in self.log.range(index_key(start)..) {
             let (k, v) = kv.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                sto(ErrorSubject::Logs, ErrorVerb::Read, StoreError::Invalid("log key is not 8 bytes".into()))
-            })?);
+            let index = key_index(&k)?;
             if !range.contains(&index) || out.len() >= LOG_READ_ENTRIES_MAX {
                 break;
             }
-            let entry = dtm_model::decode_entry(&v).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            if entry.log_id.index != index {
-                return Err(sto(
-                    ErrorSubject::Logs,
-                    ErrorVerb::Read,
-                    StoreError::Invalid(format!("log entry under key {index} carries index {}", entry.log_id.index)),
-                ));
-            }
-            out.push(entry);
+            out.push(decode_at(&k, &v)?);
         }
         Ok(out)
     }
