@@ -14,14 +14,6 @@ pub const SNAPSHOT_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024 - 1;
 
 const _: () = assert!(LOG_READ_ENTRIES_MAX > 1024);
 
-/// Appends waiting for the flusher; when full, openraft's next append waits (back-pressure).
-pub const FLUSH_QUEUE_DEPTH: usize = 4_096;
-/// Appends completed by one fsync at most (they all wait anyway; the bound keeps one round's work
-/// and its latency spike finite).
-pub const FLUSH_GROUP_MAX: usize = 1_024;
-
-const _: () = assert!(FLUSH_GROUP_MAX <= FLUSH_QUEUE_DEPTH);
-
 /// Encoded log bytes sent to a follower in one AppendEntries (at least one entry is always sent).
 /// openraft 0.9 allows each AppendEntries one heartbeat interval (100 ms by default): 1 MiB crosses
 /// TLS on loopback and is fsynced by a follower well within it, even on a busy 2-core machine.
