@@ -3,6 +3,7 @@
 //! dimensions. Cell keys sort by time first, so a from/to window is one range scan in storage.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use serde_json::Map;
 use serde_json::Number;
@@ -213,11 +214,6 @@ impl AggregateQuery {
     }
 }
 
-/// Bucket sort key and the canonical JSON of each grouped dimension value.
-type GroupKey<'a> = (Vec<u8>, Vec<&'a str>);
-/// Bucket, grouped dimension values and the rolled-up statistics of one answer row.
-type Group = (TimePoint, Vec<Value>, Cell);
-
 /// Rolls cells given by their stored keys up into answer rows (see [`aggregate_decoded`]).
 pub fn aggregate<'a>(
     def: &DatasetDef,
@@ -248,23 +244,44 @@ pub fn aggregate_decoded<'a>(
     }
     let from_start = q.from.and_then(|f| f.range_minutes()).map(|(s, _)| s);
     let to_end = q.to.and_then(|t| t.range_minutes()).map(|(_, e)| e);
-    // Keyed by (bucket sort key, canonical JSON of each grouped value): BTreeMap order is the answer order.
-    let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
+    // Hot loop over up to hundreds of thousands of cells: the bucket is computed once per distinct
+    // time point (cells come ordered by time, so that is once per run of cells), groups are found
+    // by hashing, and the answer is sorted once at the end.
+    let mut bucket_ids: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+    let mut buckets: Vec<(Vec<u8>, TimePoint)> = Vec::new();
+    let mut index: HashMap<(u32, Vec<&'a str>), usize> = HashMap::new();
+    let mut groups: Vec<(u32, Vec<&'a str>, Vec<Value>, Cell)> = Vec::new();
+    // The current time point: (time, inside the window, its bucket id).
+    let mut current: Option<(TimePoint, bool, u32)> = None;
     for decoded in cells {
         let DecodedCell { time, dims, dims_canonical, cell } = decoded;
         if dims.len() != def.dimensions.len() || dims_canonical.len() != dims.len() {
             return Err(Problem::new("", "stored cell key does not match the dataset's dimensions"));
         }
-        if let Some((start, _)) = time.range_minutes()
-            && (from_start.is_some_and(|f| start < f) || to_end.is_some_and(|t| start >= t))
-        {
+        let (inside, bucket_id) = match current {
+            Some((t, inside, id)) if t == *time => (inside, id),
+            _ => {
+                let inside = match time.range_minutes() {
+                    Some((start, _)) => !(from_start.is_some_and(|f| start < f) || to_end.is_some_and(|t| start >= t)),
+                    None => true,
+                };
+                let bucket = time.truncate(q.interval).map_err(|e| Problem::new("/interval", e))?;
+                let key = bucket.sort_key();
+                let next_id = buckets.len() as u32;
+                let id = *bucket_ids.entry(key.clone()).or_insert(next_id);
+                if id == next_id {
+                    buckets.push((key, bucket));
+                }
+                current = Some((*time, inside, id));
+                (inside, id)
+            }
+        };
+        if !inside {
             continue;
         }
-        let bucket = time.truncate(q.interval).map_err(|e| Problem::new("/interval", e))?;
-        let group_key: GroupKey<'a> =
-            (bucket.sort_key(), positions.iter().map(|i| dims_canonical[*i].as_str()).collect());
-        if let Some(group) = groups.get_mut(&group_key) {
-            group.2.merge(cell);
+        let group_key = (bucket_id, positions.iter().map(|i| dims_canonical[*i].as_str()).collect::<Vec<_>>());
+        if let Some(&g) = index.get(&group_key) {
+            groups[g].3.merge(cell);
             continue;
         }
         if groups.len() >= limits::AGGREGATE_ROWS_MAX {
@@ -277,9 +294,12 @@ pub fn aggregate_decoded<'a>(
             ));
         }
         let values: Vec<Value> = positions.iter().map(|i| dims[*i].clone()).collect();
-        groups.insert(group_key, (bucket, values, cell.clone()));
+        index.insert(group_key.clone(), groups.len());
+        groups.push((group_key.0, group_key.1, values, cell.clone()));
     }
-    Ok(groups.into_values().map(|(bucket, values, cell)| row(def, q, bucket, values, &cell)).collect())
+    // Answer order: bucket by time, then the grouped values' canonical JSON.
+    groups.sort_by(|a, b| buckets[a.0 as usize].0.cmp(&buckets[b.0 as usize].0).then_with(|| a.1.cmp(&b.1)));
+    Ok(groups.into_iter().map(|(id, _, values, cell)| row(def, q, buckets[id as usize].1, values, &cell)).collect())
 }
 
 fn row(def: &DatasetDef, q: &AggregateQuery, bucket: TimePoint, values: Vec<Value>, cell: &Cell) -> Value {

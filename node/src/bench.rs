@@ -52,6 +52,9 @@ pub struct BenchArgs {
     /// one node (see `bench_aggregates.rs`).
     #[arg(long, default_value_t = 0)]
     pub aggregate_records: u64,
+    /// With `--aggregate-records`: query this dataset of an earlier run instead of loading a new one.
+    #[arg(long)]
+    pub aggregate_dataset: Option<String>,
 }
 
 /// The benchmark's dataset definition (see `BenchArgs::definition`).
@@ -112,7 +115,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let urls = admin.nodes.clone();
     let padding = "x".repeat(args.payload_bytes);
     if args.aggregate_records > 0 {
-        let report = crate::bench_aggregates::run(&admin, &key, &run_id, args.aggregate_records).await?;
+        let report = crate::bench_aggregates::run(
+            &admin,
+            &key,
+            &run_id,
+            args.aggregate_records,
+            args.aggregate_dataset.as_deref(),
+        )
+        .await?;
         if let Some(out) = &args.out {
             std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
         }

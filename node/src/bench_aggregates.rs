@@ -47,7 +47,10 @@ fn event(run: &str, n: u64) -> Value {
            "fee": (n % 50) as f64 * 1_000.0})
 }
 
-pub async fn run(admin: &Client, key: &str, run: &str, records: u64) -> anyhow::Result<Value> {
+pub async fn run(admin: &Client, key: &str, run: &str, records: u64, reuse: Option<&str>) -> anyhow::Result<Value> {
+    if let Some(dataset) = reuse {
+        return query(admin, dataset, records).await;
+    }
     let dataset = format!("aggbench_{run}");
     admin.expect(Method::POST, "/api/v1/datasets", Some(&definition(&dataset))).await?;
     let started = Instant::now();
@@ -80,7 +83,13 @@ pub async fn run(admin: &Client, key: &str, run: &str, records: u64) -> anyhow::
     }
     let load_s = started.elapsed().as_secs_f64();
     println!("loaded {records} events in {load_s:.1} s ({:.0} records/s)", records as f64 / load_s);
+    let mut report = query(admin, &dataset, records).await?;
+    report["load_records_per_s"] = json!(records as f64 / load_s);
+    Ok(report)
+}
 
+/// Asks one node the query mix over `dataset` and reports the latency.
+async fn query(admin: &Client, dataset: &str, records: u64) -> anyhow::Result<Value> {
     let node = admin.nodes.first().context("no node")?.clone();
     let token = admin.token.clone().context("no admin token")?;
     // Every node has applied everything before the clock starts.
@@ -125,7 +134,7 @@ pub async fn run(admin: &Client, key: &str, run: &str, records: u64) -> anyhow::
         ms(0.99),
         hist.max() as f64 / 1000.0
     );
-    Ok(json!({"records": records, "load_records_per_s": records as f64 / load_s, "queries": QUERIES,
+    Ok(json!({"dataset": dataset, "records": records, "queries": QUERIES,
               "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": hist.max() as f64 / 1000.0,
               "records_counted": cells_total}))
 }
