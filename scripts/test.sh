@@ -9,7 +9,7 @@ scripts/ensure-tools.sh
 # without them skips these two checks with a warning instead of failing the run.)
 if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all -- --check; else echo "warning: rustfmt missing; format check skipped" >&2; fi
 if cargo clippy --version >/dev/null 2>&1; then
-  cargo clippy --locked --workspace --all-targets -- -D warnings
+  cargo clippy --locked --workspace --all-targets --features dtm-node/fault-injection -- -D warnings
 else
   echo "warning: clippy missing; lint check skipped" >&2
 fi

@@ -1,6 +1,8 @@
 //! `dtm`: the one binary of the DTM cluster. `serve` runs a node; `demo` runs a local three-node
 //! cluster with sample data; `certs`, `cluster` and `bench` are operator tools. Only this crate knows
-//! axum and clap; everything below it is in `dtm-cluster`, `dtm-storage` and `dtm-model`.
+//! axum and clap. A request enters at the HTTPS gateway (`api/`), goes through its source's actors
+//! (`dtm-actors`, with the stages in `pipeline.rs` built on `dtm-dataset`) and is proposed through
+//! `dtm-cluster`, which replicates it and applies it into `dtm-storage`.
 
 mod api;
 mod bench;

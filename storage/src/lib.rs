@@ -4,8 +4,12 @@
 //!
 //! Data flow: openraft appends entries to the log (fsynced before the append is acknowledged), then
 //! applies committed entries through the [`Applier`] supplied by `dtm-cluster`; the resulting table
-//! changes and the last-applied id land in one atomic sled batch. Snapshots copy the application
-//! tables at one applied index. sled stays behind this crate's API so the engine can be replaced.
+//! changes and the last-applied id land in one atomic sled batch, after which the applier is told
+//! (`Applier::committed`) so that state it derives in memory is published at that index; when the
+//! tables are replaced (snapshot install) or opened, `Applier::reset` rebuilds it. Snapshots copy
+//! the application tables at one applied index. A follower is sent at most
+//! `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so the engine
+//! can be replaced.
 
 mod error;
 pub mod limits;
