@@ -4,7 +4,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY of intent: build scripts are single-threaded; prost-build reads PROTOC from the env.
     unsafe { std::env::set_var("PROTOC", protoc) };
-    let protos = ["proto/dtm/raft/v1/raft.proto", "proto/dtm/state/v1/state.proto"];
+    let protos = [
+        "proto/dtm/raft/v1/raft.proto",
+        "proto/dtm/state/v1/state.proto",
+        "proto/dtm/state/v1/security.proto",
+    ];
     tonic_prost_build::configure()
         .btree_map(".")
         .build_client(true)

@@ -17,6 +17,7 @@ mod error;
 pub mod limits;
 mod network;
 mod node;
+pub mod security;
 mod service;
 pub mod tables;
 mod tls;

@@ -47,6 +47,7 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::DefineDataset(_) => "define_dataset",
         Kind::SetClusterSecrets(_) => "set_cluster_secrets",
         Kind::RemoveSource(_) => "remove_source",
+        Kind::Security(_) => "security",
         _ => "other",
     }
 }
