@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/dtm/raft/v1/raft.proto",
         "proto/dtm/state/v1/state.proto",
         "proto/dtm/state/v1/security.proto",
+        "proto/dtm/state/v1/gateway.proto",
     ];
     tonic_prost_build::configure()
         .btree_map(".")

@@ -73,6 +73,7 @@ impl Applier for DtmApplier {
             Kind::SetClusterSecrets(c) => set_cluster_secrets(txn, c),
             Kind::RemoveSource(c) => remove_source(txn, c, cmd.proposed_at_ms),
             Kind::Security(c) => crate::security::apply(txn, log_id, cmd.proposed_at_ms, c),
+            Kind::Gateway(c) => crate::gateway::apply(txn, log_id, cmd.proposed_at_ms, c),
             // The audit trail arrives with its own issue; until then audit events are accepted and
             // kept only in the log.
             Kind::Audit(_) => Ok(applied()),

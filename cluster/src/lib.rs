@@ -14,6 +14,7 @@ mod applier;
 mod batcher;
 mod detector;
 mod error;
+pub mod gateway;
 pub mod limits;
 mod network;
 mod node;

@@ -48,6 +48,7 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::SetClusterSecrets(_) => "set_cluster_secrets",
         Kind::RemoveSource(_) => "remove_source",
         Kind::Security(_) => "security",
+        Kind::Gateway(_) => "gateway",
         _ => "other",
     }
 }
