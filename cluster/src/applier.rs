@@ -74,6 +74,7 @@ impl Applier for DtmApplier {
             Kind::RemoveSource(c) => remove_source(txn, c, cmd.proposed_at_ms),
             Kind::Security(c) => crate::security::apply(txn, log_id, cmd.proposed_at_ms, c),
             Kind::Gateway(c) => crate::gateway::apply(txn, log_id, cmd.proposed_at_ms, c),
+            Kind::RotateDataKeys(_) => rotate_data_keys(txn),
             // The audit trail arrives with its own issue; until then audit events are accepted and
             // kept only in the log.
             Kind::Audit(_) => Ok(applied()),
@@ -87,6 +88,19 @@ impl Applier for DtmApplier {
     fn reset(&self, tables: &dtm_storage::StateReader) -> Result<(), StoreError> {
         self.view.rebuild(tables)
     }
+}
+
+/// Raises the rotation epoch; each node rotates its own data keys when it sees it (the keys are
+/// node-local and never in the log).
+fn rotate_data_keys(txn: &mut Txn<'_>) -> Result<state::CommandResponse, StoreError> {
+    let epoch = key_epoch(txn.get(tables::KEY_EPOCH)?.as_deref()) + 1;
+    txn.put(tables::KEY_EPOCH.to_vec(), epoch.to_be_bytes().to_vec());
+    Ok(applied())
+}
+
+/// The rotation epoch stored under `tables::KEY_EPOCH` (0 when none).
+pub fn key_epoch(stored: Option<&[u8]>) -> u64 {
+    stored.and_then(|v| <[u8; 8]>::try_from(v).ok()).map_or(0, u64::from_be_bytes)
 }
 
 fn set_cluster_secrets(txn: &mut Txn<'_>, c: &state::SetClusterSecrets) -> Result<state::CommandResponse, StoreError> {

@@ -24,6 +24,7 @@ pub mod tables;
 mod tls;
 
 pub use applier::DtmApplier;
+pub use applier::key_epoch;
 pub use error::ClusterError;
 pub use limits::GroupCommitOptions;
 pub use node::ClusterConfig;

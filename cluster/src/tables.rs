@@ -85,6 +85,8 @@ pub const AGGREGATE: &[u8] = b"agg/";
 pub const REFERENCE: &[u8] = b"ref/";
 /// The cluster secrets (one key).
 pub const CLUSTER_SECRETS: &[u8] = b"sec/cluster";
+/// The data-key rotation epoch (u64 BE): every node rotates its own keys up to it.
+pub const KEY_EPOCH: &[u8] = b"sec/key_epoch";
 
 /// Every version of a dataset's definition: `dsv/<dataset>\0<version be32>`. `ds/<dataset>` holds
 /// the latest.
@@ -139,4 +141,49 @@ pub fn aggregates_of(dataset: &str) -> Vec<u8> {
 /// Reference tables: `ref/<dataset>\0<key value>` → the latest record with that key (JSON).
 pub fn reference(dataset: &str, key: &str) -> Vec<u8> {
     join(REFERENCE, &[dataset.as_bytes(), key.as_bytes()])
+}
+
+// ---- Identity (issue 5): users, sessions, OAuth clients, token-signing key, security events. ----
+
+pub const USER: &[u8] = b"usr/";
+pub const SESSION: &[u8] = b"ses/";
+pub const OAUTH_CLIENT: &[u8] = b"oac/";
+/// Security events in commit order: `sev/<index be64><position be32>`.
+pub const SECURITY_EVENT: &[u8] = b"sev/";
+/// How many security events are kept (a big-endian u64); the oldest are trimmed past the limit.
+pub const SECURITY_EVENT_COUNT: &[u8] = b"sevc/";
+/// The cluster's token-signing key (one key).
+pub const TOKEN_SIGNING_KEY: &[u8] = b"sec/token-signing";
+
+pub fn user(username: &str) -> Vec<u8> {
+    join(USER, &[username.as_bytes()])
+}
+
+/// Sessions by the SHA-256 of their id; the id itself is never stored.
+pub fn session(session_sha256: &[u8]) -> Vec<u8> {
+    join(SESSION, &[session_sha256])
+}
+
+pub fn oauth_client(client_id: &str) -> Vec<u8> {
+    join(OAUTH_CLIENT, &[client_id.as_bytes()])
+}
+
+pub fn security_event(index: u64, position: u32) -> Vec<u8> {
+    let mut k = SECURITY_EVENT.to_vec();
+    k.extend_from_slice(&index.to_be_bytes());
+    k.extend_from_slice(&position.to_be_bytes());
+    k
+}
+
+// --- API gateway (issue 5): run-time rate limits, IP rules, blocked addresses. ---
+
+/// The run-time rate limits (one key, a `RateLimits`).
+pub const GATEWAY_RATE_LIMITS: &[u8] = b"gw/rate-limits";
+/// The IP allow/deny rules (one key, an `IpRules`).
+pub const GATEWAY_IP_RULES: &[u8] = b"gw/ip-rules";
+/// Blocked addresses: `gwb/<address text>` → `AddressBlock`.
+pub const GATEWAY_BLOCK: &[u8] = b"gwb/";
+
+pub fn gateway_block(address: &str) -> Vec<u8> {
+    join(GATEWAY_BLOCK, &[address.as_bytes()])
 }

@@ -17,7 +17,8 @@ fn open() -> (tempfile::TempDir, StateMachineStore, StateReader, DtmApplier) {
     let dir = tempfile::tempdir().expect("tempdir");
     let applier = DtmApplier::default();
     let (_log, sm, reader) =
-        dtm_storage::open(dir.path(), &Default::default(), Arc::new(applier.clone())).expect("open store");
+        dtm_storage::open(dir.path(), &dtm_storage::StoreOptions::for_tests(), Arc::new(applier.clone()))
+            .expect("open store");
     (dir, sm, reader, applier)
 }
 

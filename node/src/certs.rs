@@ -37,11 +37,21 @@ fn validity(params: &mut CertificateParams) {
     params.not_after = now + time::Duration::days(VALIDITY_DAYS);
 }
 
+/// The master key's file name in a certificates directory (the default `--master-key-file`).
+pub const MASTER_KEY_FILE: &str = "master.key";
+
 /// Creates `dir/ca.pem` (+ `ca-key.pem`) unless it exists, then `node-<id>.pem` and
-/// `node-<id>-key.pem` for each id in 1..=nodes that has none yet. `hosts` are added to every node's names, beside
+/// `node-<id>-key.pem` for each id in 1..=nodes that has none yet, and `master.key` (mode 0600). `hosts` are added to every node's names, beside
 /// `localhost`, `127.0.0.1`, `::1` and `dtm-node-<id>`.
 pub fn init(dir: &Path, nodes: u64, hosts: &[String]) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A master key for the nodes' encryption at rest, unless one exists. In production each node's
+    // key belongs on a different medium than its data (docs/security.md).
+    let master = dir.join(MASTER_KEY_FILE);
+    if !master.exists() {
+        let text = dtm_storage::MasterKey::generate_text().map_err(|e| anyhow::anyhow!("{e}"))?;
+        write_file(&master, &text, 0o600)?;
+    }
     let ca_cert_path = dir.join("ca.pem");
     let ca_key_path = dir.join("ca-key.pem");
     let issuer = if ca_cert_path.exists() && ca_key_path.exists() {

@@ -56,6 +56,11 @@ pub struct ServeArgs {
     pub logs_kept_after_snapshot: Option<u64>,
     #[arg(long, env = "DTM_CACHE_CAPACITY_BYTES")]
     pub cache_capacity_bytes: Option<u64>,
+    /// File holding the node's master key (64 hex digits, mode 0600), which wraps the keys that
+    /// encrypt the data directory. Keep it off the data disk. Default: `TLS_DIR/master.key`. The
+    /// key itself may instead be given in `DTM_MASTER_KEY`.
+    #[arg(long, env = "DTM_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
     /// Group commit: most records in one log entry.
     #[arg(long, env = "DTM_GROUP_COMMIT_RECORDS_MAX")]
     pub group_commit_records_max: Option<usize>,
@@ -69,6 +74,9 @@ pub struct ServeArgs {
     /// more are answered 429 with Retry-After, so one flooding source cannot starve the others.
     #[arg(long, env = "DTM_SOURCE_QUEUE_DEPTH")]
     pub source_queue_depth: Option<usize>,
+    /// Requests handled at once on this node; more are shed with 503 and Retry-After.
+    #[arg(long, env = "DTM_REQUESTS_IN_FLIGHT_MAX")]
+    pub requests_in_flight_max: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -86,10 +94,19 @@ struct FileConfig {
     #[serde(default)]
     raft: FileRaft,
     cache_capacity_bytes: Option<u64>,
+    master_key_file: Option<PathBuf>,
     #[serde(default)]
     group_commit: FileGroupCommit,
     #[serde(default)]
     pipeline: FilePipeline,
+    #[serde(default)]
+    gateway: FileGateway,
+    /// Lockout and session lifetimes (`docs/security.md`).
+    #[serde(default)]
+    identity: crate::api::identity::IdentityFile,
+    /// External OpenID Connect issuers whose bearer tokens are accepted.
+    #[serde(default)]
+    oidc: crate::api::identity::OidcFile,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -114,6 +131,22 @@ struct FileRaft {
     election_timeout_max_ms: Option<u64>,
     snapshot_after_logs: Option<u64>,
     logs_kept_after_snapshot: Option<u64>,
+}
+
+/// The master key: `DTM_MASTER_KEY` (64 hex digits), else the key file (flag, config, or
+/// `TLS_DIR/master.key`). Never logged.
+pub fn load_master_key(path: &std::path::Path) -> anyhow::Result<dtm_storage::MasterKey> {
+    if let Ok(text) = std::env::var("DTM_MASTER_KEY") {
+        return dtm_storage::MasterKey::parse(&text).map_err(|e| anyhow::anyhow!("DTM_MASTER_KEY: {e}"));
+    }
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading the master key {} (the data directory is encrypted at rest; create a key with \
+             `dtm certs init`, or pass --master-key-file or DTM_MASTER_KEY)",
+            path.display()
+        )
+    })?;
+    dtm_storage::MasterKey::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Merges file and flags; returns the options and the two listen addresses.
@@ -167,7 +200,11 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
             .cache_capacity_bytes
             .or(file.cache_capacity_bytes)
             .unwrap_or(StoreOptions::default().cache_capacity_bytes),
+        // Read when the node starts (`load_master_key`), not here: resolving options touches no secret.
+        master_key: None,
     };
+    let master_key_file =
+        args.master_key_file.or(file.master_key_file).unwrap_or_else(|| tls_dir.join(crate::certs::MASTER_KEY_FILE));
     let g = dtm_cluster::GroupCommitOptions::default();
     let group_commit = dtm_cluster::GroupCommitOptions {
         records_max: args.group_commit_records_max.or(file.group_commit.records_max).unwrap_or(g.records_max),
@@ -198,10 +235,71 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
         advertise_grpc: args.advertise_grpc.or(file.advertise_grpc),
         raft,
         store,
+        master_key_file,
         group_commit,
         pipeline,
+        gateway: gateway_options(file.gateway, args.requests_in_flight_max)?,
+        identity: crate::api::identity::resolve(file.identity, file.oidc)?,
     };
     Ok((opts, http_addr, grpc_addr))
+}
+
+/// `[gateway]`: the API gateway (docs/operations.md, "Gateway").
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileGateway {
+    requests_in_flight_max: Option<usize>,
+    trusted_proxies: Option<Vec<String>>,
+    geoip_db: Option<PathBuf>,
+    allowed_countries: Option<Vec<String>>,
+    auth_failures_max: Option<u32>,
+    auth_failure_window_s: Option<u64>,
+    block_duration_s: Option<u64>,
+    block_exempt: Option<Vec<String>>,
+    /// `[gateway.rate_limits.<group>]` with `per_second` and `burst`.
+    #[serde(default)]
+    rate_limits: std::collections::BTreeMap<String, FileRateLimit>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileRateLimit {
+    per_second: u32,
+    burst: u32,
+}
+
+fn gateway_options(
+    file: FileGateway,
+    requests_in_flight_max: Option<usize>,
+) -> anyhow::Result<crate::gateway::GatewayOptions> {
+    use crate::gateway::ip::parse_nets;
+    use crate::gateway::limiter::Group;
+    use crate::gateway::limiter::RateLimit;
+    let d = crate::gateway::GatewayOptions::default();
+    let mut rate_limits = d.rate_limits;
+    for (name, l) in file.rate_limits {
+        let group = Group::from_name(&name).with_context(|| format!("gateway.rate_limits: unknown group `{name}`"))?;
+        rate_limits.insert(group, RateLimit { per_second: l.per_second, burst: l.burst });
+    }
+    let nets = |v: Option<Vec<String>>, default: Vec<ipnet::IpNet>, what: &str| match v {
+        None => Ok(default),
+        Some(v) => parse_nets(&v).map_err(|e| anyhow::anyhow!("gateway.{what}: {e}")),
+    };
+    let opts = crate::gateway::GatewayOptions {
+        requests_in_flight_max: requests_in_flight_max
+            .or(file.requests_in_flight_max)
+            .unwrap_or(d.requests_in_flight_max),
+        rate_limits,
+        trusted_proxies: nets(file.trusted_proxies, d.trusted_proxies, "trusted_proxies")?,
+        geoip_db: file.geoip_db,
+        allowed_countries: file.allowed_countries.unwrap_or(d.allowed_countries),
+        auth_failures_max: file.auth_failures_max.unwrap_or(d.auth_failures_max),
+        auth_failure_window: file.auth_failure_window_s.map_or(d.auth_failure_window, std::time::Duration::from_secs),
+        block_duration: file.block_duration_s.map_or(d.block_duration, std::time::Duration::from_secs),
+        block_exempt: nets(file.block_exempt, d.block_exempt, "block_exempt")?,
+    };
+    opts.validate().map_err(anyhow::Error::msg)?;
+    Ok(opts)
 }
 
 #[cfg(test)]
@@ -272,5 +370,50 @@ in_flight_max = 8
             .is_err()
         );
         assert!(resolve(ServeArgs::default()).is_err(), "node id, data dir and TLS dir are required");
+    }
+}
+
+#[cfg(test)]
+mod gateway_tests {
+    use super::*;
+    use crate::gateway::limiter::Group;
+
+    fn gateway(toml_text: &str) -> anyhow::Result<crate::gateway::GatewayOptions> {
+        let file: FileConfig = toml::from_str(toml_text)?;
+        gateway_options(file.gateway, None)
+    }
+
+    #[test]
+    fn the_gateway_section_is_read_and_checked() {
+        let g = gateway(
+            r#"
+[gateway]
+requests_in_flight_max = 64
+trusted_proxies = ["10.0.0.0/8", "fd00::/8"]
+allowed_countries = ["VN"]
+auth_failures_max = 5
+block_duration_s = 60
+
+[gateway.rate_limits.ingest]
+per_second = 100
+burst = 200
+"#,
+        )
+        .expect("valid");
+        assert_eq!(g.requests_in_flight_max, 64);
+        assert_eq!(g.trusted_proxies.len(), 2);
+        assert_eq!((g.auth_failures_max, g.block_duration.as_secs()), (5, 60));
+        assert_eq!((g.rate_limits[&Group::Ingest].per_second, g.rate_limits[&Group::Ingest].burst), (100, 200));
+        assert_eq!(g.rate_limits[&Group::Query], crate::gateway::limiter::default_limits()[&Group::Query]);
+        let defaults = gateway("").expect("defaults");
+        assert_eq!(defaults.block_exempt.len(), 2, "loopback is exempt from automatic blocks by default");
+        assert!(gateway("[gateway]\ntrusted_proxies = [\"10.0.0.0/40\"]").is_err());
+        assert!(gateway("[gateway.rate_limits.nosuch]\nper_second = 1\nburst = 1").is_err());
+        assert!(gateway("[gateway.rate_limits.query]\nper_second = 0\nburst = 1").is_err());
+        assert!(gateway("[gateway]\nrequests_in_flight_max = 0").is_err());
+        assert!(gateway("[gateway]\nallowed_countries = [\"Vietnam\"]").is_err());
+        assert!(gateway("[gateway]\nno_such_option = 1").is_err());
+        let flag = gateway_options(FileGateway::default(), Some(3)).expect("flag");
+        assert_eq!(flag.requests_in_flight_max, 3, "the flag wins over the file");
     }
 }

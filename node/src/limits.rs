@@ -44,3 +44,94 @@ pub const SOURCE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 const _: () = assert!(RECORDS_PAGE_DEFAULT <= RECORDS_PAGE_MAX);
 const _: () = assert!(ADMIN_BODY_BYTES_MAX <= RECORDS_BODY_BYTES_MAX);
 const _: () = assert!(RECORDS_BODY_BYTES_MAX < OVERSIZED_BODY_DISCARD_BYTES_MAX);
+
+// ---- Identity (issue 5): users, sessions, MFA, OAuth and OIDC tokens, security events. ----
+
+/// Password length in characters (ASVS 5.0 6.2.1 and 6.2.9): at least 8, at most 128; no
+/// composition rules, a blocklist of common passwords instead.
+pub const PASSWORD_CHARS_MIN: usize = 8;
+pub const PASSWORD_CHARS_MAX: usize = 128;
+/// Usernames: 1-64 characters of the id alphabet.
+pub const USERNAME_BYTES_MAX: usize = 64;
+/// Body of a login, password or TOTP request, in bytes.
+pub const AUTH_BODY_BYTES_MAX: usize = 8 * 1024;
+/// Argon2id hashes computed at once on a node (each takes 19 MiB for ~tens of ms); more requests
+/// wait up to `PASSWORD_HASH_WAIT`, then get 503.
+pub const PASSWORD_HASHES_IN_FLIGHT_MAX: usize = 4;
+pub const PASSWORD_HASH_WAIT: Duration = Duration::from_secs(5);
+/// Consecutive failed logins that lock an account.
+pub const LOCKOUT_THRESHOLD: u32 = 10;
+/// Default lockout, idle and absolute session lifetimes (configurable under `[identity]`).
+pub const LOCKOUT_DEFAULT: Duration = Duration::from_secs(15 * 60);
+pub const SESSION_IDLE_DEFAULT: Duration = Duration::from_secs(30 * 60);
+pub const SESSION_ABSOLUTE_DEFAULT: Duration = Duration::from_secs(12 * 60 * 60);
+/// A session's idle clock is moved forward in the replicated state at most this often, so a busy
+/// session costs one log entry per interval, not one per request.
+pub const SESSION_TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+/// TOTP: codes of the previous and the next 30-second step are accepted (clock drift).
+pub const TOTP_STEP_SECONDS: u64 = 30;
+pub const TOTP_SKEW_STEPS: u16 = 1;
+/// Recovery codes issued at TOTP enrollment (each 80 random bits, single use).
+pub const RECOVERY_CODES: usize = 10;
+/// Lifetime of an access token from `POST /oauth2/token`.
+pub const ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+/// Clock leeway when checking `exp` and `nbf` of a bearer JWT.
+pub const JWT_LEEWAY_SECONDS: u64 = 30;
+/// Longest bearer token accepted, in bytes.
+pub const BEARER_TOKEN_BYTES_MAX: usize = 8 * 1024;
+/// Scopes one OAuth client may hold.
+pub const OAUTH_SCOPES_MAX: usize = 16;
+/// A JWKS file is looked at again (and re-read when it changed) at most this often.
+pub const JWKS_RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+pub const JWKS_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// Security events waiting on a node to be replicated; when full, events are still logged and
+/// counted but not kept in the replicated state (`dtm_security_events_dropped_total`).
+pub const SECURITY_EVENT_QUEUE_DEPTH: usize = 4_096;
+/// At most one `RecordSecurityEvents` command per node per interval.
+pub const SECURITY_EVENT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+pub const SECURITY_EVENTS_PER_COMMAND_MAX: usize = 1_000;
+/// Security events returned per page by `GET /security/events`.
+pub const SECURITY_EVENTS_PAGE_MAX: usize = 1_000;
+/// Users listed by `GET /users`.
+pub const USERS_LISTED_MAX: usize = 10_000;
+
+const _: () = assert!(PASSWORD_CHARS_MIN >= 8 && PASSWORD_CHARS_MAX >= 64);
+const _: () = assert!(SECURITY_EVENTS_PER_COMMAND_MAX <= dtm_cluster::security::SECURITY_EVENTS_PER_COMMAND_MAX);
+const _: () = assert!(SESSION_TOUCH_INTERVAL.as_millis() < SESSION_IDLE_DEFAULT.as_millis());
+
+// --- API gateway (`gateway/`): input sizes, concurrency, rate-limit and detection bookkeeping. ---
+
+/// Default of `gateway.requests_in_flight_max`: requests handled at once per node; more are shed
+/// with 503. Sized above the 500 concurrent clients the node must serve (docs/benchmarks.md), below
+/// `HTTP_CONNECTIONS_MAX`.
+pub const REQUESTS_IN_FLIGHT_DEFAULT: usize = 2_048;
+/// Request line plus query, in bytes (414 beyond).
+pub const REQUEST_URI_BYTES_MAX: usize = 8 * 1024;
+/// All request headers together, in bytes (431 beyond, with a JSON body).
+pub const REQUEST_HEADERS_BYTES_MAX: usize = 16 * 1024;
+/// hyper's read buffer for an HTTP/1 request head; past it hyper itself answers 431 (without a
+/// JSON body) and closes. Above `REQUEST_HEADERS_BYTES_MAX`, so the gateway answers first.
+pub const HTTP1_BUFFER_BYTES_MAX: usize = 64 * 1024;
+/// The HTTP/2 counterpart (decoded header list).
+pub const HTTP2_HEADER_LIST_BYTES_MAX: u32 = 64 * 1024;
+/// A client has this long to send a request head once it started one (slow-loris).
+pub const HTTP1_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Nesting of arrays and objects in a JSON body (400 beyond).
+pub const JSON_DEPTH_MAX: usize = 64;
+/// JSON bodies up to this size are checked for depth by the gateway; larger ones are refused by
+/// every handler as too large before they are parsed.
+pub const JSON_CHECKED_BODY_BYTES_MAX: usize = RECORDS_BODY_BYTES_MAX;
+/// Keys (credentials, addresses) per rate-limit group before the group's buckets are forgotten.
+pub const RATE_LIMIT_KEYS_MAX: usize = 100_000;
+/// Addresses whose recent authentication failures are counted.
+pub const FAILURE_TRACKED_ADDRESSES_MAX: usize = 100_000;
+/// Replicated blocks a node loads (the table is pruned of expired ones on every block).
+pub const BLOCKS_LOADED_MAX: usize = 100_000;
+/// How often a node reloads the replicated rate limits, IP rules and blocks.
+pub const GATEWAY_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often idle rate-limit buckets and old failure counts are forgotten.
+pub const GATEWAY_SHRINK_INTERVAL: Duration = Duration::from_secs(60);
+
+const _: () = assert!(REQUESTS_IN_FLIGHT_DEFAULT <= HTTP_CONNECTIONS_MAX);
+const _: () = assert!(REQUEST_HEADERS_BYTES_MAX + REQUEST_URI_BYTES_MAX < HTTP1_BUFFER_BYTES_MAX);
+const _: () = assert!(JSON_CHECKED_BODY_BYTES_MAX >= RECORDS_BODY_BYTES_MAX);

@@ -11,6 +11,7 @@ mod certs;
 mod client;
 mod config;
 mod demo;
+mod gateway;
 mod limits;
 mod pipeline;
 mod server;
@@ -40,7 +41,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node.
-    Serve(config::ServeArgs),
+    /// Boxed: the options are many and the other commands small (clippy::large_enum_variant).
+    Serve(Box<config::ServeArgs>),
     /// Certificates for HTTPS and node-to-node mutual TLS.
     Certs {
         #[command(subcommand)]
@@ -55,6 +57,20 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Load generator: single-record posts at several concurrency levels, and failover time.
     Bench(bench::BenchArgs),
+    /// Data-encryption keys of the nodes.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Every node starts sealing new writes with a new data key; old data stays readable.
+    Rotate {
+        #[command(flatten)]
+        target: client::Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,7 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_tracing();
-            let (opts, http_addr, grpc_addr) = config::resolve(args)?;
+            let (opts, http_addr, grpc_addr) = config::resolve(*args)?;
             let http = tokio::net::TcpListener::bind(&http_addr)
                 .await
                 .with_context(|| format!("binding HTTPS on {http_addr}"))?;
@@ -162,7 +178,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             demo::run(args).await
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Keys { command: KeysCommand::Rotate { target } } => keys_rotate(target).await,
     }
+}
+
+/// `dtm keys rotate`: raises the rotation epoch through one node, then waits (at most 30 s) until
+/// every member reports a keyring at that epoch, and prints each node's current key.
+async fn keys_rotate(target: client::Target) -> anyhow::Result<()> {
+    let c = client::Client::from_target(&target)?;
+    let v = c.expect(Method::POST, "/api/v1/keys/rotate", None).await?;
+    let epoch = v["cluster_epoch"].as_u64().unwrap_or(0);
+    let cluster = c.expect(Method::GET, "/api/v1/cluster", None).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for m in cluster["members"].as_array().into_iter().flatten() {
+        let url = format!("https://{}", m["http"].as_str().unwrap_or_default());
+        let one = client::Client { nodes: vec![url.clone()], token: c.token.clone(), http: c.http.clone() };
+        loop {
+            let (s, k) = one.call(Method::GET, "/api/v1/keys", None).await.unwrap_or((0, serde_json::Value::Null));
+            if s == 200 && k["epoch"].as_u64().unwrap_or(0) >= epoch {
+                println!("node {}: key {} (keys {}), epoch {}", m["id"], k["current_key_id"], k["key_ids"], k["epoch"]);
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("node {} ({url}) has not rotated to epoch {epoch} within 30 s", m["id"]);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
 }
 
 async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {

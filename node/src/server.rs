@@ -43,8 +43,13 @@ pub struct ServeOptions {
     pub advertise_grpc: Option<String>,
     pub raft: RaftOptions,
     pub store: StoreOptions,
+    /// Where the master key is read from when the node starts (unless `DTM_MASTER_KEY` is set).
+    pub master_key_file: PathBuf,
     pub group_commit: dtm_cluster::GroupCommitOptions,
     pub pipeline: dtm_actors::PipelineOptions,
+    pub gateway: crate::gateway::GatewayOptions,
+    /// Lockout, session lifetimes and OIDC issuers (`[identity]`, `[oidc]`).
+    pub identity: crate::api::identity::IdentityOptions,
 }
 
 /// Writes `contents` to `path` atomically (temp file + rename) with `mode`.
@@ -72,13 +77,15 @@ pub async fn serve(
         grpc_addr: opts.advertise_grpc.clone().unwrap_or_else(|| grpc_addr.to_string()),
         site: opts.site.clone(),
     };
+    let mut store = opts.store.clone();
+    store.master_key = Some(crate::config::load_master_key(&opts.master_key_file)?);
     let node = ClusterNode::start(ClusterConfig {
         node_id: opts.node_id,
         node: info.clone(),
         data_dir: opts.data_dir.clone(),
         tls: node_tls.clone(),
         raft: opts.raft.clone(),
-        store: opts.store.clone(),
+        store,
         group_commit: opts.group_commit.clone(),
     })
     .await
@@ -130,7 +137,12 @@ pub async fn serve(
         .await
         .context("starting the source actors")?;
     tokio::spawn(sync_source_actors(node.clone(), pipeline.clone(), stop_rx.clone()));
-    let state = api::AppState::new(node.clone(), pipeline.clone());
+    let gateway = Arc::new(crate::gateway::Gateway::new(opts.gateway.clone()).map_err(anyhow::Error::msg)?);
+    tokio::spawn(crate::gateway::run(gateway.clone(), node.reader.clone(), stop_rx.clone()));
+    let state = api::AppState {
+        gateway,
+        ..api::AppState::new(node.clone(), pipeline.clone()).with_identity(opts.identity.clone())
+    };
     serve_https(api::router(state), http, TlsAcceptor::from(https_cfg), stop_rx.clone()).await;
     let _ = grpc_task.await;
     pipeline.shutdown().await;
@@ -140,7 +152,8 @@ pub async fn serve(
 }
 
 /// Keeps this node's source supervisors equal to the registered, not removed sources (created when
-/// a source is registered through any node, stopped when it is removed), until shutdown.
+/// a source is registered through any node, stopped when it is removed), and its data-encryption
+/// key at the replicated rotation epoch, until shutdown.
 async fn sync_source_actors(
     node: Arc<ClusterNode>,
     pipeline: dtm_actors::Pipeline<crate::pipeline::IngestStages>,
@@ -162,6 +175,9 @@ async fn sync_source_actors(
         };
         if let Err(e) = pipeline.sync_sources(&ids).await {
             tracing::warn!(error = %e, "could not sync the source actors");
+        }
+        if let Err(e) = api::keys::catch_up(&node.reader) {
+            tracing::error!(error = %e, "could not rotate the data-encryption key");
         }
     }
 }
@@ -219,7 +235,7 @@ async fn serve_https(
             _ = stop.wait_for(|s| *s) => break,
             p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -233,12 +249,25 @@ async fn serve_https(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let svc = TowerToHyperService::new(router.clone());
+        // The peer's address, for the gateway's address rules (`axum::extract::ConnectInfo`).
+        let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             // Plain HTTP, a bad handshake or a silent client ends here, before any request is read.
             let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else { return };
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HTTP1_HEADER_READ_TIMEOUT)
+                .max_buf_size(HTTP1_BUFFER_BYTES_MAX);
+            builder.http2().max_header_list_size(HTTP2_HEADER_LIST_BYTES_MAX);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
             let _ = watcher.watch(conn.into_owned()).await;
             drop(permit);

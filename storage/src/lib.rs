@@ -11,17 +11,23 @@
 //! `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so the engine
 //! can be replaced.
 
+pub mod crypto;
 mod error;
 pub mod limits;
 mod log_store;
+mod sealed;
 mod state_machine;
 
 use std::path::Path;
 use std::sync::Arc;
 
+pub use crypto::Cipher;
+pub use crypto::KeyringStatus;
+pub use crypto::MasterKey;
 pub use error::StoreError;
 pub use log_store::LogStore;
 use prost::Message;
+use sealed::SealedTree;
 pub use state_machine::Applier;
 pub use state_machine::RESERVED_PREFIX;
 pub use state_machine::StateMachineStore;
@@ -61,16 +67,31 @@ impl SnapshotStats {
     }
 }
 
-/// Options that matter for memory and durability, passed explicitly by the node.
+/// Options that matter for memory, durability and confidentiality, passed explicitly by the node.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub cache_capacity_bytes: u64,
+    /// Wraps the data-encryption keys (`crypto.rs`). Required: a store is never written in clear.
+    pub master_key: Option<MasterKey>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_capacity_bytes: limits::SLED_CACHE_CAPACITY_BYTES_DEFAULT }
+        StoreOptions { cache_capacity_bytes: limits::SLED_CACHE_CAPACITY_BYTES_DEFAULT, master_key: None }
     }
+}
+
+impl StoreOptions {
+    /// Defaults with a fresh random master key (tests).
+    pub fn for_tests() -> Self {
+        StoreOptions { master_key: Some(test_master_key()), ..Default::default() }
+    }
+}
+
+/// A fresh random master key, for tests.
+pub fn test_master_key() -> MasterKey {
+    let text = MasterKey::generate_text().unwrap_or_else(|_| "00".repeat(32));
+    MasterKey::parse(&text).unwrap_or_else(|_| unreachable!("64 hex digits parse"))
 }
 
 /// Opens (or creates) the node's store in `dir`. A store that sled cannot read (a corrupted file)
@@ -87,10 +108,17 @@ pub fn open(
         // bounds how much unflushed state-machine work a crash can cost.
         .flush_every_ms(Some(500))
         .open()?;
+    let master = opts.master_key.clone().ok_or_else(|| {
+        StoreError::Invalid("no master key: the store is encrypted at rest and needs one (see docs/security.md)".into())
+    })?;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let cipher = Arc::new(Cipher::load(dir, master, now_ms)?);
     let stats = Arc::new(SnapshotStats::default());
-    let log = LogStore::new(db.clone(), stats.clone())?;
-    let sm = StateMachineStore::new(db.clone(), dir.join("raft-snapshot.pb"), applier.clone(), stats.clone())?;
-    let reader = StateReader { tree: db.open_tree("sm")?, stats };
+    let log = LogStore::new(db.clone(), cipher.clone(), stats.clone())?;
+    let tree = SealedTree::new(db.open_tree("sm")?, cipher);
+    let sm =
+        StateMachineStore::new(db.clone(), tree.clone(), dir.join("raft-snapshot.pb"), applier.clone(), stats.clone())?;
+    let reader = StateReader { tree, stats };
     applier.reset(&reader)?;
     Ok((log, sm, reader))
 }
@@ -102,20 +130,38 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 /// applied on this node; callers that need more wait on the Raft applied index first.
 #[derive(Clone)]
 pub struct StateReader {
-    tree: sled::Tree,
+    tree: SealedTree,
     stats: Arc<SnapshotStats>,
 }
 
 impl StateReader {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+        self.tree.get(key)
     }
 
     pub fn get_msg<M: Message + Default>(&self, key: &[u8]) -> Result<Option<M>, StoreError> {
         match self.tree.get(key)? {
             None => Ok(None),
-            Some(v) => Ok(Some(M::decode(v.as_ref())?)),
+            Some(v) => Ok(Some(M::decode(v.as_slice())?)),
         }
+    }
+
+    /// This node's data keys: which one new writes use, which exist, and the rotation epoch.
+    pub fn keyring(&self) -> KeyringStatus {
+        self.tree.cipher.status()
+    }
+
+    /// Makes a new data key current for new writes (old data stays readable), recording the
+    /// replicated rotation `epoch` it answers. Returns the new key's id.
+    pub fn rotate_key(&self, epoch: u64) -> Result<u32, StoreError> {
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.tree.cipher.rotate(epoch, now_ms)
+    }
+
+    /// The id of the data key the stored value under `key` was sealed with (None: no such key).
+    pub fn sealed_with(&self, key: &[u8]) -> Result<Option<u32>, StoreError> {
+        Ok(self.tree.raw.get(key)?.and_then(|v| Cipher::key_id_of(&v)))
     }
 
     /// Up to `limit` pairs whose key starts with `prefix` and is greater than `after` (if given).
@@ -134,7 +180,7 @@ impl StateReader {
             if !k.starts_with(prefix) || out.len() >= limit {
                 break;
             }
-            out.push((k.to_vec(), v.to_vec()));
+            out.push((k.to_vec(), v));
         }
         Ok(out)
     }

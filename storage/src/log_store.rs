@@ -39,7 +39,8 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     pub(crate) db: sled::Db,
-    pub(crate) log: sled::Tree,
+    /// Entries, sealed (`crypto.rs`).
+    pub(crate) log: crate::sealed::SealedTree,
     pub(crate) meta: sled::Tree,
     stats: std::sync::Arc<crate::SnapshotStats>,
 }
@@ -53,9 +54,10 @@ fn index_key(index: u64) -> [u8; 8] {
 impl LogStore {
     pub(crate) fn new(
         db: sled::Db,
+        cipher: std::sync::Arc<crate::crypto::Cipher>,
         stats: std::sync::Arc<crate::SnapshotStats>,
     ) -> std::result::Result<Self, StoreError> {
-        let log = db.open_tree("raft_log")?;
+        let log = crate::sealed::SealedTree::new(db.open_tree("raft_log")?, cipher);
         let meta = db.open_tree("raft_meta")?;
         Ok(LogStore { db, log, meta, stats })
     }
@@ -73,23 +75,17 @@ impl LogStore {
     }
 }
 
-fn key_index(k: &[u8]) -> Result<u64> {
-    let bytes: [u8; 8] = k
-        .try_into()
-        .map_err(|_| sto(ErrorSubject::Logs, ErrorVerb::Read, StoreError::Invalid("log key is not 8 bytes".into())))?;
+fn key_index(k: &[u8]) -> std::result::Result<u64, StoreError> {
+    let bytes: [u8; 8] = k.try_into().map_err(|_| StoreError::Invalid("log key is not 8 bytes".into()))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
 /// Decodes the entry stored under `k`, checking that it carries the index of its key.
-fn decode_at(k: &[u8], v: &[u8]) -> Result<dtm_model::Entry> {
+fn decode_at(k: &[u8], v: &[u8]) -> std::result::Result<dtm_model::Entry, StoreError> {
     let index = key_index(k)?;
-    let entry = dtm_model::decode_entry(v).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+    let entry = dtm_model::decode_entry(v)?;
     if entry.log_id.index != index {
-        return Err(sto(
-            ErrorSubject::Logs,
-            ErrorVerb::Read,
-            StoreError::Invalid(format!("log entry under key {index} carries index {}", entry.log_id.index)),
-        ));
+        return Err(StoreError::Invalid(format!("log entry under key {index} carries index {}", entry.log_id.index)));
     }
     Ok(entry)
 }
@@ -109,7 +105,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 break;
             }
             bytes += v.len();
-            out.push(decode_at(&k, &v)?);
+            out.push(decode_at(&k, &v).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?);
         }
         Ok(out)
     }
@@ -126,11 +122,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for kv in self.log.range(index_key(start)..) {
             let (k, v) = kv.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let index = key_index(&k)?;
+            let index = key_index(&k).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             if !range.contains(&index) || out.len() >= LOG_READ_ENTRIES_MAX {
                 break;
             }
-            out.push(decode_at(&k, &v)?);
+            out.push(decode_at(&k, &v).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?);
         }
         Ok(out)
     }
@@ -190,12 +186,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = dtm_model::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let mut batch = self.log.batch();
         let mut bytes = 0u64;
         for entry in entries {
             let encoded = dtm_model::encode_entry(&entry);
             bytes += encoded.len() as u64;
-            batch.insert(&index_key(entry.log_id.index), encoded);
+            batch
+                .insert(&index_key(entry.log_id.index), &encoded)
+                .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         }
         self.stats.appended(bytes);
         self.log.apply_batch(batch).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
@@ -207,8 +205,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for k in self.log.range(index_key(log_id.index)..).keys() {
+        let mut batch = self.log.batch();
+        for k in self.log.raw.range(index_key(log_id.index)..).keys() {
             batch.remove(k.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?);
         }
         self.log.apply_batch(batch).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
@@ -221,8 +219,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert(KEY_LAST_PURGED, dtm_model::log_id_to_pb(&log_id).encode_to_vec())
             .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        let mut batch = sled::Batch::default();
-        for k in self.log.range(..=index_key(log_id.index)).keys() {
+        let mut batch = self.log.batch();
+        for k in self.log.raw.range(..=index_key(log_id.index)).keys() {
             batch.remove(k.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?);
         }
         self.log.apply_batch(batch).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;

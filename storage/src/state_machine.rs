@@ -34,17 +34,20 @@ use prost::Message;
 use crate::error::StoreError;
 use crate::error::sto;
 use crate::limits::SNAPSHOT_BYTES_MAX;
+use crate::sealed::SealedTree;
 
 /// Keys starting with this byte belong to the storage layer; application keys must not use it.
 pub const RESERVED_PREFIX: u8 = 0x00;
 const KEY_LAST_APPLIED: &[u8] = b"\x00meta/last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"\x00meta/membership";
 const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Associated data of the sealed snapshot file.
+const SNAPSHOT_FILE_AAD: &[u8] = b"dtm snapshot file";
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
 /// The index of the last applied log entry recorded in `tree` (0 before the first).
-pub(crate) fn read_applied_index(tree: &sled::Tree) -> std::result::Result<u64, StoreError> {
+pub(crate) fn read_applied_index(tree: &SealedTree) -> std::result::Result<u64, StoreError> {
     match tree.get(KEY_LAST_APPLIED)? {
         None => Ok(0),
         Some(v) => Ok(pb::LogId::decode(v.as_ref())?.index),
@@ -80,12 +83,12 @@ type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 /// A write transaction over the application tables: reads see the transaction's own writes; the
 /// writes reach sled in one atomic batch together with the last-applied log id.
 pub struct Txn<'a> {
-    tree: &'a sled::Tree,
+    tree: &'a SealedTree,
     overlay: Overlay,
 }
 
 impl<'a> Txn<'a> {
-    fn new(tree: &'a sled::Tree) -> Self {
+    fn new(tree: &'a SealedTree) -> Self {
         Txn { tree, overlay: BTreeMap::new() }
     }
 
@@ -93,7 +96,7 @@ impl<'a> Txn<'a> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
-        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+        self.tree.get(key)
     }
 
     pub fn get_msg<M: Message + Default>(&self, key: &[u8]) -> std::result::Result<Option<M>, StoreError> {
@@ -117,7 +120,7 @@ impl<'a> Txn<'a> {
         let mut merged = BTreeMap::new();
         for kv in self.tree.range(bounds.clone()).take(limit.saturating_add(removed_here)) {
             let (k, v) = kv?;
-            merged.insert(k.to_vec(), v.to_vec());
+            merged.insert(k.to_vec(), v);
         }
         for (k, v) in self.overlay.range(bounds) {
             match v {
@@ -148,7 +151,8 @@ impl<'a> Txn<'a> {
 
 struct Inner {
     db: sled::Db,
-    tree: sled::Tree,
+    /// The application tables and openraft's state, sealed (`crypto.rs`).
+    tree: SealedTree,
     /// The current snapshot (meta and data) as a file of its own: a snapshot of a large state kept
     /// in sled would sit in sled's log in front of every later append's fsync.
     snapshot_file: std::path::PathBuf,
@@ -171,11 +175,11 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     pub(crate) fn new(
         db: sled::Db,
+        tree: SealedTree,
         snapshot_file: std::path::PathBuf,
         applier: Arc<dyn Applier>,
         stats: Arc<crate::SnapshotStats>,
     ) -> std::result::Result<Self, StoreError> {
-        let tree = db.open_tree("sm")?;
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 db,
@@ -216,7 +220,7 @@ impl StateMachineStore {
         if let Some(pre) = window.as_mut() {
             for k in keys {
                 if k.first() != Some(&RESERVED_PREFIX) && !pre.contains_key(k) {
-                    pre.insert(k.clone(), self.inner.tree.get(k)?.map(|v| v.to_vec()));
+                    pre.insert(k.clone(), self.inner.tree.get(k)?);
                 }
             }
         }
@@ -249,7 +253,7 @@ impl StateMachineStore {
             if size > SNAPSHOT_BYTES_MAX {
                 return Err(StoreError::Invalid("state is larger than the snapshot limit".into()));
             }
-            pairs.push((k.to_vec(), v.to_vec()));
+            pairs.push((k.to_vec(), v));
         }
         Ok(pairs)
     }
@@ -323,19 +327,12 @@ impl StateMachineStore {
 
     /// Writes the current snapshot atomically: a temporary file, fsynced, renamed over the old one,
     /// and the directory fsynced, so a crash leaves either the old snapshot or the new.
+    /// The file is sealed as a whole (`crypto.rs`); the snapshot sent to a follower is plaintext in
+    /// memory and over mutual TLS, and the follower seals it with its own keys.
     fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> std::result::Result<(), StoreError> {
-        use std::io::Write;
         let stored = pb::StoredSnapshot { meta: Some(dtm_model::snapshot_meta_to_pb(meta)), data: data.to_vec() };
-        let path = &self.inner.snapshot_file;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&stored.encode_to_vec())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        let sealed = self.inner.tree.cipher.seal(SNAPSHOT_FILE_AAD, &stored.encode_to_vec())?;
+        crate::crypto::write_atomically(&self.inner.snapshot_file, &sealed)
     }
 
     fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> std::result::Result<(), StoreError> {
@@ -345,9 +342,9 @@ impl StateMachineStore {
         }
         let _g = self.lock();
         // One sled batch replaces the whole table, so a crash leaves either the old state or the new.
-        let mut batch = sled::Batch::default();
+        let mut batch = self.inner.tree.batch();
         let mut touched = Vec::new();
-        for k in self.inner.tree.iter().keys() {
+        for k in self.inner.tree.raw.iter().keys() {
             let k = k?;
             touched.push(k.to_vec());
             batch.remove(k);
@@ -357,13 +354,13 @@ impl StateMachineStore {
                 return Err(StoreError::Invalid("snapshot carries a reserved key".into()));
             }
             touched.push(p.key.clone());
-            batch.insert(p.key, p.value);
+            batch.insert(&p.key, &p.value)?;
         }
         self.record_preimages(touched.iter())?;
         if let Some(l) = &meta.last_log_id {
-            batch.insert(KEY_LAST_APPLIED, dtm_model::log_id_to_pb(l).encode_to_vec());
+            batch.insert(KEY_LAST_APPLIED, &dtm_model::log_id_to_pb(l).encode_to_vec())?;
         }
-        batch.insert(KEY_MEMBERSHIP, dtm_model::stored_membership_to_pb(&meta.last_membership).encode_to_vec());
+        batch.insert(KEY_MEMBERSHIP, &dtm_model::stored_membership_to_pb(&meta.last_membership).encode_to_vec())?;
         self.inner.tree.apply_batch(batch)?;
         self.inner.applier.reset(&self.reader())?;
         Ok(())
@@ -372,6 +369,11 @@ impl StateMachineStore {
     /// A read view of the same tables.
     pub(crate) fn reader(&self) -> crate::StateReader {
         crate::StateReader { tree: self.inner.tree.clone(), stats: self.inner.stats.clone() }
+    }
+
+    /// The data keys (for rotation and status).
+    pub fn cipher(&self) -> &crate::crypto::Cipher {
+        &self.inner.tree.cipher
     }
 
     /// Every node flushes after install so that the log can be purged behind the snapshot.
@@ -444,20 +446,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Pre-images first (only while a snapshot window is open), then the writes themselves,
             // moved into the batch without copying.
             self.record_preimages(overlay.keys()).map_err(|e| sto(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-            let mut batch = sled::Batch::default();
+            let w = |e| sto(ErrorSubject::StateMachine, ErrorVerb::Write, e);
+            let mut batch = tree.batch();
             for (k, v) in overlay {
                 match v {
-                    Some(v) => batch.insert(k, v),
+                    Some(v) => batch.insert(&k, &v).map_err(w)?,
                     None => batch.remove(k),
                 }
             }
             if let Some(l) = &last {
-                batch.insert(KEY_LAST_APPLIED, dtm_model::log_id_to_pb(l).encode_to_vec());
+                batch.insert(KEY_LAST_APPLIED, &dtm_model::log_id_to_pb(l).encode_to_vec()).map_err(w)?;
             }
             if let Some(m) = &membership {
-                batch.insert(KEY_MEMBERSHIP, dtm_model::stored_membership_to_pb(m).encode_to_vec());
+                batch.insert(KEY_MEMBERSHIP, &dtm_model::stored_membership_to_pb(m).encode_to_vec()).map_err(w)?;
             }
-            tree.apply_batch(batch).map_err(|e| sto(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+            tree.apply_batch(batch).map_err(w)?;
             if let Some(l) = &last {
                 self.inner.applier.committed(l);
             }
@@ -498,7 +501,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)),
         };
-        let stored = pb::StoredSnapshot::decode(bytes.as_slice())
+        let plain = self
+            .inner
+            .tree
+            .cipher
+            .open(SNAPSHOT_FILE_AAD, &bytes)
+            .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        let stored = pb::StoredSnapshot::decode(plain.as_slice())
             .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         let meta_pb = stored.meta.ok_or_else(|| {
             sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, StoreError::Invalid("snapshot without meta".into()))
@@ -555,7 +564,8 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_is_the_state_at_its_start_whatever_is_written_meanwhile() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (_log, mut sm, _reader) = crate::open(dir.path(), &Default::default(), Arc::new(KvApplier)).expect("open");
+        let (_log, mut sm, _reader) =
+            crate::open(dir.path(), &crate::StoreOptions::for_tests(), Arc::new(KvApplier)).expect("open");
         sm.apply(vec![kv(1, "t/a", "1"), kv(2, "t/b", "2"), kv(3, "t/c", "3")]).await.expect("apply");
 
         let (applied, _) = sm.snapshot_begin().expect("begin");
@@ -577,14 +587,41 @@ mod tests {
         assert_eq!(snapshot, want);
     }
 
+    /// A4.2: values are sealed with the current data key; after a rotation new writes use the new
+    /// key and what was written before still reads, also after a snapshot install.
+    #[tokio::test]
+    async fn new_writes_use_the_rotated_key_and_old_ones_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_log, mut sm, reader) =
+            crate::open(dir.path(), &crate::StoreOptions::for_tests(), Arc::new(KvApplier)).expect("open");
+        sm.apply(vec![kv(1, "t/a", "old")]).await.expect("apply");
+        assert_eq!(reader.sealed_with(b"t/a").expect("read"), Some(1));
+        assert_eq!(reader.rotate_key(1).expect("rotate"), 2);
+        sm.apply(vec![kv(2, "t/b", "new")]).await.expect("apply");
+        assert_eq!(reader.sealed_with(b"t/b").expect("read"), Some(2));
+        assert_eq!(reader.get(b"t/a").expect("read").as_deref(), Some(&b"old"[..]));
+        // A snapshot is plaintext in memory (for the follower to seal with its own keys) and sealed
+        // in its file.
+        let mut builder = sm.get_snapshot_builder().await;
+        let snap = openraft::RaftSnapshotBuilder::build_snapshot(&mut builder).await.expect("snapshot");
+        let file = std::fs::read(dir.path().join("raft-snapshot.pb")).expect("file");
+        assert!(!file.windows(3).any(|w| w == b"old"), "the snapshot file is sealed");
+        assert!(snap.snapshot.get_ref().windows(3).any(|w| w == b"old"));
+        let current = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
+        assert_eq!(current.snapshot.into_inner(), snap.snapshot.into_inner());
+    }
+
     #[test]
     fn scan_range_sees_the_transactions_own_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::Config::new().path(dir.path()).open().expect("sled");
-        let tree = db.open_tree("sm").expect("tree");
+        let cipher = Arc::new(crate::crypto::Cipher::load(dir.path(), crate::test_master_key(), 1).expect("keyring"));
+        let tree = SealedTree::new(db.open_tree("sm").expect("tree"), cipher);
+        let mut batch = tree.batch();
         for k in [&b"t/a"[..], b"t/b", b"t/c", b"t/d", b"u/x"] {
-            tree.insert(k, b"tree").expect("insert");
+            batch.insert(k, b"tree").expect("insert");
         }
+        tree.apply_batch(batch).expect("apply");
         let mut txn = Txn::new(&tree);
         txn.remove(b"t/b".to_vec());
         txn.remove(b"t/c".to_vec());

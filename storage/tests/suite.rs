@@ -32,7 +32,7 @@ struct SledBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().map_err(|e| StorageError::IO { source: openraft::StorageIOError::read(&e) })?;
-        let (log, sm, _reader) = dtm_storage::open(dir.path(), &StoreOptions::default(), Arc::new(NoopApplier))
+        let (log, sm, _reader) = dtm_storage::open(dir.path(), &StoreOptions::for_tests(), Arc::new(NoopApplier))
             .map_err(|e| StorageError::IO { source: openraft::StorageIOError::read(&e) })?;
         Ok((dir, log, sm))
     }

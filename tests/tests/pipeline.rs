@@ -271,6 +271,12 @@ async fn schema_versions_are_checked_for_compatibility() -> anyhow::Result<()> {
     let (s, v) = c.admin(Method::POST, 2, "/api/v1/datasets/etx_monthly/versions", Some(v2)).await?;
     assert_eq!((s, v["version"].as_u64()), (201, Some(2)), "{v}");
 
+    // A node validates "the latest" against the latest it has applied: wait until node 3 has v2.
+    eventually("node 3 to apply version 2", Duration::from_secs(10), || async {
+        let (s, v) = c.admin(Method::GET, 3, "/api/v1/datasets/etx_monthly", None).await.ok()?;
+        (s == 200 && v["version"] == 2).then_some(())
+    })
+    .await?;
     let mut r = record("MOJ", "2026-09", "web", 10, 0);
     r["uptime_pct"] = json!(140);
     // Latest (2): the new field is checked.

@@ -46,7 +46,7 @@ pub async fn get_aggregates(
     Path(id): Path<String>,
     Query(q): Query<AggregateParams>,
 ) -> ApiResult<Json<Value>> {
-    auth::require_admin(&state, &headers).await?;
+    auth::require(&state, &headers, &auth::AGGREGATES_READ).await?;
     consistency(&state, q.consistency.as_deref()).await?;
     let ds = super::catalog::dataset_version(&state, &id, None).await?;
     let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;
@@ -101,7 +101,7 @@ pub async fn get_digest(
     Path(id): Path<String>,
     Query(q): Query<DigestParams>,
 ) -> ApiResult<Json<Value>> {
-    auth::require_admin(&state, &headers).await?;
+    auth::require(&state, &headers, &auth::AGGREGATES_READ).await?;
     consistency(&state, q.consistency.as_deref()).await?;
     super::catalog::dataset_version(&state, &id, None).await?;
     let (as_of_index, sha) = state.node.aggregates.digest(&id);
@@ -110,7 +110,7 @@ pub async fn get_digest(
 
 /// `GET /pipeline`: each source's actors on this node (queue use, restarts, outcomes).
 pub async fn get_pipeline(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    auth::require_admin(&state, &headers).await?;
+    auth::require(&state, &headers, &auth::OPERATE).await?;
     let stats = state.pipeline.stats();
     Ok(Json(json!({"node_id": state.node.id, "sources": serde_json::to_value(stats).map_err(ApiError::internal)?})))
 }

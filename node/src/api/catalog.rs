@@ -49,6 +49,7 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::RemoveSource(_) => "remove_source",
         Kind::Security(_) => "security",
         Kind::Gateway(_) => "gateway",
+        Kind::RotateDataKeys(_) => "rotate_data_keys",
         _ => "other",
     }
 }
@@ -328,7 +329,7 @@ pub async fn get_dataset(
     Path(id): Path<String>,
     Query(q): Query<VersionQuery>,
 ) -> ApiResult<Json<Value>> {
-    auth::authenticate(&state, &headers).await?;
+    auth::require(&state, &headers, &auth::SIGNED_IN).await?;
     let ds = dataset_version(&state, &id, q.version).await?;
     let def: Value = serde_json::from_slice(&ds.definition_json).map_err(ApiError::internal)?;
     let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;
@@ -364,7 +365,7 @@ pub async fn get_schema(
     Path(id): Path<String>,
     Query(q): Query<VersionQuery>,
 ) -> ApiResult<Json<Value>> {
-    auth::authenticate(&state, &headers).await?;
+    auth::require(&state, &headers, &auth::SIGNED_IN).await?;
     let ds = dataset_version(&state, &id, q.version).await?;
     let def: Value = serde_json::from_slice(&ds.definition_json).map_err(ApiError::internal)?;
     Ok(Json(def.get("schema").cloned().unwrap_or(Value::Null)))
@@ -384,7 +385,7 @@ pub async fn get_conflicts(
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {
-    auth::require_admin(&state, &headers).await?;
+    auth::require(&state, &headers, &auth::CONFLICTS_READ).await?;
     load_latest(&state, &id).await?.ok_or_else(|| ApiError::unknown_dataset(&id))?;
     let limit = q.limit.unwrap_or(RECORDS_PAGE_DEFAULT).clamp(1, RECORDS_PAGE_MAX);
     let prefix = tables::conflicts_of(&id);

@@ -33,7 +33,7 @@ pub async fn ready(State(state): State<AppState>) -> ApiResult<Json<Value>> {
 }
 
 pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    auth::authenticate(&state, &headers).await?;
+    auth::require(&state, &headers, &auth::SIGNED_IN).await?;
     let s = state.node.status().await;
     Ok(Json(serde_json::to_value(s).map_err(ApiError::internal)?))
 }
@@ -43,7 +43,7 @@ pub async fn add_node(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    auth::require_admin(&state, &headers).await?;
+    auth::require(&state, &headers, &auth::OPERATE).await?;
     let bytes = super::read_body(&headers, body, ADMIN_BODY_BYTES_MAX).await?;
     let v = super::parse_json(&headers, &bytes)?;
     let id = v
@@ -81,7 +81,7 @@ pub async fn remove_node(
     headers: HeaderMap,
     Path(id): Path<u64>,
 ) -> ApiResult<Json<Value>> {
-    auth::require_admin(&state, &headers).await?;
+    auth::require(&state, &headers, &auth::OPERATE).await?;
     let known = state.node.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
     if !known {
         return Err(ApiError::not_found(format!("node {id} is not a member")));

@@ -7,7 +7,13 @@ pub mod auth;
 mod catalog;
 mod cluster;
 pub mod error;
+mod events;
+pub mod identity;
+pub mod keys;
+mod oauth;
 mod records;
+mod sessions;
+mod users;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -58,12 +64,33 @@ pub struct AppState {
     pub refs: Arc<TableRefs>,
     /// The cluster's masking key, read (or proposed) once.
     pub masking_key: Arc<tokio::sync::OnceCell<Arc<Vec<u8>>>>,
+    /// Rate limits, IP rules, blocks and input limits (`crate::gateway`).
+    pub gateway: Arc<crate::gateway::Gateway>,
+    /// Users, sessions, tokens and security events (`identity.rs`).
+    pub identity: Arc<identity::Identity>,
 }
 
 impl AppState {
     pub fn new(node: Arc<ClusterNode>, pipeline: Pipeline<IngestStages>) -> Self {
         let refs = Arc::new(TableRefs { reader: node.reader.clone() });
-        AppState { node, pipeline, catalog: Arc::default(), refs, masking_key: Arc::default() }
+        let events = events::SecurityEvents::start(&node);
+        let identity = Arc::new(identity::Identity::new(identity::IdentityOptions::default(), events));
+        AppState {
+            node,
+            pipeline,
+            catalog: Arc::default(),
+            refs,
+            masking_key: Arc::default(),
+            gateway: Arc::new(crate::gateway::Gateway::unconfigured()),
+            identity,
+        }
+    }
+
+    /// Replaces the identity options (lockout, session lifetimes, OIDC issuers) from configuration.
+    pub fn with_identity(mut self, opts: identity::IdentityOptions) -> Self {
+        let events = self.identity.events.clone();
+        self.identity = Arc::new(identity::Identity::new(opts, events));
+        self
     }
 }
 
@@ -86,11 +113,28 @@ pub fn router(state: AppState) -> Router {
         .route("/datasets/{id}/aggregates", get(aggregates::get_aggregates))
         .route("/datasets/{id}/aggregates/digest", get(aggregates::get_digest))
         .route("/pipeline", get(aggregates::get_pipeline))
-        .route("/datasets/{id}/records", post(records::post_records).get(records::get_records));
+        .route("/keys", get(keys::get_keys))
+        .route("/keys/rotate", post(keys::rotate))
+        .route("/datasets/{id}/records", post(records::post_records).get(records::get_records))
+        .nest("/gateway", crate::gateway::api::routes())
+        .route("/auth/login", post(sessions::login))
+        .route("/auth/logout", post(sessions::logout))
+        .route("/auth/me", get(sessions::me))
+        .route("/auth/totp/enroll", post(sessions::totp_enroll))
+        .route("/auth/totp/confirm", post(sessions::totp_confirm))
+        .route("/auth/jwks", get(oauth::jwks))
+        .route("/users", post(users::create).get(users::list))
+        .route("/users/{name}", delete(users::disable))
+        .route("/users/{name}/password", post(users::set_password))
+        .route("/oauth/clients", post(oauth::create_client))
+        .route("/oauth/clients/{id}", delete(oauth::revoke_client))
+        .route("/security/events", get(events::list));
     Router::new()
         .nest("/api/v1", api)
+        .route("/oauth2/token", post(oauth::token))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .with_state(state)
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn(sessions::csrf_guard))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -99,6 +143,7 @@ pub fn router(state: AppState) -> Router {
                     tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 }))
                 .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(axum::middleware::from_fn_with_state(state.clone(), crate::gateway::protect))
                 .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT)),
         )
 }

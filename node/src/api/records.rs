@@ -37,7 +37,7 @@ pub async fn post_records(
     Query(q): Query<PostQuery>,
     body: Body,
 ) -> ApiResult<Response> {
-    let (source_id, key_id) = auth::require_source(&state, &headers).await?;
+    let (source_id, key_id) = auth::require_submitter(&state, &headers, q.source.as_deref()).await?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -126,6 +126,8 @@ pub async fn post_records(
 #[derive(Deserialize)]
 pub struct PostQuery {
     schema_version: Option<u32>,
+    /// The source a data-entry user submits for (it must belong to the user's agency).
+    source: Option<String>,
 }
 
 /// The schema version a sender declares (`X-Schema-Version` header or `?schema_version=`); None
@@ -156,10 +158,7 @@ pub async fn get_records(
     Path(dataset): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> ApiResult<Json<Value>> {
-    let principal = auth::authenticate(&state, &headers).await?;
-    if !matches!(principal, auth::Principal::Admin { .. }) {
-        return Err(ApiError::forbidden("reading records needs an analyst or admin credential"));
-    }
+    auth::require(&state, &headers, &auth::RECORDS_READ).await?;
     match q.consistency.as_deref() {
         None | Some("local") => {}
         Some("linearizable") => {

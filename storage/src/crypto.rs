@@ -1,0 +1,299 @@
+//! Encryption at rest (A4.2): every value this node writes — Raft log entries, state-machine table
+//! values, the snapshot file — is sealed with AES-256-GCM under a data key (DEK); the DEKs are kept
+//! in `keyring.pb`, each wrapped (sealed) by the node's master key, which never touches the data
+//! directory (a file elsewhere, or an environment variable; see `docs/security.md`). A stolen disk
+//! holds only ciphertext and wrapped keys.
+//!
+//! A sealed value is `MAGIC | key id (u32 BE) | nonce (12 bytes) | ciphertext | tag`, with the
+//! sled key as associated data, so a value moved to another key does not open. Nonces are random
+//! (96 bits) for every seal. Rotation adds a new DEK and seals new writes with it; older DEKs stay
+//! in the keyring, so everything written before still opens.
+//!
+//! Keys of the tables are not encrypted (they must sort): they hold ids, log indexes, time points,
+//! dimension values and HMACs, never a record's payload or personal data.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+use dtm_model::pb;
+use prost::Message;
+use ring::aead;
+use ring::rand::SecureRandom;
+use ring::rand::SystemRandom;
+
+use crate::error::StoreError;
+
+const MAGIC: u8 = 0xD7;
+const KEY_BYTES: usize = 32;
+const NONCE_BYTES: usize = 12;
+const HEADER_BYTES: usize = 1 + 4 + NONCE_BYTES;
+/// What the master key seals in the keyring so that a wrong master key is recognised as such.
+const MASTER_CHECK: &[u8] = b"dtm master key check v1";
+const MASTER_AAD: &[u8] = b"dtm keyring";
+
+/// The node's master key: wraps the data keys. 32 bytes.
+#[derive(Clone)]
+pub struct MasterKey([u8; KEY_BYTES]);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys never appear in logs.
+        f.write_str("MasterKey(…)")
+    }
+}
+
+impl MasterKey {
+    pub fn from_bytes(b: &[u8]) -> Result<MasterKey, StoreError> {
+        let k: [u8; KEY_BYTES] =
+            b.try_into().map_err(|_| StoreError::Invalid(format!("a master key has {KEY_BYTES} bytes")))?;
+        Ok(MasterKey(k))
+    }
+
+    /// A master key as written in a key file or the environment: 64 hex digits (surrounding
+    /// whitespace ignored).
+    pub fn parse(text: &str) -> Result<MasterKey, StoreError> {
+        let bytes = hex::decode(text.trim())
+            .map_err(|_| StoreError::Invalid("a master key is 64 hexadecimal digits".into()))?;
+        MasterKey::from_bytes(&bytes)
+    }
+
+    /// A fresh random master key as text (for `dtm certs init` and tests).
+    pub fn generate_text() -> Result<String, StoreError> {
+        let mut k = [0u8; KEY_BYTES];
+        SystemRandom::new().fill(&mut k).map_err(|_| StoreError::Invalid("no system randomness".into()))?;
+        Ok(hex::encode(k))
+    }
+
+    fn sealing_key(&self) -> Result<aead::LessSafeKey, StoreError> {
+        less_safe_key(&self.0)
+    }
+}
+
+fn less_safe_key(bytes: &[u8]) -> Result<aead::LessSafeKey, StoreError> {
+    let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, bytes)
+        .map_err(|_| StoreError::Invalid("not an AES-256 key".into()))?;
+    Ok(aead::LessSafeKey::new(unbound))
+}
+
+fn seal_with(
+    key: &aead::LessSafeKey,
+    rng: &SystemRandom,
+    aad: &[u8],
+    plain: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    rng.fill(&mut nonce).map_err(|_| StoreError::Invalid("no system randomness".into()))?;
+    let mut buf = plain.to_vec();
+    key.seal_in_place_append_tag(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), &mut buf)
+        .map_err(|_| StoreError::Invalid("sealing failed".into()))?;
+    Ok((nonce.to_vec(), buf))
+}
+
+fn open_with(key: &aead::LessSafeKey, nonce: &[u8], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let nonce: [u8; NONCE_BYTES] =
+        nonce.try_into().map_err(|_| StoreError::Invalid("a sealed value's nonce has the wrong length".into()))?;
+    let mut buf = sealed.to_vec();
+    let plain = key
+        .open_in_place(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), &mut buf)
+        .map_err(|_| StoreError::Invalid("a sealed value does not open: damaged, moved, or another key".into()))?;
+    let n = plain.len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
+struct Keys {
+    /// Data keys by id.
+    by_id: BTreeMap<u32, aead::LessSafeKey>,
+    current: u32,
+    /// The stored form, rewritten on rotation.
+    ring: pb::Keyring,
+}
+
+/// The data keys of one node and the operations on sealed values.
+pub struct Cipher {
+    keys: RwLock<Keys>,
+    master: MasterKey,
+    path: PathBuf,
+    rng: SystemRandom,
+}
+
+/// What `GET /keys` shows about a node's keyring (never key material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyringStatus {
+    pub current_key_id: u32,
+    pub key_ids: Vec<u32>,
+    /// The replicated rotation epoch this keyring has caught up with.
+    pub epoch: u64,
+}
+
+impl Cipher {
+    /// Opens the keyring in `dir` (creating it with a first data key if the store is new). A
+    /// keyring that the master key does not open is refused with an error saying so.
+    pub fn load(dir: &Path, master: MasterKey, created_at_ms: u64) -> Result<Cipher, StoreError> {
+        let path = dir.join("keyring.pb");
+        let rng = SystemRandom::new();
+        let ring = match std::fs::read(&path) {
+            Ok(bytes) => pb::Keyring::decode(bytes.as_slice())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (nonce, check) = seal_with(&master.sealing_key()?, &rng, MASTER_AAD, MASTER_CHECK)?;
+                pb::Keyring { keys: vec![], current: 0, check_nonce: nonce, check_sealed: check, epoch: 0 }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let check = open_with(&master.sealing_key()?, &ring.check_nonce, MASTER_AAD, &ring.check_sealed);
+        if check.ok().as_deref() != Some(MASTER_CHECK) {
+            return Err(StoreError::Invalid(format!(
+                "the master key does not open {}: it is not the key this node's data was written with",
+                path.display()
+            )));
+        }
+        let mut cipher = Cipher {
+            keys: RwLock::new(Keys { by_id: BTreeMap::new(), current: 0, ring: ring.clone() }),
+            master,
+            path,
+            rng,
+        };
+        let by_id = cipher.unwrap_all(&ring)?;
+        let first = by_id.is_empty();
+        {
+            let keys = cipher.keys.get_mut().unwrap_or_else(|p| p.into_inner());
+            keys.by_id = by_id;
+            keys.current = ring.current;
+        }
+        if first {
+            cipher.rotate(0, created_at_ms)?;
+        }
+        Ok(cipher)
+    }
+
+    fn unwrap_all(&self, ring: &pb::Keyring) -> Result<BTreeMap<u32, aead::LessSafeKey>, StoreError> {
+        let master = self.master.sealing_key()?;
+        let mut by_id = BTreeMap::new();
+        for k in &ring.keys {
+            let aad = k.id.to_be_bytes();
+            let bytes = open_with(&master, &k.nonce, &aad, &k.sealed_key)?;
+            by_id.insert(k.id, less_safe_key(&bytes)?);
+        }
+        if !ring.keys.is_empty() && !by_id.contains_key(&ring.current) {
+            return Err(StoreError::Invalid("the keyring's current key is missing".into()));
+        }
+        Ok(by_id)
+    }
+
+    /// Adds a new data key, makes it current and writes the keyring (temp file, fsync, rename,
+    /// directory fsync) before any value is sealed with it. `epoch` is the replicated rotation
+    /// epoch that caused it (0 for the first key).
+    pub fn rotate(&self, epoch: u64, created_at_ms: u64) -> Result<u32, StoreError> {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let id = keys.by_id.keys().next_back().map_or(1, |last| last + 1);
+        let mut dek = [0u8; KEY_BYTES];
+        self.rng.fill(&mut dek).map_err(|_| StoreError::Invalid("no system randomness".into()))?;
+        let (nonce, sealed_key) = seal_with(&self.master.sealing_key()?, &self.rng, &id.to_be_bytes(), &dek)?;
+        let mut ring = keys.ring.clone();
+        ring.keys.push(pb::WrappedKey { id, nonce, sealed_key, created_at_ms });
+        ring.current = id;
+        ring.epoch = ring.epoch.max(epoch);
+        write_atomically(&self.path, &ring.encode_to_vec())?;
+        keys.by_id.insert(id, less_safe_key(&dek)?);
+        keys.current = id;
+        keys.ring = ring;
+        Ok(id)
+    }
+
+    pub fn status(&self) -> KeyringStatus {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        KeyringStatus {
+            current_key_id: keys.current,
+            key_ids: keys.by_id.keys().copied().collect(),
+            epoch: keys.ring.epoch,
+        }
+    }
+
+    /// Seals `plain` under the current data key, bound to `aad` (the sled key).
+    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let key = keys.by_id.get(&keys.current).ok_or_else(|| StoreError::Invalid("no current data key".into()))?;
+        let (nonce, sealed) = seal_with(key, &self.rng, aad, plain)?;
+        let mut out = Vec::with_capacity(HEADER_BYTES + sealed.len());
+        out.push(MAGIC);
+        out.extend_from_slice(&keys.current.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens a value sealed by `seal` with the same `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if sealed.len() < HEADER_BYTES || sealed[0] != MAGIC {
+            return Err(StoreError::Invalid(
+                "a stored value is not sealed (damaged, or written without encryption)".into(),
+            ));
+        }
+        let id = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let key =
+            keys.by_id.get(&id).ok_or_else(|| StoreError::Invalid(format!("data key {id} is not in the keyring")))?;
+        open_with(key, &sealed[5..HEADER_BYTES], aad, &sealed[HEADER_BYTES..])
+    }
+
+    /// The id of the data key a sealed value was written with.
+    pub fn key_id_of(sealed: &[u8]) -> Option<u32> {
+        (sealed.len() >= HEADER_BYTES && sealed[0] == MAGIC)
+            .then(|| u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]))
+    }
+}
+
+/// Temp file, fsync, rename, directory fsync: a crash leaves the old file or the new one.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn master() -> MasterKey {
+        MasterKey::parse(&MasterKey::generate_text().expect("key")).expect("parse")
+    }
+
+    #[test]
+    fn sealed_values_open_with_their_key_only_and_survive_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = master();
+        let c = Cipher::load(dir.path(), m.clone(), 1).expect("open");
+        let a = c.seal(b"k1", b"secret marker").expect("seal");
+        assert!(!a.windows(13).any(|w| w == b"secret marker"), "ciphertext holds no plaintext");
+        assert_eq!(c.open(b"k1", &a).expect("open"), b"secret marker");
+        assert!(c.open(b"k2", &a).is_err(), "a value moved to another key does not open");
+        let mut flipped = a.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(c.open(b"k1", &flipped).is_err(), "a flipped byte is detected");
+
+        assert_eq!(Cipher::key_id_of(&a), Some(1));
+        assert_eq!(c.rotate(1, 2).expect("rotate"), 2);
+        let b = c.seal(b"k1", b"new").expect("seal");
+        assert_eq!(Cipher::key_id_of(&b), Some(2), "new writes use the new key");
+        assert_eq!(c.open(b"k1", &a).expect("old data still opens"), b"secret marker");
+
+        // Reopened with the same master key: both keys, current is the newest.
+        drop(c);
+        let c = Cipher::load(dir.path(), m, 3).expect("reopen");
+        assert_eq!(c.status(), KeyringStatus { current_key_id: 2, key_ids: vec![1, 2], epoch: 1 });
+        assert_eq!(c.open(b"k1", &a).expect("open"), b"secret marker");
+        // Another master key is refused, naming the keyring.
+        let err = Cipher::load(dir.path(), master(), 4).err().expect("refused").to_string();
+        assert!(err.contains("keyring.pb"), "{err}");
+    }
+}
