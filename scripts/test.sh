@@ -13,6 +13,8 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
   echo "warning: clippy missing; lint check skipped" >&2
 fi
+# Dependencies: permissive licences only, crates.io only, no banned crates (deny.toml).
+cargo deny check licenses bans sources
 # The cluster tests start the `dtm` binary as separate processes: build it first.
 cargo build --locked -p dtm-node --features fault-injection
 cargo nextest run --locked --workspace --profile ci "$@"

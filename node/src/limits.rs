@@ -41,6 +41,11 @@ pub const AGGREGATE_ROWS_MAX: usize = 100_000;
 /// How often each node aligns its source actors with the replicated catalog.
 pub const SOURCE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often the HTTPS certificate files are checked for a renewal, and how long before its end a
+/// certificate is reported as expiring.
+pub const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+pub const CERT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
 const _: () = assert!(RECORDS_PAGE_DEFAULT <= RECORDS_PAGE_MAX);
 const _: () = assert!(ADMIN_BODY_BYTES_MAX <= RECORDS_BODY_BYTES_MAX);
 const _: () = assert!(RECORDS_BODY_BYTES_MAX < OVERSIZED_BODY_DISCARD_BYTES_MAX);

@@ -69,7 +69,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let node_tls = opts.tls.read()?;
-    let https_cfg = crate::tls::https_server_config(&node_tls)?;
+    let https_cert = crate::tls::ReloadingCert::load(&opts.tls)?;
+    let https_cfg = crate::tls::https_server_config(https_cert.clone());
     let http_addr = http.local_addr()?;
     let grpc_addr = grpc.local_addr()?;
     let info = NodeInfo {
@@ -143,6 +144,7 @@ pub async fn serve(
         gateway,
         ..api::AppState::new(node.clone(), pipeline.clone()).with_identity(opts.identity.clone())
     };
+    tokio::spawn(https_cert.watch(stop_rx.clone()));
     serve_https(api::router(state), http, TlsAcceptor::from(https_cfg), stop_rx.clone()).await;
     let _ = grpc_task.await;
     pipeline.shutdown().await;

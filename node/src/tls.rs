@@ -49,16 +49,118 @@ fn key(pem: &[u8]) -> anyhow::Result<PrivateKeyDer<'static>> {
     rustls_pemfile::private_key(&mut &pem[..]).context("parsing key PEM")?.context("no private key in PEM")
 }
 
-/// The HTTPS server configuration: the node certificate, TLS 1.2 and 1.3, ALPN for h2 and
-/// HTTP/1.1.
-pub fn https_server_config(tls: &dtm_cluster::NodeTls) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// The HTTPS server configuration: the node certificate (reloaded from its files when they change,
+/// see `ReloadingCert`), TLS 1.2 and 1.3, ALPN for h2 and HTTP/1.1.
+pub fn https_server_config(cert: Arc<ReloadingCert>) -> Arc<rustls::ServerConfig> {
     let mut cfg =
         rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .with_no_client_auth()
-            .with_single_cert(certs(&tls.cert_pem)?, key(&tls.key_pem)?)
-            .context("node certificate and key do not match")?;
+            .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Arc::new(cfg)
+}
+
+/// The node's HTTPS certificate, replaced without a restart when its files change (F7: an operator
+/// renews a certificate by writing the new files; new connections get it within
+/// `CERT_RELOAD_INTERVAL`). A pair of files that does not parse, or whose key does not match,
+/// is refused with an error in the log and the current certificate stays.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    files: TlsFiles,
+    current: std::sync::RwLock<Loaded>,
+}
+
+#[derive(Debug, Clone)]
+struct Loaded {
+    key: Arc<rustls::sign::CertifiedKey>,
+    /// Modification times of the certificate and key files when they were read.
+    stamp: (Option<std::time::SystemTime>, Option<std::time::SystemTime>),
+    not_after_unix_s: i64,
+}
+
+fn modified(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// The end of a certificate's validity, in seconds since the epoch.
+fn not_after_unix_s(der: &[u8]) -> anyhow::Result<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("parsing certificate: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+impl ReloadingCert {
+    pub fn load(files: &TlsFiles) -> anyhow::Result<Arc<ReloadingCert>> {
+        let loaded = Self::read(files)?;
+        Ok(Arc::new(ReloadingCert { files: files.clone(), current: std::sync::RwLock::new(loaded) }))
+    }
+
+    fn read(files: &TlsFiles) -> anyhow::Result<Loaded> {
+        let stamp = (modified(&files.cert), modified(&files.key));
+        let cert_pem = std::fs::read(&files.cert).with_context(|| format!("reading {}", files.cert.display()))?;
+        let key_pem = std::fs::read(&files.key).with_context(|| format!("reading {}", files.key.display()))?;
+        let chain = certs(&cert_pem)?;
+        let not_after_unix_s = not_after_unix_s(&chain[0])?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key(&key_pem)?)
+            .context("the node's private key is not a supported type")?;
+        let key = rustls::sign::CertifiedKey::new(chain, signing);
+        key.keys_match().context("node certificate and key do not match")?;
+        Ok(Loaded { key: Arc::new(key), stamp, not_after_unix_s })
+    }
+
+    /// Reloads when either file changed since it was read. Returns whether a new certificate is
+    /// now served.
+    pub fn reload_if_changed(&self) -> bool {
+        let stamp = (modified(&self.files.cert), modified(&self.files.key));
+        if self.current.read().unwrap_or_else(|p| p.into_inner()).stamp == stamp {
+            return false;
+        }
+        match Self::read(&self.files) {
+            Ok(loaded) => {
+                tracing::info!(cert = %self.files.cert.display(), not_after_unix_s = loaded.not_after_unix_s, "HTTPS certificate reloaded");
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+                true
+            }
+            Err(e) => {
+                // Keep serving the current certificate; note the stamp so the error is logged once.
+                tracing::error!(cert = %self.files.cert.display(), error = %e, "new certificate files refused; keeping the current certificate");
+                self.current.write().unwrap_or_else(|p| p.into_inner()).stamp = stamp;
+                false
+            }
+        }
+    }
+
+    /// Seconds until the served certificate expires (negative once it has).
+    pub fn expires_in_s(&self) -> i64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        self.current.read().unwrap_or_else(|p| p.into_inner()).not_after_unix_s - now
+    }
+
+    /// Until `stop`: reloads changed files every `CERT_RELOAD_INTERVAL`, publishes the time left in
+    /// `dtm_tls_certificate_expiry_seconds`, and warns daily from `CERT_EXPIRY_WARNING` before the end.
+    pub async fn watch(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(crate::limits::CERT_RELOAD_INTERVAL);
+        let mut last_warning: Option<std::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            self.reload_if_changed();
+            let left = self.expires_in_s();
+            metrics::gauge!("dtm_tls_certificate_expiry_seconds").set(left as f64);
+            let warn_due = last_warning.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(24 * 3600));
+            if left < crate::limits::CERT_EXPIRY_WARNING.as_secs() as i64 && warn_due {
+                tracing::warn!(target: "security", cert = %self.files.cert.display(), days_left = left / 86_400, "the HTTPS certificate expires soon; renew it (the node reloads new files without a restart)");
+                last_warning = Some(std::time::Instant::now());
+            }
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).key.clone())
+    }
 }
 
 /// An HTTPS client that trusts only the cluster CA.
