@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/dtm/state/v1/state.proto",
         "proto/dtm/state/v1/security.proto",
         "proto/dtm/state/v1/gateway.proto",
+        "proto/dtm/state/v1/batch.proto",
+        "proto/dtm/v1/ingest.proto",
     ];
     tonic_prost_build::configure()
         .btree_map(".")

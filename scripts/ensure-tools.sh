@@ -19,6 +19,11 @@ if ! need_cmd openssl; then
   echo "installing openssl…"
   apt-get update -qq && apt-get install -y -qq openssl >/dev/null
 fi
+# The chaos suite: partitions (network namespaces, iptables) and clock skew (libfaketime).
+if ! need_cmd ip || ! need_cmd iptables || ! need_cmd faketime; then
+  echo "installing iproute2, iptables and faketime…"
+  apt-get update -qq && apt-get install -y -qq iproute2 iptables faketime >/dev/null
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest from crates.io…"
   cargo install --locked cargo-nextest
@@ -27,4 +32,30 @@ fi
 if ! cargo deny --version >/dev/null 2>&1; then
   echo "installing cargo-deny from crates.io…"
   cargo install --locked cargo-deny
+fi
+# Python clients for the protocol interop tests (tests/interop/, run by tests/tests/protocols.rs):
+# zeep (SOAP), grpcio-tools (gRPC), openapi-spec-validator and schemathesis (OpenAPI), openpyxl and
+# python-docx (exports), in a virtual environment under target/ so the system Python is untouched.
+INTEROP_VENV="${DTM_INTEROP_VENV:-target/interop-venv}"
+INTEROP_PACKAGES=(zeep==4.3.3 grpcio-tools==1.85.1 openapi-spec-validator==0.9.0 schemathesis==4.32.5 openpyxl==3.1.5 python-docx==1.2.0)
+if ! "$INTEROP_VENV/bin/python" -c "import zeep, grpc_tools, openapi_spec_validator, schemathesis, openpyxl, docx" >/dev/null 2>&1; then
+  if ! need_cmd python3; then
+    echo "installing python3 (venv, pip)…"
+    apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+  fi
+  echo "installing the interop test clients into $INTEROP_VENV from PyPI…"
+  python3 -m venv "$INTEROP_VENV" || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$INTEROP_VENV"; }
+  "$INTEROP_VENV/bin/pip" install -q --disable-pip-version-check "${INTEROP_PACKAGES[@]}"
+fi
+# Independent writers of batch files (pyarrow, openpyxl; tests/tests/batches.rs), in their own virtual
+# environment under target/, installed only when missing.
+BATCH_VENV="${DTM_BATCH_VENV:-target/batch-venv}"
+if ! "$BATCH_VENV/bin/python" -c "import pyarrow, openpyxl" >/dev/null 2>&1; then
+  if ! need_cmd python3; then
+    echo "installing python3 (venv, pip)…"
+    apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+  fi
+  echo "installing the batch file writers into $BATCH_VENV from PyPI…"
+  python3 -m venv "$BATCH_VENV" || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$BATCH_VENV"; }
+  "$BATCH_VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/batch-requirements.txt
 fi

@@ -75,6 +75,7 @@ impl Applier for DtmApplier {
             Kind::Security(c) => crate::security::apply(txn, log_id, cmd.proposed_at_ms, c),
             Kind::Gateway(c) => crate::gateway::apply(txn, log_id, cmd.proposed_at_ms, c),
             Kind::RotateDataKeys(_) => rotate_data_keys(txn),
+            Kind::Batch(c) => crate::batch::apply(txn, log_id, c),
             // The audit trail arrives with its own issue; until then audit events are accepted and
             // kept only in the log.
             Kind::Audit(_) => Ok(applied()),

@@ -313,6 +313,22 @@ impl ClusterNode {
         Ok(r.into_inner().read_index)
     }
 
+    /// Resolves when this node's Raft core has stopped on a fatal error (a storage failure such as a
+    /// full disk or a damaged store, or a broken invariant), with the error. A node in that state
+    /// can neither vote nor serve, and never recovers by itself: the process must exit so that a
+    /// supervisor (systemd, Kubernetes) restarts it, and the operator sees it.
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(e) = &metrics.borrow().running_state {
+                return e.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core is gone".to_string();
+            }
+        }
+    }
+
     /// The last log index applied on this node.
     pub fn applied_index(&self) -> u64 {
         self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0)

@@ -187,3 +187,12 @@ pub const GATEWAY_BLOCK: &[u8] = b"gwb/";
 pub fn gateway_block(address: &str) -> Vec<u8> {
     join(GATEWAY_BLOCK, &[address.as_bytes()])
 }
+
+// --- Batch uploads (issue 6): receipts. ---
+
+/// Batch receipts: `bat/<batch id>` → `BatchReceipt`.
+pub const BATCH: &[u8] = b"bat/";
+
+pub fn batch(batch_id: &str) -> Vec<u8> {
+    join(BATCH, &[batch_id.as_bytes()])
+}

@@ -38,6 +38,8 @@ pub const DATASET_VERSIONS_LISTED_MAX: usize = 1_000;
 pub const SOURCE_ALLOWED_DATASETS_MAX: usize = 1_000;
 /// Aggregate rows one query may answer; a query that would give more is refused (narrow it).
 pub const AGGREGATE_ROWS_MAX: usize = 100_000;
+/// How long a request waits for its source's actors while they start or restart, before 503.
+pub const PIPELINE_START_WAIT: Duration = Duration::from_secs(2);
 /// How often each node aligns its source actors with the replicated catalog.
 pub const SOURCE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -140,3 +142,43 @@ pub const GATEWAY_SHRINK_INTERVAL: Duration = Duration::from_secs(60);
 const _: () = assert!(REQUESTS_IN_FLIGHT_DEFAULT <= HTTP_CONNECTIONS_MAX);
 const _: () = assert!(REQUEST_HEADERS_BYTES_MAX + REQUEST_URI_BYTES_MAX < HTTP1_BUFFER_BYTES_MAX);
 const _: () = assert!(JSON_CHECKED_BODY_BYTES_MAX >= RECORDS_BODY_BYTES_MAX);
+
+// --- Batch uploads (issue 6): `POST /datasets/{id}/batches`, `dtm ingest`. ---
+
+/// Records and JSON bytes per chunk of a batch. Each chunk is one `Submission` (one group-commit
+/// member), well inside a log entry's `GROUP_COMMIT_BYTES_MAX` even after masking grows values.
+pub const BATCH_CHUNK_RECORDS_MAX: usize = 1_000;
+pub const BATCH_CHUNK_BYTES_MAX: usize = 512 * 1024;
+/// Chunks of one batch validated or proposed at once (pipelining without unbounded memory).
+pub const BATCH_CHUNKS_IN_FLIGHT_MAX: usize = 4;
+/// Batches handled at once per node; more are answered 429 with Retry-After.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Body of a streamed batch (JSON, NDJSON, CSV, XML) read in one pass, in bytes.
+pub const BATCH_STREAM_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
+/// Body of a batch that is spooled first (Parquet, XLSX, `on_error=reject`, a manifest), in bytes.
+pub const BATCH_SPOOL_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
+/// Parquet and XLSX bodies, in bytes (their readers hold a row group or the shared strings).
+pub const BATCH_RANDOM_ACCESS_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Sealed spool chunk (plaintext bytes per AES-GCM seal).
+pub const BATCH_SPOOL_CHUNK_BYTES: usize = 64 * 1024;
+/// Row errors listed in an answer and a receipt (all are counted).
+pub const BATCH_ERRORS_LISTED_MAX: usize = 100;
+/// Body frames buffered between the connection and the parser.
+pub const BATCH_BODY_FRAMES_QUEUED_MAX: usize = 8;
+/// Parsed chunks waiting for the pipeline.
+pub const BATCH_CHUNKS_QUEUED_MAX: usize = 2;
+/// A batch whose sender sends nothing for this long is abandoned.
+pub const BATCH_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A whole batch request (replaces `REQUEST_TIMEOUT` for this one route).
+pub const BATCH_REQUEST_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// Attempts to commit one chunk when the cluster is busy or without a leader, and to get a chunk
+/// past a full source queue.
+pub const BATCH_CHUNK_ATTEMPTS_MAX: u32 = 20;
+/// Validation rounds for one chunk (each round drops the rows the previous one rejected).
+pub const BATCH_VALIDATION_ROUNDS_MAX: usize = 3;
+
+const _: () = assert!(BATCH_CHUNK_RECORDS_MAX <= RECORDS_PER_REQUEST_MAX);
+const _: () = assert!(BATCH_CHUNK_BYTES_MAX * 2 <= dtm_cluster::limits::GROUP_COMMIT_BYTES_MAX);
+const _: () = assert!(BATCH_CHUNK_BYTES_MAX > dtm_formats::limits::RECORD_BYTES_MAX);
+const _: () = assert!(BATCH_ERRORS_LISTED_MAX <= dtm_cluster::batch::RECEIPT_ERRORS_MAX);
+const _: () = assert!(BATCH_RANDOM_ACCESS_BYTES_MAX <= BATCH_SPOOL_BYTES_MAX);

@@ -12,9 +12,13 @@ mod client;
 mod config;
 mod demo;
 mod gateway;
+mod grpc_ingest;
+mod ingest;
 mod limits;
 mod pipeline;
 mod server;
+mod soap;
+mod spool;
 mod tls;
 
 use std::path::PathBuf;
@@ -57,6 +61,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Load generator: single-record posts at several concurrency levels, and failover time.
     Bench(bench::BenchArgs),
+    /// Upload a file as a batch (format from the extension), with a progress bar and a manifest.
+    Ingest(ingest::IngestArgs),
     /// Data-encryption keys of the nodes.
     Keys {
         #[command(subcommand)]
@@ -178,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             demo::run(args).await
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Ingest(args) => ingest::run(args).await,
         Command::Keys { command: KeysCommand::Rotate { target } } => keys_rotate(target).await,
     }
 }

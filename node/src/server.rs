@@ -93,19 +93,37 @@ pub async fn serve(
     .context("starting the Raft node")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    // Stop on a signal, or when the Raft core has stopped for good (storage failure): then the
+    // process exits non-zero instead of lingering as a node that answers 503 forever.
+    let fatal = Arc::new(std::sync::OnceLock::<String>::new());
+    {
+        let (node, fatal) = (node.clone(), fatal.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown => {}
+                e = node.fatal() => {
+                    tracing::error!(error = %e, "the Raft core stopped on a fatal error; the node exits");
+                    let _ = fatal.set(e);
+                }
+            }
+            let _ = stop_tx.send(true);
+        });
+    }
 
+    // Set once the API state exists; the Ingest service answers UNAVAILABLE until then.
+    let ingest_state = Arc::new(tokio::sync::OnceCell::new());
     let grpc_task = {
         let mut stop = stop_rx.clone();
         let svc = node.grpc_service();
+        // Source systems submit over `dtm.v1.Ingest` on the same port without a client certificate;
+        // `RaftService` refuses such callers itself.
+        let ingest = crate::grpc_ingest::server(ingest_state.clone());
         let server = tonic::transport::Server::builder()
             .tls_config(node_tls.server_config())
             .context("gRPC TLS configuration")?
             .timeout(Duration::from_secs(60))
-            .add_service(svc);
+            .add_service(svc)
+            .add_service(ingest);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
         tokio::spawn(async move {
             let stopped = async move {
@@ -122,6 +140,7 @@ pub async fn serve(
         "http": format!("https://{}", info.http_addr), "http_addr": info.http_addr, "grpc_addr": info.grpc_addr,
     });
     write_private(&opts.data_dir.join("node.json"), &facts.to_string(), 0o644)?;
+    crate::spool::use_dir(opts.data_dir.join("spool"));
     tracing::info!(node_id = opts.node_id, http = %info.http_addr, grpc = %info.grpc_addr, site = %opts.site, "node serving");
 
     if opts.bootstrap {
@@ -144,11 +163,15 @@ pub async fn serve(
         gateway,
         ..api::AppState::new(node.clone(), pipeline.clone()).with_identity(opts.identity.clone())
     };
+    let _ = ingest_state.set(state.clone());
     tokio::spawn(https_cert.watch(stop_rx.clone()));
     serve_https(api::router(state), http, TlsAcceptor::from(https_cfg), stop_rx.clone()).await;
     let _ = grpc_task.await;
     pipeline.shutdown().await;
     node.shutdown().await;
+    if let Some(e) = fatal.get() {
+        anyhow::bail!("the node stopped because its Raft core failed: {e}");
+    }
     tracing::info!(node_id = opts.node_id, "node stopped");
     Ok(())
 }

@@ -84,7 +84,8 @@ fn modified(p: &Path) -> Option<std::time::SystemTime> {
 
 /// The end of a certificate's validity, in seconds since the epoch.
 fn not_after_unix_s(der: &[u8]) -> anyhow::Result<i64> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("parsing certificate: {e}"))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("parsing certificate: {e}"))?;
     Ok(cert.validity().not_after.timestamp())
 }
 

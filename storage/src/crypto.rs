@@ -135,7 +135,8 @@ impl Cipher {
         let path = dir.join("keyring.pb");
         let rng = SystemRandom::new();
         let ring = match std::fs::read(&path) {
-            Ok(bytes) => pb::Keyring::decode(bytes.as_slice())?,
+            Ok(bytes) => pb::Keyring::decode(bytes.as_slice())
+                .map_err(|e| StoreError::Invalid(format!("{} is damaged: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let (nonce, check) = seal_with(&master.sealing_key()?, &rng, MASTER_AAD, MASTER_CHECK)?;
                 pb::Keyring { keys: vec![], current: 0, check_nonce: nonce, check_sealed: check, epoch: 0 }
@@ -145,7 +146,8 @@ impl Cipher {
         let check = open_with(&master.sealing_key()?, &ring.check_nonce, MASTER_AAD, &ring.check_sealed);
         if check.ok().as_deref() != Some(MASTER_CHECK) {
             return Err(StoreError::Invalid(format!(
-                "the master key does not open {}: it is not the key this node's data was written with",
+                "the master key does not open {}: it is not the key this node's data was written with, or \
+                 the file is damaged",
                 path.display()
             )));
         }
@@ -155,7 +157,9 @@ impl Cipher {
             path,
             rng,
         };
-        let by_id = cipher.unwrap_all(&ring)?;
+        let by_id = cipher
+            .unwrap_all(&ring)
+            .map_err(|e| StoreError::Invalid(format!("{}: a data key does not open: {e}", cipher.path.display())))?;
         let first = by_id.is_empty();
         {
             let keys = cipher.keys.get_mut().unwrap_or_else(|p| p.into_inner());

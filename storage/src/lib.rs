@@ -107,7 +107,13 @@ pub fn open(
         // Durability comes from explicit flushes before acknowledging; the background flush only
         // bounds how much unflushed state-machine work a crash can cost.
         .flush_every_ms(Some(500))
-        .open()?;
+        .open()
+        .map_err(|e| {
+            StoreError::Invalid(format!(
+                "the store in {} cannot be opened (a damaged file, or not a DTM store): {e}",
+                dir.display()
+            ))
+        })?;
     let master = opts.master_key.clone().ok_or_else(|| {
         StoreError::Invalid("no master key: the store is encrypted at rest and needs one (see docs/security.md)".into())
     })?;

@@ -501,12 +501,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)),
         };
-        let plain = self
-            .inner
-            .tree
-            .cipher
-            .open(SNAPSHOT_FILE_AAD, &bytes)
-            .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        let file = self.inner.snapshot_file.display().to_string();
+        let plain = self.inner.tree.cipher.open(SNAPSHOT_FILE_AAD, &bytes).map_err(|e| {
+            sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, StoreError::Invalid(format!("{file}: {e}")))
+        })?;
         let stored = pb::StoredSnapshot::decode(plain.as_slice())
             .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         let meta_pb = stored.meta.ok_or_else(|| {

@@ -4,14 +4,17 @@
 
 mod aggregates;
 pub mod auth;
+pub mod batches;
 mod catalog;
 mod cluster;
 pub mod error;
 mod events;
+mod export;
 pub mod identity;
 pub mod keys;
 mod oauth;
-mod records;
+mod openapi;
+pub mod records;
 mod sessions;
 mod users;
 
@@ -43,12 +46,10 @@ use tower::ServiceBuilder;
 use tower_http::request_id::MakeRequestUuid;
 use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::request_id::SetRequestIdLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::limits::OVERSIZED_BODY_DISCARD_BYTES_MAX;
 use crate::limits::OVERSIZED_BODY_DISCARD_TIMEOUT;
-use crate::limits::REQUEST_TIMEOUT;
 
 use error::ApiError;
 use error::ApiResult;
@@ -110,12 +111,15 @@ pub fn router(state: AppState) -> Router {
         .route("/datasets/{id}/versions", post(catalog::create_version))
         .route("/datasets/{id}/schema", get(catalog::get_schema))
         .route("/datasets/{id}/conflicts", get(catalog::get_conflicts))
-        .route("/datasets/{id}/aggregates", get(aggregates::get_aggregates))
+        .route("/datasets/{id}/aggregates", get(export::get_aggregates))
         .route("/datasets/{id}/aggregates/digest", get(aggregates::get_digest))
         .route("/pipeline", get(aggregates::get_pipeline))
         .route("/keys", get(keys::get_keys))
         .route("/keys/rotate", post(keys::rotate))
-        .route("/datasets/{id}/records", post(records::post_records).get(records::get_records))
+        .route("/datasets/{id}/records", post(records::post_records).get(export::get_records))
+        .route("/openapi.json", get(openapi::get_openapi))
+        .route("/datasets/{id}/batches", post(batches::post_batch))
+        .route("/batches/{batch_id}", get(batches::get_batch))
         .nest("/gateway", crate::gateway::api::routes())
         .route("/auth/login", post(sessions::login))
         .route("/auth/logout", post(sessions::logout))
@@ -132,8 +136,13 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/oauth2/token", post(oauth::token))
+        .merge(crate::soap::routes())
+        .route("/api/docs", get(openapi::swagger_ui_root))
+        .route("/api/docs/", get(openapi::swagger_ui_root))
+        .route("/api/docs/{*file}", get(openapi::swagger_ui))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state.clone())
+        .layer(axum::middleware::from_fn(json_rejections))
         .layer(axum::middleware::from_fn(sessions::csrf_guard))
         .layer(
             ServiceBuilder::new()
@@ -144,8 +153,36 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(axum::middleware::from_fn_with_state(state.clone(), crate::gateway::protect))
-                .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT)),
+                // `REQUEST_TIMEOUT`, or `BATCH_REQUEST_TIMEOUT` for batch uploads.
+                .layer(axum::middleware::from_fn(batches::deadline)),
         )
+}
+
+/// axum's extractors refuse a malformed query string, path or body with a plain-text answer; the
+/// API promises JSON errors (and the OpenAPI document says so), so such answers are rewritten here,
+/// in one place, keeping their status and text.
+async fn json_rejections(req: Request<Body>, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let resp = next.run(req).await;
+    let plain = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !plain || !resp.status().is_client_error() {
+        return resp;
+    }
+    let status = resp.status();
+    let text = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap_or_default();
+    let code = match status.as_u16() {
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        _ => "bad_request",
+    };
+    ApiError::new(status, code, String::from_utf8_lossy(&text).trim().to_string()).into_response()
 }
 
 pub fn now_ms() -> u64 {
@@ -296,17 +333,31 @@ pub async fn run_pipeline(
     source_id: &str,
     job: Job,
 ) -> ApiResult<(dtm_actors::Permit, Vec<state::RecordIn>)> {
-    let permit = match state.pipeline.admit(source_id) {
-        Ok(p) => p,
-        // A source registered through another node a moment ago: its actors start here on first use.
-        Err(PipelineError::Unavailable { .. }) if !state.pipeline.has_source(source_id) => {
-            state.pipeline.add_source(source_id).await.map_err(ApiError::internal)?;
-            state.pipeline.admit(source_id).map_err(pipeline_error)?
-        }
-        Err(e) => return Err(pipeline_error(e)),
-    };
+    let permit = admit(state, source_id).await?;
     let (permit, out) = state.pipeline.run(permit, job).await;
     Ok((permit, out.map_err(pipeline_error)?))
+}
+
+/// A permit for one job of the source. A source registered through another node a moment ago has
+/// its actors started here on first use; a source whose actors are (re)starting — just created by
+/// the sync loop, or restarted after a fault — is waited for briefly (`PIPELINE_START_WAIT`), since
+/// that takes milliseconds; only past that is the caller told 503.
+async fn admit(state: &AppState, source_id: &str) -> ApiResult<dtm_actors::Permit> {
+    let deadline = tokio::time::Instant::now() + crate::limits::PIPELINE_START_WAIT;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match state.pipeline.admit(source_id) {
+            Ok(p) => return Ok(p),
+            Err(PipelineError::Unavailable { .. }) if !state.pipeline.has_source(source_id) => {
+                state.pipeline.add_source(source_id).await.map_err(ApiError::internal)?;
+            }
+            Err(PipelineError::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(pipeline_error(e)),
+        }
+    }
 }
 
 fn retry_after(e: ApiError, after: std::time::Duration) -> ApiError {

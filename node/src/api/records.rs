@@ -37,42 +37,144 @@ pub async fn post_records(
     Query(q): Query<PostQuery>,
     body: Body,
 ) -> ApiResult<Response> {
-    let (source_id, key_id) = auth::require_submitter(&state, &headers, q.source.as_deref()).await?;
+    let submitter = Submitter::authenticate(&state, &headers, q.source.as_deref()).await?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
-        Some(v) => {
-            let k = v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
-            if k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX || k.starts_with("auto:") {
-                return Err(ApiError::bad_request(format!(
-                    "Idempotency-Key must be 1-{IDEMPOTENCY_KEY_BYTES_MAX} characters and not start with `auto:`"
-                )));
-            }
-            Some(k.to_string())
-        }
+        Some(v) => Some(idempotency_key(
+            v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?,
+        )?),
     };
-    let source = super::lookup_fresh::<state::Source>(&state, &tables::source(&source_id))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("the source of this key is not registered"))?;
-    if !super::valid_id(&dataset) {
-        return Err(ApiError::unknown_dataset(&dataset));
-    }
-    if !source.allowed_datasets.is_empty() && !source.allowed_datasets.iter().any(|d| d == &dataset) {
-        return Err(ApiError::forbidden(format!("source `{source_id}` may not send to dataset `{dataset}`")));
-    }
-    let version = schema_version(&headers, q.schema_version)?;
-    let ds = super::catalog::dataset_version(&state, &dataset, version).await?;
-    let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;
+    let target = prepare(&state, &submitter, &dataset, schema_version(&headers, q.schema_version)?).await?;
     let bytes = super::read_body(&headers, body, RECORDS_BODY_BYTES_MAX).await?;
     super::require_json(&headers)?;
+    let answer = commit(
+        &state,
+        submitter,
+        target,
+        bytes,
+        Submit { idempotency_key, request_id: super::request_id(&headers), channel: "rest" },
+    )
+    .await?;
+    let mut resp = (StatusCode::CREATED, Json(answer.body)).into_response();
+    if answer.replayed {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// Who submits: the source the records are for and the API key used (empty for other credentials).
+pub struct Submitter {
+    pub source_id: String,
+    pub key_id: String,
+}
+
+impl Submitter {
+    /// Checks the credentials in `headers` (the same for REST, SOAP and gRPC metadata); `requested`
+    /// is the source a data-entry user submits for.
+    pub async fn authenticate(state: &AppState, headers: &HeaderMap, requested: Option<&str>) -> ApiResult<Self> {
+        let (source_id, key_id) = auth::require_submitter(state, headers, requested).await?;
+        Ok(Submitter { source_id, key_id })
+    }
+}
+
+/// What a submission needs besides its records.
+pub struct Submit {
+    /// The client's idempotency key, already checked with `idempotency_key`.
+    pub idempotency_key: Option<String>,
+    pub request_id: String,
+    /// How the records arrived (`rest`, `soap`, `grpc`), kept in each record's lineage.
+    pub channel: &'static str,
+}
+
+/// The answer to an accepted submission: the body of the REST 201, and whether it is a replay of
+/// the first answer to the same idempotency key. SOAP and gRPC answer the same fields.
+pub struct SubmitAnswer {
+    pub body: Value,
+    pub replayed: bool,
+}
+
+/// The dataset version a submission is validated against, once the source may send to it.
+pub struct Target {
+    source: state::Source,
+    compiled: std::sync::Arc<dtm_dataset::CompiledDataset>,
+    dataset: String,
+}
+
+/// Prefixes of the idempotency keys the node makes itself: `auto:` for a real-time request without
+/// one, `batch:` for the chunks of a batch. A client may not use them, or it could collide with them.
+const RESERVED_IDEMPOTENCY_PREFIXES: [&str; 2] = ["auto:", "batch:"];
+
+/// Checks an idempotency key: 1-200 characters, not starting with a prefix the node reserves.
+pub fn idempotency_key(k: &str) -> ApiResult<String> {
+    if k.is_empty()
+        || k.len() > IDEMPOTENCY_KEY_BYTES_MAX
+        || RESERVED_IDEMPOTENCY_PREFIXES.iter().any(|p| k.starts_with(p))
+    {
+        return Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1-{IDEMPOTENCY_KEY_BYTES_MAX} characters and not start with `auto:` or `batch:`"
+        )));
+    }
+    Ok(k.to_string())
+}
+
+/// The real-time submit path shared by REST, SOAP and gRPC: `body` is the JSON text of one record
+/// or an array of records (at most `RECORDS_BODY_BYTES_MAX`). Answers as `POST
+/// /datasets/{id}/records` does, with the same errors.
+pub async fn submit(
+    state: &AppState,
+    submitter: Submitter,
+    dataset: &str,
+    schema_version: Option<u32>,
+    body: bytes::Bytes,
+    how: Submit,
+) -> ApiResult<SubmitAnswer> {
+    let target = prepare(state, &submitter, dataset, schema_version).await?;
+    if body.len() > RECORDS_BODY_BYTES_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the records are larger than {RECORDS_BODY_BYTES_MAX} bytes"),
+        ));
+    }
+    commit(state, submitter, target, body, how).await
+}
+
+/// Finds the source and the dataset version, and checks that the source may send to it.
+async fn prepare(state: &AppState, submitter: &Submitter, dataset: &str, version: Option<u32>) -> ApiResult<Target> {
+    let source_id = &submitter.source_id;
+    let source = super::lookup_fresh::<state::Source>(state, &tables::source(source_id))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the source of this key is not registered"))?;
+    if !super::valid_id(dataset) {
+        return Err(ApiError::unknown_dataset(dataset));
+    }
+    if !source.allowed_datasets.is_empty() && !source.allowed_datasets.iter().any(|d| d == dataset) {
+        return Err(ApiError::forbidden(format!("source `{source_id}` may not send to dataset `{dataset}`")));
+    }
+    let ds = super::catalog::dataset_version(state, dataset, version).await?;
+    let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;
+    Ok(Target { source, compiled, dataset: dataset.to_string() })
+}
+
+/// Runs the records through the source's actors, proposes them and waits for the commit.
+async fn commit(
+    state: &AppState,
+    submitter: Submitter,
+    target: Target,
+    bytes: bytes::Bytes,
+    how: Submit,
+) -> ApiResult<SubmitAnswer> {
+    let Target { source, compiled, dataset } = target;
+    let Submitter { source_id, key_id } = submitter;
     let form = source.form.parse::<SourceForm>().unwrap_or(SourceForm::Raw);
     let job = Job {
         dataset: compiled.clone(),
         form,
-        masking_key: super::masking_key(&state).await?,
+        masking_key: super::masking_key(state).await?,
         refs: state.refs.clone(),
         body: bytes.clone(),
     };
-    let (permit, records) = super::run_pipeline(&state, &source_id, job).await?;
+    let (permit, records) = super::run_pipeline(state, &source_id, job).await?;
     let mut fingerprint = Sha256::new();
     fingerprint.update(dataset.as_bytes());
     fingerprint.update([0]);
@@ -82,9 +184,9 @@ pub async fn post_records(
         source: source_id,
         // Every submission carries a key: the client's, or one made here, so that an internal retry
         // after a leader change can never store the records twice.
-        idempotency_key: idempotency_key.clone().unwrap_or_else(|| format!("auto:{}", uuid::Uuid::new_v4())),
+        idempotency_key: how.idempotency_key.unwrap_or_else(|| format!("auto:{}", uuid::Uuid::new_v4())),
         fingerprint: fingerprint.finalize().to_vec(),
-        request_id: super::request_id(&headers),
+        request_id: how.request_id,
         received_at_ms: super::now_ms(),
         received_on_node: state.node.id,
         records,
@@ -92,7 +194,7 @@ pub async fn post_records(
         schema_version: compiled.version,
         classification: compiled.def.classification.clone(),
         priority: compiled.def.priority.clone(),
-        channel: "rest".into(),
+        channel: how.channel.into(),
     };
     #[cfg(feature = "fault-injection")]
     if let Some(fake) = planted_bug::acknowledge_without_commit(&submission) {
@@ -116,11 +218,7 @@ pub async fn post_records(
         "conflicts": count("conflict"),
         "outcomes": result.outcomes,
     });
-    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
-    if result.replayed {
-        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(resp)
+    Ok(SubmitAnswer { body, replayed: result.replayed })
 }
 
 #[derive(Deserialize)]
@@ -132,7 +230,7 @@ pub struct PostQuery {
 
 /// The schema version a sender declares (`X-Schema-Version` header or `?schema_version=`); None
 /// means the latest.
-fn schema_version(headers: &HeaderMap, query: Option<u32>) -> ApiResult<Option<u32>> {
+pub fn schema_version(headers: &HeaderMap, query: Option<u32>) -> ApiResult<Option<u32>> {
     match headers.get("x-schema-version") {
         None => Ok(query),
         Some(v) => v
@@ -147,9 +245,9 @@ fn schema_version(headers: &HeaderMap, query: Option<u32>) -> ApiResult<Option<u
 
 #[derive(Deserialize)]
 pub struct ReadQuery {
-    limit: Option<usize>,
-    after: Option<String>,
-    consistency: Option<String>,
+    pub limit: Option<usize>,
+    pub after: Option<String>,
+    pub consistency: Option<String>,
 }
 
 pub async fn get_records(
@@ -224,14 +322,12 @@ mod planted_bug {
     use std::sync::atomic::AtomicU64;
     use std::sync::atomic::Ordering;
 
-    use axum::Json;
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
-    use axum::response::Response;
     use dtm_model::state;
     use serde_json::json;
 
-    pub fn acknowledge_without_commit(sub: &state::Submission) -> Option<Response> {
+    use super::SubmitAnswer;
+
+    pub fn acknowledge_without_commit(sub: &state::Submission) -> Option<SubmitAnswer> {
         static SEEN: AtomicU64 = AtomicU64::new(0);
         if std::env::var("DTM_PLANTED_BUG").ok().as_deref() != Some("ack-without-commit") {
             return None;
@@ -244,6 +340,6 @@ mod planted_bug {
         let outcomes: Vec<&str> = ids.iter().map(|_| "stored").collect();
         let body = json!({"accepted": ids.len(), "ids": ids, "commit_index": 0, "schema_version": sub.schema_version,
                           "stored": ids.len(), "duplicates": 0, "conflicts": 0, "outcomes": outcomes});
-        Some((StatusCode::CREATED, Json(body)).into_response())
+        Some(SubmitAnswer { body, replayed: false })
     }
 }

@@ -68,6 +68,13 @@ impl Group {
         {
             return Some(Group::Ingest);
         }
+        // SOAP carries record submissions (and batch status reads); its WSDL is a read.
+        if segments.first() == Some(&"soap") {
+            return Some(if method == Method::POST { Group::Ingest } else { Group::Query });
+        }
+        if matches!(segments.first(), Some(&"openapi.json") | Some(&"api")) && method == Method::GET {
+            return Some(Group::Query);
+        }
         let reads = matches!(segments.first(), Some(&"datasets") | Some(&"pipeline"));
         if reads && method == Method::GET {
             return Some(Group::Query);
@@ -222,6 +229,9 @@ mod tests {
         assert_eq!(g(Method::GET, "/api/v1/datasets/etx/export"), Some(Group::Export));
         assert_eq!(g(Method::POST, "/api/v1/auth/login"), Some(Group::Login));
         assert_eq!(g(Method::PUT, "/api/v1/gateway/limits"), Some(Group::Admin));
+        assert_eq!(g(Method::POST, "/soap/v1"), Some(Group::Ingest));
+        assert_eq!(g(Method::GET, "/soap/v1"), Some(Group::Query));
+        assert_eq!(g(Method::GET, "/api/v1/openapi.json"), Some(Group::Query));
         assert_eq!(g(Method::GET, "/api/v1/health"), None);
         assert_eq!(g(Method::GET, "/api/v1/ready"), None);
     }

@@ -1,0 +1,575 @@
+//! The OpenAPI 3 description of the REST API (`GET /api/v1/openapi.json`) and Swagger UI
+//! (`/api/docs`, assets compiled into the binary by `utoipa-swagger-ui`'s `vendored` feature, so
+//! nothing is fetched at build or run time).
+//!
+//! The document is written from the table `OPERATIONS` rather than derived from handler
+//! annotations: the handlers read their bodies by hand (size limits, JSON depth, content types), so
+//! the table is where the contract is stated. Adding an endpoint to `router` means adding one row
+//! here; `tests::every_routed_path_is_described` compares the two.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+
+use axum::extract::Path;
+use axum::http::HeaderValue;
+use axum::http::StatusCode;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use serde_json::Map;
+use serde_json::Value;
+use serde_json::json;
+
+/// One operation of the API.
+struct Op {
+    method: &'static str,
+    path: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    /// Who may call it (also in the description); empty for anyone.
+    who: &'static str,
+    /// Query parameters, by name from `query_param`.
+    query: &'static [&'static str],
+    /// The request body's schema (a component name), if any, and its media type.
+    body: Option<(&'static str, &'static str)>,
+    /// The success status and its schema (a component name; `None` for no body).
+    ok: (u16, Option<&'static str>),
+    /// Error statuses besides the ones every operation can answer (`COMMON_ERRORS`).
+    errors: &'static [u16],
+}
+
+/// Statuses any operation can answer: bad input, credentials, roles, unknown things, the
+/// gateway's URL and header limits, rate limits and unavailability.
+const COMMON_ERRORS: [u16; 8] = [400, 401, 403, 404, 414, 429, 431, 503];
+const JSON: &str = "application/json";
+const ADMIN: &str = "admin";
+
+const fn op(method: &'static str, path: &'static str, tag: &'static str, summary: &'static str) -> Op {
+    Op { method, path, tag, summary, who: "", query: &[], body: None, ok: (200, Some("Object")), errors: &[] }
+}
+
+const OPERATIONS: &[Op] = &[
+    Op { ok: (200, Some("Health")), ..op("get", "/api/v1/health", "cluster", "The process runs") },
+    Op {
+        ok: (200, Some("Health")),
+        ..op("get", "/api/v1/ready", "cluster", "The node can serve reads and forward writes")
+    },
+    Op {
+        who: "any signed-in role",
+        ok: (200, Some("ClusterStatus")),
+        ..op("get", "/api/v1/cluster", "cluster", "Leader, term and members")
+    },
+    Op {
+        who: ADMIN,
+        body: Some(("AddNode", JSON)),
+        ok: (201, Some("Object")),
+        errors: &[409, 413, 415, 422],
+        ..op("post", "/api/v1/cluster/nodes", "cluster", "Add a running, empty node (learner, then voter)")
+    },
+    Op { who: ADMIN, errors: &[409], ..op("delete", "/api/v1/cluster/nodes/{id}", "cluster", "Remove a member") },
+    Op {
+        who: ADMIN,
+        body: Some(("SourceDefinition", JSON)),
+        ok: (201, Some("SourceCreated")),
+        errors: &[409, 413, 415, 422],
+        ..op("post", "/api/v1/sources", "catalog", "Register a source system; answers its first API key, shown once")
+    },
+    Op { who: ADMIN, errors: &[409], ..op("delete", "/api/v1/sources/{id}", "catalog", "Remove a source system") },
+    Op {
+        who: ADMIN,
+        ok: (201, Some("KeyIssued")),
+        errors: &[409],
+        ..op("post", "/api/v1/sources/{id}/keys", "catalog", "Issue another API key")
+    },
+    Op { who: ADMIN, ..op("delete", "/api/v1/sources/{id}/keys/{key_id}", "catalog", "Revoke an API key") },
+    Op {
+        who: ADMIN,
+        body: Some(("DatasetDefinition", JSON)),
+        ok: (201, Some("DatasetCreated")),
+        errors: &[409, 413, 415, 422],
+        ..op("post", "/api/v1/datasets", "catalog", "Define a dataset (or its next version)")
+    },
+    Op {
+        who: "any role or scope",
+        query: &["version"],
+        ..op("get", "/api/v1/datasets/{id}", "catalog", "A dataset's definition, metadata and versions")
+    },
+    Op {
+        who: ADMIN,
+        body: Some(("DatasetDefinition", JSON)),
+        ok: (201, Some("DatasetCreated")),
+        errors: &[409, 413, 415, 422],
+        ..op("post", "/api/v1/datasets/{id}/versions", "catalog", "Propose the next version of a dataset")
+    },
+    Op {
+        who: "any role or scope",
+        query: &["version"],
+        ..op("get", "/api/v1/datasets/{id}/schema", "catalog", "A dataset's JSON Schema")
+    },
+    Op {
+        who: "analyst, auditor, admin; scope records:read",
+        query: &["limit", "after"],
+        ..op("get", "/api/v1/datasets/{id}/conflicts", "catalog", "The reconciliation queue")
+    },
+    Op {
+        who: "source key; scope records:write; data-entry user with ?source=",
+        query: &["schema_version", "source"],
+        body: Some(("Records", JSON)),
+        ok: (201, Some("SubmitAnswer")),
+        errors: &[409, 413, 415, 422],
+        ..op("post", "/api/v1/datasets/{id}/records", "records", "Submit records in real time (all-or-nothing)")
+    },
+    Op {
+        who: "source key; scope records:write; data-entry user with ?source=",
+        query: &["on_error", "source"],
+        body: Some(("BatchFile", "application/octet-stream")),
+        ok: (201, Some("BatchReceipt")),
+        errors: &[409, 413, 415, 422],
+        ..op(
+            "post",
+            "/api/v1/datasets/{id}/batches",
+            "records",
+            "Upload a batch (JSON, NDJSON, CSV, XML, Parquet, XLSX by Content-Type)",
+        )
+    },
+    Op {
+        who: "the batch's source, auditor, admin",
+        ok: (200, Some("BatchReceipt")),
+        ..op("get", "/api/v1/batches/{batch_id}", "records", "A batch's receipt and reconciliation")
+    },
+    Op {
+        who: "analyst, admin; scope records:read",
+        query: &["limit", "after", "consistency", "format"],
+        ok: (200, Some("RecordsPage")),
+        errors: &[413],
+        ..op(
+            "get",
+            "/api/v1/datasets/{id}/records",
+            "records",
+            "Stored records, paged; or an export (format=csv|xlsx|json|xml|docx)",
+        )
+    },
+    Op {
+        who: "analyst, auditor, admin; scope aggregates:read",
+        query: &["interval", "group_by", "from", "to", "consistency", "format"],
+        ok: (200, Some("Aggregates")),
+        ..op(
+            "get",
+            "/api/v1/datasets/{id}/aggregates",
+            "aggregates",
+            "Aggregates by time bucket and dimensions; or an export",
+        )
+    },
+    Op {
+        who: "analyst, auditor, admin; scope aggregates:read",
+        query: &["consistency"],
+        ok: (200, Some("Digest")),
+        ..op(
+            "get",
+            "/api/v1/datasets/{id}/aggregates/digest",
+            "aggregates",
+            "SHA-256 over the dataset's aggregate state",
+        )
+    },
+    Op { who: "admin, operator", ..op("get", "/api/v1/pipeline", "cluster", "The source actors on this node") },
+    Op {
+        who: "admin, operator",
+        ..op("get", "/api/v1/keys", "cluster", "Data-encryption keys of this node (ids and epochs, never key material)")
+    },
+    Op { who: ADMIN, ..op("post", "/api/v1/keys/rotate", "cluster", "Start using a new data-encryption key") },
+    Op { who: ADMIN, ..op("get", "/api/v1/gateway/limits", "gateway", "Rate limits per operation group") },
+    Op {
+        who: ADMIN,
+        body: Some(("Object", JSON)),
+        errors: &[413, 415],
+        ..op("put", "/api/v1/gateway/limits", "gateway", "Replace the cluster's rate limits")
+    },
+    Op { who: ADMIN, ..op("get", "/api/v1/gateway/ip-rules", "gateway", "IP allow and deny rules") },
+    Op {
+        who: ADMIN,
+        body: Some(("Object", JSON)),
+        errors: &[413, 415],
+        ..op("put", "/api/v1/gateway/ip-rules", "gateway", "Replace the IP rules")
+    },
+    Op { who: ADMIN, ..op("get", "/api/v1/gateway/blocks", "gateway", "Automatically blocked addresses") },
+    Op { who: ADMIN, ..op("delete", "/api/v1/gateway/blocks/{ip}", "gateway", "Lift a block") },
+    Op {
+        body: Some(("Login", JSON)),
+        errors: &[413, 415, 422],
+        ..op("post", "/api/v1/auth/login", "identity", "Sign in (session cookie and CSRF token)")
+    },
+    Op {
+        who: "session",
+        ok: (204, None),
+        ..op("post", "/api/v1/auth/logout", "identity", "End the session on every node")
+    },
+    Op { who: "any credential", ..op("get", "/api/v1/auth/me", "identity", "Who is calling") },
+    Op { who: "session", ..op("post", "/api/v1/auth/totp/enroll", "identity", "Start TOTP enrollment") },
+    Op {
+        who: "session",
+        body: Some(("Object", JSON)),
+        errors: &[413, 415, 422],
+        ..op("post", "/api/v1/auth/totp/confirm", "identity", "Confirm TOTP enrollment; answers recovery codes")
+    },
+    Op { ..op("get", "/api/v1/auth/jwks", "identity", "The key DTM's access tokens are signed with") },
+    Op {
+        who: ADMIN,
+        body: Some(("Object", JSON)),
+        ok: (201, Some("Object")),
+        errors: &[409, 413, 415, 422],
+        ..op("post", "/api/v1/users", "identity", "Create a user")
+    },
+    Op { who: ADMIN, ..op("get", "/api/v1/users", "identity", "List users") },
+    Op {
+        who: ADMIN,
+        ok: (204, None),
+        ..op("delete", "/api/v1/users/{name}", "identity", "Disable a user and end its sessions")
+    },
+    Op {
+        who: "admin, or the user itself",
+        body: Some(("Object", JSON)),
+        ok: (204, None),
+        errors: &[413, 415, 422],
+        ..op("post", "/api/v1/users/{name}/password", "identity", "Change a password")
+    },
+    Op {
+        who: ADMIN,
+        body: Some(("Object", JSON)),
+        ok: (201, Some("Object")),
+        errors: &[413, 415, 422],
+        ..op("post", "/api/v1/oauth/clients", "identity", "Register an OAuth client; answers its secret, shown once")
+    },
+    Op { who: ADMIN, ..op("delete", "/api/v1/oauth/clients/{id}", "identity", "Revoke an OAuth client") },
+    Op {
+        who: "admin, auditor; scope audit:read",
+        query: &["after", "limit", "kind"],
+        ..op("get", "/api/v1/security/events", "identity", "Replicated security events")
+    },
+    Op {
+        body: Some(("TokenRequest", "application/x-www-form-urlencoded")),
+        ok: (200, Some("Token")),
+        errors: &[413, 415],
+        ..op("post", "/oauth2/token", "identity", "OAuth 2.0 client-credentials grant")
+    },
+    Op { ok: (200, Some("Object")), ..op("get", "/api/v1/openapi.json", "meta", "This document") },
+];
+
+fn query_param(name: &str) -> Value {
+    let (schema, description) = match name {
+        "version" => (json!({"type": "integer", "minimum": 1}), "a version of the definition (default the latest)"),
+        "schema_version" => (json!({"type": "integer", "minimum": 1}), "validate against this version"),
+        "source" => (json!({"type": "string"}), "the source a data-entry user submits for"),
+        "limit" => (json!({"type": "integer", "minimum": 1, "maximum": 1000}), "page size"),
+        "after" => (json!({"type": "string"}), "the `next` cursor of the previous page"),
+        "consistency" => (
+            json!({"type": "string", "enum": ["local", "linearizable"]}),
+            "`linearizable`: answer once this node has caught up with the leader",
+        ),
+        "format" => (
+            json!({"type": "string", "enum": ["json", "csv", "xlsx", "xml", "docx"]}),
+            "an export of everything (records: up to the export limit) in this format",
+        ),
+        "interval" => {
+            (json!({"type": "string", "enum": ["hour", "day", "week", "month", "quarter", "year"]}), "time bucket")
+        }
+        "group_by" => (json!({"type": "string"}), "comma-separated dimensions"),
+        "from" | "to" => {
+            (json!({"type": "string"}), "a time point (2026, 2026-Q3, 2026-07, 2026-W29, 2026-07-14, RFC 3339)")
+        }
+        "kind" => (json!({"type": "string"}), "an event kind"),
+        "on_error" => (
+            json!({"type": "string", "enum": ["continue", "reject"]}),
+            "`reject`: all or nothing; `continue` (default): store the valid rows",
+        ),
+        _ => (json!({"type": "string"}), ""),
+    };
+    json!({"name": name, "in": "query", "required": false, "schema": schema, "description": description})
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// The media types an export can answer in, besides JSON.
+const EXPORT_TYPES: [&str; 4] = [
+    "text/csv",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/xml",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+];
+
+fn operation(o: &Op) -> Value {
+    let mut params: Vec<Value> = o
+        .path
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect();
+    params.extend(o.query.iter().map(|q| query_param(q)));
+    let mut responses = Map::new();
+    let (status, schema) = o.ok;
+    let mut ok = json!({"description": "success"});
+    if let Some(s) = schema {
+        let mut content = Map::new();
+        content.insert(JSON.into(), json!({"schema": schema_ref(s)}));
+        if o.query.contains(&"format") {
+            for t in EXPORT_TYPES {
+                content.insert(t.into(), json!({"schema": {"type": "string", "format": "binary"}}));
+            }
+        }
+        ok["content"] = Value::Object(content);
+    }
+    if o.path.ends_with("/records") && o.method == "post" {
+        ok["headers"] = json!({"Idempotent-Replayed": {"schema": {"type": "string"}, "description": "`true` on a replayed answer"}});
+    }
+    responses.insert(status.to_string(), ok);
+    let mut errors: Vec<u16> = COMMON_ERRORS.iter().chain(o.errors).copied().collect();
+    errors.sort_unstable();
+    errors.dedup();
+    for e in errors {
+        let mut r = json!({"description": error_description(e), "content": {JSON: {"schema": schema_ref("Error")}}});
+        if matches!(e, 429 | 503) {
+            r["headers"] = json!({"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}});
+        }
+        responses.insert(e.to_string(), r);
+    }
+    let mut v = json!({
+        "tags": [o.tag],
+        "summary": o.summary,
+        "operationId": operation_id(o),
+        "parameters": params,
+        "responses": responses,
+    });
+    if o.who.is_empty() {
+        v["security"] = json!([]);
+    } else {
+        v["description"] = json!(format!("Who: {}.", o.who));
+    }
+    if let Some((schema, media)) = o.body {
+        v["requestBody"] = json!({"required": true, "content": {media: {"schema": schema_ref(schema)}}});
+    }
+    if o.path.ends_with("/records")
+        && o.method == "post"
+        && let Some(p) = v["parameters"].as_array_mut()
+    {
+        p.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
+                          "schema": {"type": "string", "minLength": 1, "maxLength": 200}}));
+        p.push(json!({"name": "X-Schema-Version", "in": "header", "required": false,
+                          "schema": {"type": "integer", "minimum": 1}}));
+    }
+    v
+}
+
+fn operation_id(o: &Op) -> String {
+    let mut id = o.method.to_string();
+    for part in o.path.trim_start_matches("/api/v1").split(['/', '-', '.', '_']).filter(|s| !s.is_empty()) {
+        let part = part.trim_start_matches('{').trim_end_matches('}');
+        let mut c = part.chars();
+        if let Some(f) = c.next() {
+            id.push(f.to_ascii_uppercase());
+            id.extend(c);
+        }
+    }
+    id
+}
+
+fn error_description(status: u16) -> &'static str {
+    match status {
+        400 => "bad request",
+        401 => "missing or invalid credentials",
+        403 => "the credential lacks the role or scope, or the address is refused",
+        404 => "no such thing",
+        409 => "conflict (a concurrent change, or an idempotency key reused with another body)",
+        413 => "body too large, or too many records",
+        414 => "URL too long",
+        415 => "unsupported content type",
+        422 => "invalid content; one detail per problem",
+        429 => "rate limited or the source is busy; retry after Retry-After",
+        431 => "headers too large",
+        503 => "no quorum, shutting down or overloaded; retry after Retry-After",
+        _ => "error",
+    }
+}
+
+fn components() -> Value {
+    let obj = |props: Value, required: &[&str]| json!({"type": "object", "properties": props, "required": required});
+    let int = json!({"type": "integer", "minimum": 0});
+    let string = json!({"type": "string"});
+    let strings = json!({"type": "array", "items": {"type": "string"}});
+    json!({
+        "securitySchemes": {
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "a source system's API key"},
+            "bearer": {"type": "http", "scheme": "bearer", "description": "an admin token (dtma.…) or a JWT from /oauth2/token or an OpenID Connect issuer"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "__Host-dtm_session", "description": "a session from /api/v1/auth/login; state-changing requests also send X-CSRF-Token"}
+        },
+        "schemas": {
+            "Object": {"type": "object"},
+            "Error": obj(json!({"error": obj(json!({
+                "code": {"type": "string", "description": "stable, for programs"},
+                "message": {"type": "string", "description": "for people"},
+                "details": {"type": "array", "items": {"type": "object", "properties": {
+                    "record": {"type": "integer"}, "field": {"type": "string"}, "message": {"type": "string"}}}}
+            }), &["code", "message"])}), &["error"]),
+            "Health": obj(json!({"status": string, "node_id": int}), &["status"]),
+            "ClusterStatus": obj(json!({"leader_id": {"type": "integer", "nullable": true}, "term": int,
+                "members": {"type": "array", "items": obj(json!({"id": int, "site": string, "http": string,
+                    "grpc": string, "voter": {"type": "boolean"}}), &["id"])}}), &["members"]),
+            "AddNode": obj(json!({"id": int, "http_addr": string, "grpc_addr": string, "site": string,
+                "voter": {"type": "boolean"}}), &["id", "http_addr", "grpc_addr"]),
+            "SourceDefinition": obj(json!({"id": string, "name": string, "agency": string, "form": string,
+                "allowed_datasets": strings}), &["id"]),
+            "SourceCreated": obj(json!({"id": string, "api_key": string, "commit_index": int}), &["api_key"]),
+            "KeyIssued": obj(json!({"api_key": string, "key_id": string}), &["api_key"]),
+            "DatasetDefinition": {"type": "object", "required": ["id", "schema"], "properties": {
+                "id": string, "title": string, "schema": {"type": "object"}, "key": strings, "time_field": string,
+                "dimensions": strings, "measures": {"type": "object", "additionalProperties": {"type": "string",
+                    "enum": ["sum", "min", "max", "avg"]}},
+                "masking": {"type": "object", "additionalProperties": {"type": "string"}},
+                "classification": string, "priority": string}},
+            "DatasetCreated": obj(json!({"id": string, "version": int, "commit_index": int}), &["id", "version"]),
+            "Records": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}, "maxItems": 10000}]},
+            "SubmitAnswer": obj(json!({"accepted": int, "ids": strings, "commit_index": int, "schema_version": int,
+                "stored": int, "duplicates": int, "conflicts": int,
+                "outcomes": {"type": "array", "items": {"type": "string", "enum": ["stored", "duplicate", "conflict"]}}}),
+                &["accepted", "ids", "commit_index"]),
+            "RecordsPage": obj(json!({"dataset": string, "as_of_index": int, "total": int,
+                "next": {"type": "string", "nullable": true},
+                "truncated": {"type": "boolean", "description": "exports only: more records than the export limit"},
+                "records": {"type": "array", "items": obj(json!({"id": string, "source": string, "commit_index": int,
+                    "received_at_ms": int, "data": {"type": "object"}, "schema_version": int, "classification": string,
+                    "priority": string, "version": int, "previous_id": string, "conflict": {"type": "boolean"},
+                    "channel": string, "masked_fields": strings, "enriched_fields": strings}), &["id", "data"])}}),
+                &["dataset", "as_of_index", "records"]),
+            "Aggregates": obj(json!({"dataset": string, "as_of_index": int, "interval": string, "group_by": strings,
+                "rows": {"type": "array", "items": obj(json!({"bucket": string, "count": int}), &["bucket", "count"])}}),
+                &["as_of_index", "rows"]),
+            "Digest": obj(json!({"dataset": string, "as_of_index": int, "sha256": string}), &["as_of_index", "sha256"]),
+            "BatchFile": {"type": "string", "format": "binary", "description": "the file; its format follows Content-Type; X-Batch-Count and X-Batch-SHA256 optional"},
+            "BatchReceipt": obj(json!({"batch_id": string, "status": string, "accepted": int, "rejected": int,
+                "errors": {"type": "array", "items": {"type": "object"}}, "commit_index": int}), &["batch_id"]),
+            "Login": obj(json!({"username": string, "password": string, "totp": string, "recovery_code": string}),
+                &["username", "password"]),
+            "TokenRequest": obj(json!({"grant_type": {"type": "string", "enum": ["client_credentials"]}, "scope": string,
+                "client_id": string, "client_secret": string}), &["grant_type"]),
+            "Token": obj(json!({"access_token": string, "token_type": string, "expires_in": int, "scope": string}),
+                &["access_token", "token_type"])
+        }
+    })
+}
+
+/// The whole document, built once.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut paths = Map::new();
+        for o in OPERATIONS {
+            let entry = paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
+            entry[o.method] = operation(o);
+        }
+        let tags: Vec<Value> = ["cluster", "catalog", "records", "aggregates", "gateway", "identity", "meta"]
+            .iter()
+            .map(|t| json!({"name": t}))
+            .collect();
+        json!({
+            "openapi": "3.0.3",
+            "info": {
+                "title": "DTM: national e-transaction data cluster",
+                "version": "1",
+                "description": "Every node serves the whole API. Errors are JSON {\"error\": {\"code\", \"message\", \"details\"}}. \
+                    SOAP (/soap/v1, WSDL at /soap/v1?wsdl) and gRPC (dtm.v1.Ingest on the gRPC port) bind the same record submission."
+            },
+            "servers": [{"url": "/"}],
+            "security": [{"apiKey": []}, {"bearer": []}, {"session": []}],
+            "tags": tags,
+            "paths": paths,
+            "components": components(),
+        })
+    })
+}
+
+pub async fn get_openapi() -> Response {
+    let mut resp = axum::Json(document()).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+fn swagger_config() -> Arc<utoipa_swagger_ui::Config<'static>> {
+    static CONFIG: OnceLock<Arc<utoipa_swagger_ui::Config<'static>>> = OnceLock::new();
+    CONFIG.get_or_init(|| Arc::new(utoipa_swagger_ui::Config::new(["/api/v1/openapi.json"]))).clone()
+}
+
+/// `/api/docs`: Swagger UI's page (relative asset links need the trailing slash).
+pub async fn swagger_ui_root(uri: axum::http::Uri) -> Response {
+    if !uri.path().ends_with('/') {
+        return axum::response::Redirect::permanent("/api/docs/").into_response();
+    }
+    serve_swagger("")
+}
+
+pub async fn swagger_ui(Path(file): Path<String>) -> Response {
+    serve_swagger(&file)
+}
+
+fn serve_swagger(file: &str) -> Response {
+    match utoipa_swagger_ui::serve(file, swagger_config()) {
+        Ok(Some(f)) => {
+            let mut resp = (StatusCode::OK, f.bytes.into_owned()).into_response();
+            if let Ok(ct) = HeaderValue::from_str(&f.content_type) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            if f.gzpipped {
+                resp.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            resp
+        }
+        Ok(None) => super::error::ApiError::not_found("no such file").into_response(),
+        Err(e) => super::error::ApiError::internal(e).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_is_unique_and_well_formed() {
+        let mut seen = std::collections::BTreeSet::new();
+        for o in OPERATIONS {
+            assert!(seen.insert((o.method, o.path)), "{} {} twice", o.method, o.path);
+            assert!(o.path.starts_with('/'));
+        }
+        let doc = document();
+        assert_eq!(
+            doc["paths"]["/api/v1/datasets/{id}/records"]["post"]["responses"]["201"]["content"][JSON]["schema"]["$ref"],
+            "#/components/schemas/SubmitAnswer"
+        );
+        for (_, path) in doc["paths"].as_object().expect("paths") {
+            for (_, op) in path.as_object().expect("operations") {
+                for r in op["responses"].as_object().expect("responses").values() {
+                    if let Some(s) = r["content"][JSON]["schema"]["$ref"].as_str() {
+                        let name = s.rsplit('/').next().expect("name");
+                        assert!(doc["components"]["schemas"][name].is_object(), "{name} is not defined");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_routed_path_is_described() {
+        let source = include_str!("mod.rs");
+        let doc = document();
+        for line in source.lines().map(str::trim).filter(|l| l.starts_with(".route(\"/")) {
+            let path = line.trim_start_matches(".route(\"").split('"').next().expect("path");
+            let full = if path.starts_with("/oauth2") || path.starts_with("/api/docs") || path.starts_with("/soap") {
+                path.to_string()
+            } else {
+                format!("/api/v1{path}")
+            };
+            if full.starts_with("/api/docs") {
+                continue;
+            }
+            assert!(doc["paths"][&full].is_object(), "{full} is routed but not in the OpenAPI document");
+        }
+    }
+}
