@@ -178,6 +178,9 @@ pub struct ClusterNode {
     pub info: NodeInfo,
     pub raft: Raft,
     pub reader: StateReader,
+    /// Handles on this node's log and state machine for maintenance that runs beside Raft
+    /// (re-encryption after a key rotation).
+    stores: (dtm_storage::LogStore, dtm_storage::StateMachineStore),
     /// Every dataset's aggregate cells as of one applied index (see `aggregates.rs`).
     pub aggregates: Arc<crate::aggregates::AggregateView>,
     pub writer: Arc<Writer>,
@@ -214,6 +217,7 @@ impl ClusterNode {
         let applier = DtmApplier::default();
         let aggregates = applier.view.clone();
         let (log, sm, reader) = dtm_storage::open(&cfg.data_dir.join("store"), &cfg.store, Arc::new(applier))?;
+        let stores = (log.clone(), sm.clone());
         let pool = PeerPool::new(cfg.tls.client_config());
         let raft = Raft::new(cfg.node_id, Arc::new(raft_config), Network { pool: pool.clone() }, log, sm)
             .await
@@ -237,6 +241,7 @@ impl ClusterNode {
             info: cfg.node,
             raft,
             reader,
+            stores,
             aggregates,
             writer,
             batcher,
@@ -327,6 +332,16 @@ impl ClusterNode {
                 return "the Raft core is gone".to_string();
             }
         }
+    }
+
+    /// Re-seals with the current data key everything older keys sealed on this node, and retires
+    /// those keys once nothing needs them (on the blocking pool: it reads the whole store).
+    pub async fn reencrypt(&self) -> Result<dtm_storage::ReencryptReport, ClusterError> {
+        let (log, sm) = self.stores.clone();
+        tokio::task::spawn_blocking(move || sm.reencrypt(&log))
+            .await
+            .map_err(|e| ClusterError::Internal(format!("re-encryption task: {e}")))?
+            .map_err(|e| ClusterError::Internal(format!("re-encryption: {e}")))
     }
 
     /// The last log index applied on this node.

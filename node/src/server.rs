@@ -201,7 +201,7 @@ async fn sync_source_actors(
         if let Err(e) = pipeline.sync_sources(&ids).await {
             tracing::warn!(error = %e, "could not sync the source actors");
         }
-        if let Err(e) = api::keys::catch_up(&node.reader) {
+        if let Err(e) = api::keys::catch_up(&node) {
             tracing::error!(error = %e, "could not rotate the data-encryption key");
         }
     }

@@ -206,6 +206,24 @@ impl Cipher {
         Ok(id)
     }
 
+    /// Removes from the keyring every data key older than `below` (never the current one), once
+    /// nothing sealed with them is left (the caller proved that). Returns the ids removed.
+    pub fn retire_below(&self, below: u32) -> Result<Vec<u32>, StoreError> {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let retired: Vec<u32> = keys.by_id.keys().copied().filter(|id| *id < below && *id != keys.current).collect();
+        if retired.is_empty() {
+            return Ok(retired);
+        }
+        let mut ring = keys.ring.clone();
+        ring.keys.retain(|k| !retired.contains(&k.id));
+        write_atomically(&self.path, &ring.encode_to_vec())?;
+        for id in &retired {
+            keys.by_id.remove(id);
+        }
+        keys.ring = ring;
+        Ok(retired)
+    }
+
     pub fn status(&self) -> KeyringStatus {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         KeyringStatus {

@@ -132,6 +132,17 @@ pub fn open(
 /// A key and its value.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
+/// What a re-encryption pass did (`StateMachineStore::reencrypt`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReencryptReport {
+    /// Values re-sealed with the current data key.
+    pub resealed: u64,
+    /// Values still sealed with an older key (written under a race; the next pass takes them).
+    pub left: u64,
+    /// Data keys removed from the keyring because nothing sealed with them is left.
+    pub retired: Vec<u32>,
+}
+
 /// A read-only view of the application tables, for the API and the CLI. It reads whatever has been
 /// applied on this node; callers that need more wait on the Raft applied index first.
 #[derive(Clone)]

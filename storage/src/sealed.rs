@@ -55,6 +55,31 @@ impl SealedTree {
         self.raw.last().map_err(StoreError::from)?.map(|kv| self.open_pair(Ok(kv))).transpose()
     }
 
+    /// Re-seals with the current data key every value sealed with a key older than `below`; a value
+    /// that changes meanwhile is left to its writer (compare-and-swap), which seals with the current
+    /// key anyway. Returns (values re-sealed, values still sealed with an older key afterwards).
+    pub(crate) fn reseal_below(&self, below: u32) -> Result<(u64, u64), StoreError> {
+        let mut resealed = 0u64;
+        for kv in self.raw.iter() {
+            let (k, v) = kv?;
+            if Cipher::key_id_of(&v).is_some_and(|id| id < below) {
+                let plain = self.cipher.open(&k, &v)?;
+                let new = self.cipher.seal(&k, &plain)?;
+                if self.raw.compare_and_swap(&k, Some(&v), Some(new))?.is_ok() {
+                    resealed += 1;
+                }
+            }
+        }
+        let mut left = 0u64;
+        for kv in self.raw.iter() {
+            let (_, v) = kv?;
+            if Cipher::key_id_of(&v).is_some_and(|id| id < below) {
+                left += 1;
+            }
+        }
+        Ok((resealed, left))
+    }
+
     pub(crate) fn batch(&self) -> SealedBatch {
         SealedBatch { batch: sled::Batch::default(), cipher: self.cipher.clone() }
     }

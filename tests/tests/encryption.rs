@@ -1,7 +1,8 @@
 //! Encryption at rest (A4.2, F7; issue 5): after records carrying a unique marker are ingested,
 //! replicated, snapshotted and the nodes stopped, no file under any node's data directory contains
-//! the marker; `dtm keys rotate` gives every node a new data key while old records still read; a
-//! node started with another master key refuses to start and names its keyring.
+//! the marker; `dtm keys rotate` gives every node a new data key, re-encrypts what the old one
+//! sealed and retires it, while every record still reads; a node started with another master key
+//! refuses to start and names its keyring.
 
 use std::path::Path;
 use std::time::Duration;
@@ -83,8 +84,14 @@ async fn data_directories_hold_no_plaintext_and_keys_rotate() -> anyhow::Result<
     let (s, v, _) = c.post(3, "sealed_ds", &key, &json!({"note": "after rotation"}), None).await?;
     assert_eq!(s, 201, "{v}");
     for node in 1..=3 {
-        let (s, k) = c.admin(reqwest::Method::GET, node, "/api/v1/keys", None).await?;
-        assert_eq!((s, k["current_key_id"].as_u64(), k["key_ids"].clone()), (200, Some(2), json!([1, 2])), "{k}");
+        // Each node re-encrypts in the background what key 1 sealed, then retires key 1.
+        let k = eventually("re-encryption to retire key 1", Duration::from_secs(30), || async {
+            let (s, k) = c.admin(reqwest::Method::GET, node, "/api/v1/keys", None).await.ok()?;
+            (s == 200 && k["reencryption"]["state"] == "done").then_some(k)
+        })
+        .await?;
+        assert_eq!((k["current_key_id"].as_u64(), k["key_ids"].clone()), (Some(2), json!([2])), "{k}");
+        assert!(k["reencryption"]["resealed"].as_u64().is_some_and(|n| n > 60), "{k}");
         let recs = eventually("all records", Duration::from_secs(10), || async {
             c.records(node, "sealed_ds").await.ok().filter(|r| r.len() == 61)
         })

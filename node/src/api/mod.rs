@@ -116,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/pipeline", get(aggregates::get_pipeline))
         .route("/keys", get(keys::get_keys))
         .route("/keys/rotate", post(keys::rotate))
+        .route("/keys/reencrypt", post(keys::reencrypt_now))
         .route("/datasets/{id}/records", post(records::post_records).get(export::get_records))
         .route("/openapi.json", get(openapi::get_openapi))
         .route("/datasets/{id}/batches", post(batches::post_batch))

@@ -177,6 +177,15 @@ const OPERATIONS: &[Op] = &[
         ..op("get", "/api/v1/keys", "cluster", "Data-encryption keys of this node (ids and epochs, never key material)")
     },
     Op { who: ADMIN, ..op("post", "/api/v1/keys/rotate", "cluster", "Start using a new data-encryption key") },
+    Op {
+        who: ADMIN,
+        ..op(
+            "post",
+            "/api/v1/keys/reencrypt",
+            "cluster",
+            "Re-encrypt what older data keys sealed on this node and retire them",
+        )
+    },
     Op { who: ADMIN, ..op("get", "/api/v1/gateway/limits", "gateway", "Rate limits per operation group") },
     Op {
         who: ADMIN,
