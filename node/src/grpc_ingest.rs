@@ -209,8 +209,15 @@ type AnswerStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitStreamResponse, S
 impl pb::ingest_server::Ingest for IngestService {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
         let state = self.state()?;
+        let peer = req.remote_addr().map(|a| a.ip());
         let headers = credentials(req.metadata());
-        submit_one(&state, &headers, req.into_inner()).await.map(Response::new).map_err(|e| status(&e))
+        // The same gateway as HTTP: address rules and blocks, the ingest rate limit, shedding.
+        let _permit = crate::gateway::admit_ingest(&state, peer, &headers).map_err(|e| status(&e))?;
+        let answer = submit_one(&state, &headers, req.into_inner()).await;
+        if let Err(e) = &answer {
+            crate::gateway::note_outcome(&state, peer, e);
+        }
+        answer.map(Response::new).map_err(|e| status(&e))
     }
 
     type SubmitStreamStream = AnswerStream;
@@ -220,10 +227,18 @@ impl pb::ingest_server::Ingest for IngestService {
         req: Request<tonic::Streaming<pb::SubmitRequest>>,
     ) -> Result<Response<AnswerStream>, Status> {
         let state = self.state()?;
+        let peer = req.remote_addr().map(|a| a.ip());
         let headers = credentials(req.metadata());
         // A stream with no valid credential is refused before it starts; each submission is
-        // checked again (a key revoked meanwhile is refused from its position in the log on).
-        crate::api::auth::require(&state, &headers, &crate::api::auth::SUBMIT).await.map_err(|e| status(&e))?;
+        // checked again (a key revoked meanwhile is refused from its position in the log on), and
+        // goes through the gateway like an HTTP request (address rules, rate limit, shedding).
+        // Admission only: the permit is for each submission below, not for the whole stream.
+        let admitted = crate::gateway::admit_ingest(&state, peer, &headers).map_err(|e| status(&e))?;
+        drop(admitted);
+        if let Err(e) = crate::api::auth::require(&state, &headers, &crate::api::auth::SUBMIT).await {
+            crate::gateway::note_outcome(&state, peer, &e);
+            return Err(status(&e));
+        }
         let headers = Arc::new(headers);
         let answers = req
             .into_inner()
@@ -231,9 +246,16 @@ impl pb::ingest_server::Ingest for IngestService {
                 let (state, headers) = (state.clone(), headers.clone());
                 async move {
                     let r = item?;
-                    Ok(match submit_one(&state, &headers, r).await {
+                    let answer = match crate::gateway::admit_ingest(&state, peer, &headers) {
+                        Ok(_permit) => submit_one(&state, &headers, r).await,
+                        Err(e) => Err(e),
+                    };
+                    Ok(match answer {
                         Ok(ok) => pb::submit_stream_response::Result::Ok(ok),
-                        Err(e) => pb::submit_stream_response::Result::Error(error_message(&e)),
+                        Err(e) => {
+                            crate::gateway::note_outcome(&state, peer, &e);
+                            pb::submit_stream_response::Result::Error(error_message(&e))
+                        }
                     })
                 }
             })

@@ -437,6 +437,54 @@ async fn admit(state: &AppState, req: Request<Body>, next: Next) -> Result<Respo
     Ok(resp)
 }
 
+/// The gateway's checks for a request that does not come through HTTP (gRPC `dtm.v1.Ingest`): the
+/// address (blocks, IP rules, countries), the `ingest` rate limit of the credential, and the node's
+/// concurrency limit. The permit is held while the request is handled. gRPC comes straight from the
+/// socket, so `X-Forwarded-For` is never consulted.
+pub fn admit_ingest(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    headers: &axum::http::HeaderMap,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let gw = &state.gateway;
+    let credential = credential_id(headers);
+    if let Some(ip) = peer {
+        check_address(state, ip, credential.as_deref())?;
+    }
+    let key: Arc<str> = match (&credential, peer) {
+        (Some(c), _) => Arc::from(format!("c:{c}")),
+        (None, Some(ip)) => Arc::from(format!("ip:{ip}")),
+        (None, None) => Arc::from("anonymous"),
+    };
+    if let Err(wait) = gw.limiter.check(Group::Ingest, &key) {
+        events::rate_limited(&gw.events, Group::Ingest, &key, peer);
+        let after = limiter::retry_after_seconds(wait);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many ingest requests for this credential; retry after {after} s"),
+        )
+        .with_retry_after(after));
+    }
+    gw.in_flight.clone().try_acquire_owned().map_err(|_| {
+        events::shed(&gw.events);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "this node is handling as many requests as it can; retry shortly or on another node",
+        )
+    })
+}
+
+/// Counts a refused credential towards blocking the address (for requests outside HTTP).
+pub fn note_outcome(state: &AppState, peer: Option<IpAddr>, e: &ApiError) {
+    if matches!(e.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        && let Some(ip) = peer
+    {
+        auth_failed(state, ip);
+    }
+}
+
 fn check_address(state: &AppState, ip: IpAddr, credential: Option<&str>) -> Result<(), ApiError> {
     let gw = &state.gateway;
     if let Some(b) = gw.block_of(ip, crate::api::now_ms()) {
