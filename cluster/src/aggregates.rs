@@ -25,6 +25,23 @@ use sha2::Sha256;
 
 use crate::tables;
 
+/// A dataset's cells are laid out afresh once it has gained at least this many new cells (and half
+/// its size) since the last time (`AggregateView::publish`).
+const COMPACTION_CELLS_MIN: usize = 1_024;
+
+/// Copies `new` into `old` without allocating when the measures are the same ones.
+fn update_in_place(old: &mut Cell, new: &Cell) {
+    old.count = new.count;
+    for (name, stat) in &new.measures {
+        match old.measures.get_mut(name) {
+            Some(m) => *m = stat.clone(),
+            None => {
+                old.measures.insert(name.clone(), stat.clone());
+            }
+        }
+    }
+}
+
 /// Cells of one dataset, by cell key, decoded once when published so queries parse nothing.
 pub type Cells = BTreeMap<Vec<u8>, DecodedCell>;
 
@@ -33,6 +50,8 @@ struct Published {
     /// The log index every cell reflects.
     index: u64,
     datasets: BTreeMap<String, Cells>,
+    /// Cells added to each dataset since its cells were last laid out afresh (see `publish`).
+    added_since_compaction: BTreeMap<String, usize>,
 }
 
 #[derive(Default)]
@@ -95,11 +114,35 @@ impl AggregateView {
     }
 
     /// Publishes the staged cells as the state at `index`.
+    ///
+    /// Queries walk every cell of a dataset, so where the cells lie in memory matters: measured
+    /// with 115,000 cells, a query took 15 ms over cells laid out in key order (as `rebuild` leaves
+    /// them) and 62 ms over cells allocated one by one among everything else the node allocates.
+    /// So an existing cell is updated in place (no new allocation), and once a dataset has gained
+    /// as many new cells as half its size since the last time, its cells are copied afresh in key
+    /// order (amortised: each cell is copied a constant number of times as the map grows).
     pub fn publish(&self, index: u64) {
         let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut p = self.published.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.published.write().unwrap_or_else(|p| p.into_inner());
+        let p = &mut *guard;
         for (dataset, key, cell) in staged {
-            p.datasets.entry(dataset).or_default().insert(key, cell);
+            let cells = p.datasets.entry(dataset.clone()).or_default();
+            match cells.get_mut(&key) {
+                Some(existing) => update_in_place(&mut existing.cell, &cell.cell),
+                None => {
+                    cells.insert(key, cell);
+                    *p.added_since_compaction.entry(dataset).or_default() += 1;
+                }
+            }
+        }
+        for (dataset, added) in p.added_since_compaction.iter_mut() {
+            if let Some(cells) = p.datasets.get_mut(dataset)
+                && *added >= COMPACTION_CELLS_MIN
+                && *added * 2 >= cells.len()
+            {
+                *cells = cells.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+                *added = 0;
+            }
         }
         p.index = p.index.max(index);
     }
@@ -126,7 +169,8 @@ impl AggregateView {
         })?;
         let index = tables.applied_index()?;
         self.staged.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        *self.published.write().unwrap_or_else(|p| p.into_inner()) = Published { index, datasets };
+        *self.published.write().unwrap_or_else(|p| p.into_inner()) =
+            Published { index, datasets, added_since_compaction: BTreeMap::new() };
         Ok(())
     }
 
@@ -173,6 +217,36 @@ mod tests {
         view.publish(7);
         let (index, count) = view.read("d", |i, c| (i, c.and_then(|c| c.get(&key[..])).map(|c| c.cell.count)));
         assert_eq!((index, count), (7, Some(1)));
+    }
+
+    /// In-place updates and compactions change nothing a reader sees: the view equals one holding
+    /// only the final cells.
+    #[test]
+    fn updates_in_place_and_compactions_keep_the_cells() {
+        let key = |i: u32| {
+            dtm_dataset::Contribution {
+                time: dtm_dataset::TimePoint::Year(2000 + (i % 50) as i32),
+                dims: vec![serde_json::json!(i)],
+                measures: BTreeMap::new(),
+            }
+            .cell_key()
+        };
+        let (view, reference) = (AggregateView::default(), AggregateView::default());
+        let mut cells: BTreeMap<u32, state::AggCell> = BTreeMap::new();
+        for round in 0..6u32 {
+            for i in 0..(1_000 * (round + 1)) {
+                let cell = cells.entry(i).or_default();
+                merge(cell, &BTreeMap::from([("x".to_string(), f64::from(i + round))]));
+                view.stage("d", &key(i), cell);
+            }
+            view.publish(u64::from(round) + 1);
+        }
+        for (i, cell) in &cells {
+            reference.stage("d", &key(*i), cell);
+        }
+        reference.publish(6);
+        assert_eq!(view.digest("d"), reference.digest("d"));
+        assert_eq!(view.read("d", |_, c| c.map(|c| c.len())), Some(6_000));
     }
 
     #[test]
