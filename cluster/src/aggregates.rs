@@ -25,9 +25,12 @@ use sha2::Sha256;
 
 use crate::tables;
 
-/// A dataset's cells are laid out afresh once it has gained at least this many new cells (and half
-/// its size) since the last time (`AggregateView::publish`).
+/// A dataset's cells are laid out afresh once it has gained at least this many new cells, and at
+/// least 1/`COMPACTION_FRACTION_INVERSE` of its size, since the last time (`AggregateView::publish`):
+/// at most an eighth of the cells are ever scattered, and each cell is copied about eight times
+/// in all as the map grows.
 const COMPACTION_CELLS_MIN: usize = 1_024;
+const COMPACTION_FRACTION_INVERSE: usize = 8;
 
 /// Copies `new` into `old` without allocating when the measures are the same ones.
 fn update_in_place(old: &mut Cell, new: &Cell) {
@@ -119,7 +122,7 @@ impl AggregateView {
     /// with 115,000 cells, a query took 15 ms over cells laid out in key order (as `rebuild` leaves
     /// them) and 62 ms over cells allocated one by one among everything else the node allocates.
     /// So an existing cell is updated in place (no new allocation), and once a dataset has gained
-    /// as many new cells as half its size since the last time, its cells are copied afresh in key
+    /// an eighth of its size in new cells since the last time, its cells are copied afresh in key
     /// order (amortised: each cell is copied a constant number of times as the map grows).
     pub fn publish(&self, index: u64) {
         let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|p| p.into_inner()));
@@ -138,7 +141,7 @@ impl AggregateView {
         for (dataset, added) in p.added_since_compaction.iter_mut() {
             if let Some(cells) = p.datasets.get_mut(dataset)
                 && *added >= COMPACTION_CELLS_MIN
-                && *added * 2 >= cells.len()
+                && *added * COMPACTION_FRACTION_INVERSE >= cells.len()
             {
                 *cells = cells.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
                 *added = 0;
