@@ -17,6 +17,8 @@ pub struct NodeTls {
 }
 
 impl NodeTls {
+    /// tonic's own TLS for the gRPC server (the node terminates TLS itself instead, to reload its
+    /// certificate: `node/src/tls.rs` `grpc_server_config`; kept for tools and tests).
     pub fn server_config(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))

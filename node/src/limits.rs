@@ -43,6 +43,8 @@ pub const PIPELINE_START_WAIT: Duration = Duration::from_secs(2);
 /// How often each node aligns its source actors with the replicated catalog.
 pub const SOURCE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Completed gRPC TLS handshakes waiting for tonic to take them.
+pub const GRPC_HANDSHAKES_QUEUED: usize = 128;
 /// How often the HTTPS certificate files are checked for a renewal, and how long before its end a
 /// certificate is reported as expiring.
 pub const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);

@@ -118,13 +118,12 @@ pub async fn serve(
         // Source systems submit over `dtm.v1.Ingest` on the same port without a client certificate;
         // `RaftService` refuses such callers itself.
         let ingest = crate::grpc_ingest::server(ingest_state.clone());
-        let server = tonic::transport::Server::builder()
-            .tls_config(node_tls.server_config())
-            .context("gRPC TLS configuration")?
-            .timeout(Duration::from_secs(60))
-            .add_service(svc)
-            .add_service(ingest);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        // TLS is terminated here rather than by tonic, with the same reloading certificate as
+        // HTTPS: a renewed node certificate is served on this port too without a restart.
+        let grpc_tls = crate::tls::grpc_server_config(https_cert.clone(), &node_tls.ca_pem)?;
+        let server =
+            tonic::transport::Server::builder().timeout(Duration::from_secs(60)).add_service(svc).add_service(ingest);
+        let incoming = tls_incoming(grpc, TlsAcceptor::from(grpc_tls));
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -174,6 +173,45 @@ pub async fn serve(
     }
     tracing::info!(node_id = opts.node_id, "node stopped");
     Ok(())
+}
+
+/// TLS connections accepted on `listener`, for tonic. Handshakes run in their own tasks (a slow
+/// client holds up nobody) with a deadline; the stream ends when tonic drops it.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(GRPC_HANDSHAKES_QUEUED);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = tx.closed() => return,
+            };
+            let tcp = match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "gRPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "gRPC TLS handshake refused"),
+                    Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Keeps this node's source supervisors equal to the registered, not removed sources (created when

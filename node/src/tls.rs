@@ -60,6 +60,26 @@ pub fn https_server_config(cert: Arc<ReloadingCert>) -> Arc<rustls::ServerConfig
     Arc::new(cfg)
 }
 
+/// The gRPC port's TLS configuration: the node certificate (reloaded like the HTTPS one), TLS 1.2
+/// and 1.3, ALPN h2, and client certificates verified against the cluster CA but optional — the
+/// node-to-node service refuses a caller that presented none, source systems present none.
+pub fn grpc_server_config(cert: Arc<ReloadingCert>, ca_pem: &[u8]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca_pem)? {
+        roots.add(c).context("adding the cluster CA")?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .context("client certificate verifier")?;
+    let mut cfg =
+        rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(cert);
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// The node's HTTPS certificate, replaced without a restart when its files change (F7: an operator
 /// renews a certificate by writing the new files; new connections get it within
 /// `CERT_RELOAD_INTERVAL`). A pair of files that does not parse, or whose key does not match,

@@ -1,7 +1,7 @@
 //! TLS on the API port (A2.6, A4.5, F7; issue 5), checked with an independent client (`openssl
 //! s_client`): TLS 1.2 and 1.3 are served, TLS 1.0 and 1.1 handshakes fail even when the client
 //! offers them with every cipher allowed; and a renewed certificate written over the node's files
-//! is served without a restart.
+//! is served without a restart, on the HTTPS port and on the gRPC port.
 
 use std::process::Command;
 use std::process::Stdio;
@@ -59,7 +59,9 @@ async fn old_tls_versions_are_refused_and_renewed_certificates_are_served_withou
 
     // Renew node 1's certificate with the same CA, write it over the live files, and wait for the
     // node to serve it.
+    let grpc_addr = c.nodes[&1].grpc_addr.clone();
     let before = served_serial(&addr)?;
+    assert_eq!(served_serial(&grpc_addr)?, before, "the gRPC port serves the same node certificate");
     let renew = tempfile::tempdir()?;
     for f in ["ca.pem", "ca-key.pem"] {
         std::fs::copy(c.tls_dir.join(f), renew.path().join(f))?;
@@ -73,6 +75,12 @@ async fn old_tls_versions_are_refused_and_renewed_certificates_are_served_withou
     })
     .await?;
     assert!(after.starts_with("serial="), "{after}");
+    // The gRPC port (node-to-node and Ingest) serves the renewed certificate too.
+    let grpc_after = eventually("the gRPC port to serve it", Duration::from_secs(30), || async {
+        served_serial(&grpc_addr).ok().filter(|s| *s != before)
+    })
+    .await?;
+    assert_eq!(grpc_after, after);
     assert!(c.log(1).contains("HTTPS certificate reloaded"));
     // The node kept serving throughout: the API answers over the new certificate.
     let (s, _) = c.admin(reqwest::Method::GET, 1, "/api/v1/health", None).await?;
