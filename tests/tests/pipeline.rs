@@ -299,6 +299,23 @@ async fn schema_versions_are_checked_for_compatibility() -> anyhow::Result<()> {
     assert_eq!(s, 200);
     assert_eq!(v["versions"].as_array().map(Vec::len), Some(2), "{v}");
     assert_eq!(v["metadata"]["units"]["transactions"], "transactions", "{v}");
+
+    // A3.2: the XSD of the XML form, per version: version 1 has no `uptime_pct`, version 2 has it.
+    let xsd = |version: u32| {
+        let url = format!("{}/api/v1/datasets/etx_monthly/schema.xsd?version={version}", c.url(2));
+        let req = c.http.get(url).bearer_auth(&c.admin_token);
+        async move {
+            let r = req.send().await?;
+            anyhow::ensure!(r.status() == 200, "schema.xsd: {}", r.status());
+            let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            anyhow::ensure!(ct.starts_with("application/xml"), "content type {ct}");
+            Ok::<_, anyhow::Error>(r.text().await?)
+        }
+    };
+    let (v1, v2) = (xsd(1).await?, xsd(2).await?);
+    assert!(v1.contains("<xs:element name=\"agency\" minOccurs=\"1\""), "{v1}");
+    assert!(v1.contains("<xs:enumeration value=\"counter\"/>"), "{v1}");
+    assert!(!v1.contains("uptime_pct") && v2.contains("uptime_pct"), "{v2}");
     Ok(())
 }
 

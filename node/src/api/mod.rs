@@ -17,6 +17,7 @@ mod openapi;
 pub mod records;
 mod sessions;
 mod users;
+mod xsd;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -110,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/datasets/{id}", get(catalog::get_dataset))
         .route("/datasets/{id}/versions", post(catalog::create_version))
         .route("/datasets/{id}/schema", get(catalog::get_schema))
+        .route("/datasets/{id}/schema.xsd", get(xsd::get_xsd))
         .route("/datasets/{id}/conflicts", get(catalog::get_conflicts))
         .route("/datasets/{id}/aggregates", get(export::get_aggregates))
         .route("/datasets/{id}/aggregates/digest", get(aggregates::get_digest))

@@ -107,6 +107,11 @@ const OPERATIONS: &[Op] = &[
         ..op("get", "/api/v1/datasets/{id}/schema", "catalog", "A dataset's JSON Schema")
     },
     Op {
+        who: "any role or scope",
+        query: &["version"],
+        ..op("get", "/api/v1/datasets/{id}/schema.xsd", "catalog", "The XSD of a dataset's XML form")
+    },
+    Op {
         who: "analyst, auditor, admin; scope records:read",
         query: &["limit", "after"],
         ..op("get", "/api/v1/datasets/{id}/conflicts", "catalog", "The reconciliation queue")
