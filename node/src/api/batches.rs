@@ -126,7 +126,29 @@ pub async fn post_batch(
     Query(q): Query<PostQuery>,
     body: Body,
 ) -> ApiResult<Response> {
-    let (source, key_id) = auth::require_submitter(&state, &headers, q.source.as_deref()).await?;
+    let req = match prepare(&state, &headers, dataset, q).await {
+        Ok(req) => req,
+        Err(e) => {
+            // Refused before the body was read: read and drop it (bounded), so that a client still
+            // uploading sees this answer instead of a connection closed under it.
+            let declared = headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            super::discard(body, declared).await;
+            return Err(e);
+        }
+    };
+    let stream = body.into_data_stream().map(|r| r.map_err(|e| e.to_string())).boxed();
+    let receipt = ingest_stream(&state, req, stream).await?;
+    Ok((StatusCode::CREATED, Json(receipt_json(&receipt))).into_response())
+}
+
+/// Everything a batch request is checked for before its body is read: the credential, the media
+/// type, the options, the manifest headers, and that the dataset exists.
+async fn prepare(state: &AppState, headers: &HeaderMap, dataset: String, q: PostQuery) -> ApiResult<BatchRequest> {
+    let (source, key_id) = auth::require_submitter(state, headers, q.source.as_deref()).await?;
     let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let format = Format::from_media_type(content_type).ok_or_else(|| {
         ApiError::new(
@@ -145,7 +167,7 @@ pub async fn post_batch(
             return Err(ApiError::bad_request(format!("unknown on_error `{other}` (continue or reject)")));
         }
     };
-    let manifest = manifest(&headers)?;
+    let manifest = manifest(headers)?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -156,7 +178,11 @@ pub async fn post_batch(
             )
         }
     };
-    let req = BatchRequest {
+    if !super::valid_id(&dataset) {
+        return Err(ApiError::unknown_dataset(&dataset));
+    }
+    super::catalog::dataset_version(state, &dataset, None).await?;
+    Ok(BatchRequest {
         source,
         key_id,
         dataset,
@@ -164,11 +190,8 @@ pub async fn post_batch(
         on_error,
         manifest,
         idempotency_key,
-        request_id: super::request_id(&headers),
-    };
-    let stream = body.into_data_stream().map(|r| r.map_err(|e| e.to_string())).boxed();
-    let receipt = ingest_stream(&state, req, stream).await?;
-    Ok((StatusCode::CREATED, Json(receipt_json(&receipt))).into_response())
+        request_id: super::request_id(headers),
+    })
 }
 
 fn manifest(headers: &HeaderMap) -> ApiResult<Manifest> {

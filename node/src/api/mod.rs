@@ -229,7 +229,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResu
     Ok(buf.freeze())
 }
 
-async fn discard(mut body: Body, declared: u64) {
+pub(crate) async fn discard(mut body: Body, declared: u64) {
     use http_body_util::BodyExt;
     if declared > OVERSIZED_BODY_DISCARD_BYTES_MAX as u64 {
         return;
