@@ -33,11 +33,13 @@ pub struct DtmApplier {
     pub view: Arc<AggregateView>,
 }
 
-fn applied() -> state::CommandResponse {
+/// The reply of a command that took effect (shared by every command module).
+pub(crate) fn applied() -> state::CommandResponse {
     state::CommandResponse { result: Some(Reply::Applied(state::Applied {})) }
 }
 
-fn rejected(code: &str, message: impl Into<String>) -> state::CommandResponse {
+/// The deterministic refusal of a command, with a stable code.
+pub(crate) fn rejected(code: &str, message: impl Into<String>) -> state::CommandResponse {
     state::CommandResponse {
         result: Some(Reply::Rejected(state::Rejected { code: code.into(), message: message.into() })),
     }

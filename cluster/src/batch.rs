@@ -6,7 +6,6 @@
 use dtm_model::LogId;
 use dtm_model::state;
 use dtm_model::state::batch_command::Kind;
-use dtm_model::state::command_response::Result as Reply;
 use dtm_storage::StoreError;
 use dtm_storage::Txn;
 
@@ -17,15 +16,8 @@ pub const RECEIPT_ERRORS_MAX: usize = 100;
 /// Longest batch id (the API makes UUIDs or hashes, 64 hex digits at most).
 pub const BATCH_ID_BYTES_MAX: usize = 64;
 
-fn applied() -> state::CommandResponse {
-    state::CommandResponse { result: Some(Reply::Applied(state::Applied {})) }
-}
-
-fn rejected(code: &str, message: impl Into<String>) -> state::CommandResponse {
-    state::CommandResponse {
-        result: Some(Reply::Rejected(state::Rejected { code: code.into(), message: message.into() })),
-    }
-}
+use crate::applier::applied;
+use crate::applier::rejected;
 
 pub fn apply(
     txn: &mut Txn<'_>,

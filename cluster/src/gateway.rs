@@ -8,7 +8,6 @@
 
 use dtm_model::LogId;
 use dtm_model::state;
-use dtm_model::state::command_response::Result as Reply;
 use dtm_model::state::gateway_command::Kind;
 use dtm_storage::StoreError;
 use dtm_storage::Txn;
@@ -28,15 +27,8 @@ pub const EXPIRED_BLOCKS_PRUNED_PER_COMMAND_MAX: usize = 256;
 const ADDRESS_TEXT_BYTES_MAX: usize = 64;
 const REASON_BYTES_MAX: usize = 256;
 
-fn applied() -> state::CommandResponse {
-    state::CommandResponse { result: Some(Reply::Applied(state::Applied {})) }
-}
-
-fn rejected(code: &str, message: impl Into<String>) -> state::CommandResponse {
-    state::CommandResponse {
-        result: Some(Reply::Rejected(state::Rejected { code: code.into(), message: message.into() })),
-    }
-}
+use crate::applier::applied;
+use crate::applier::rejected;
 
 pub fn apply(
     txn: &mut Txn<'_>,

@@ -6,7 +6,6 @@
 
 use dtm_model::LogId;
 use dtm_model::state;
-use dtm_model::state::command_response::Result as Reply;
 use dtm_model::state::security_command::Kind;
 use dtm_storage::StoreError;
 use dtm_storage::Txn;
@@ -21,15 +20,8 @@ pub const SECURITY_EVENTS_PER_COMMAND_MAX: usize = 1_000;
 /// Roles that cannot get a full session without a second factor (A4.3).
 pub const MFA_ROLES: &[&str] = &["admin", "operator"];
 
-fn applied() -> state::CommandResponse {
-    state::CommandResponse { result: Some(Reply::Applied(state::Applied {})) }
-}
-
-fn rejected(code: &str, message: impl Into<String>) -> state::CommandResponse {
-    state::CommandResponse {
-        result: Some(Reply::Rejected(state::Rejected { code: code.into(), message: message.into() })),
-    }
-}
+use crate::applier::applied;
+use crate::applier::rejected;
 
 pub fn apply(
     txn: &mut Txn<'_>,
