@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/dtm/state/v1/security.proto",
         "proto/dtm/state/v1/gateway.proto",
         "proto/dtm/state/v1/batch.proto",
+        "proto/dtm/state/v1/audit.proto",
         "proto/dtm/v1/ingest.proto",
     ];
     tonic_prost_build::configure()

@@ -65,7 +65,7 @@ impl Applier for DtmApplier {
         let Some(kind) = &cmd.kind else {
             return Ok(rejected("unsupported_command", "command of an unknown kind"));
         };
-        match kind {
+        let resp = match kind {
             Kind::RegisterSource(c) => register_source(txn, c),
             Kind::IssueKey(c) => issue_key(txn, c),
             Kind::RevokeKey(c) => revoke_key(txn, c, cmd.proposed_at_ms),
@@ -78,10 +78,15 @@ impl Applier for DtmApplier {
             Kind::Gateway(c) => crate::gateway::apply(txn, log_id, cmd.proposed_at_ms, c),
             Kind::RotateDataKeys(_) => rotate_data_keys(txn),
             Kind::Batch(c) => crate::batch::apply(txn, log_id, c),
-            // The audit trail arrives with its own issue; until then audit events are accepted and
-            // kept only in the log.
-            Kind::Audit(_) => Ok(applied()),
-        }
+            Kind::Audit(c) => match crate::audit::check_events(c) {
+                Some(refusal) => return Ok(refusal),
+                None => Ok(applied()),
+            },
+            Kind::AuditControl(c) => crate::audit::apply_control(txn, log_id, cmd.proposed_at_ms, c),
+        }?;
+        // Every command leaves its trace in the audit chain, in the same atomic batch.
+        crate::audit::record(txn, log_id, cmd, &resp)?;
+        Ok(resp)
     }
 
     fn committed(&self, last: &LogId) {

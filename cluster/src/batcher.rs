@@ -104,6 +104,7 @@ async fn commit(writer: &Writer, batch: Vec<Pending>) {
     let (subs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.sub, p.reply)).unzip();
     let proposed_at_ms = subs.first().map(|s| s.received_at_ms).unwrap_or(0);
     let cmd = state::Command {
+        actor: None,
         version: dtm_model::COMMAND_SET_VERSION,
         proposed_at_ms,
         origin_node: writer.id,

@@ -11,6 +11,7 @@
 
 pub mod aggregates;
 mod applier;
+pub mod audit;
 pub mod batch;
 mod batcher;
 mod detector;

@@ -196,3 +196,62 @@ pub const BATCH: &[u8] = b"bat/";
 pub fn batch(batch_id: &str) -> Vec<u8> {
     join(BATCH, &[batch_id.as_bytes()])
 }
+
+// --- Audit trail (issue 7). ---
+
+/// The chain: `aud/<seq be64>` → `AuditEntry`.
+pub const AUDIT_ENTRY: &[u8] = b"aud/";
+/// The chain's head and Merkle frontier (one key, an `AuditHead`).
+pub const AUDIT_HEAD: &[u8] = b"audh/head";
+/// Checkpoints: `audc/<size be64>` → `AuditCheckpoint`.
+pub const AUDIT_CHECKPOINT: &[u8] = b"audc/";
+/// Time index of the chain: `audt/<at_ms be64><seq be64>` → empty.
+pub const AUDIT_TIME: &[u8] = b"audt/";
+/// Stored audit reports: `audr/<id>` → `AuditReport`.
+pub const AUDIT_REPORT: &[u8] = b"audr/";
+/// Node signing keys: `nkey/<node id be64><public key>` → `NodeKey`.
+pub const NODE_KEY: &[u8] = b"nkey/";
+/// The connection log: `conn/<source>\0<yyyymmdd be32>` → `ConnectionDay`.
+pub const CONNECTION_DAY: &[u8] = b"conn/";
+
+pub fn audit_entry(seq: u64) -> Vec<u8> {
+    let mut k = AUDIT_ENTRY.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn audit_checkpoint(size: u64) -> Vec<u8> {
+    let mut k = AUDIT_CHECKPOINT.to_vec();
+    k.extend_from_slice(&size.to_be_bytes());
+    k
+}
+
+pub fn audit_by_time(at_ms: u64, seq: u64) -> Vec<u8> {
+    let mut k = AUDIT_TIME.to_vec();
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn audit_report(id: &str) -> Vec<u8> {
+    join(AUDIT_REPORT, &[id.as_bytes()])
+}
+
+pub fn node_key(node_id: u64, public_key: &[u8]) -> Vec<u8> {
+    let mut k = NODE_KEY.to_vec();
+    k.extend_from_slice(&node_id.to_be_bytes());
+    k.extend_from_slice(public_key);
+    k
+}
+
+pub fn connection_day(source: &str, day: u32) -> Vec<u8> {
+    let mut k = connection_days_of(source);
+    k.extend_from_slice(&day.to_be_bytes());
+    k
+}
+
+pub fn connection_days_of(source: &str) -> Vec<u8> {
+    let mut k = join(CONNECTION_DAY, &[source.as_bytes()]);
+    k.push(0);
+    k
+}

@@ -25,7 +25,7 @@ fn open() -> (tempfile::TempDir, StateMachineStore, StateReader, DtmApplier) {
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 fn cmd(kind: Kind) -> state::Command {
-    state::Command { version: 1, proposed_at_ms: 1_000, origin_node: 1, kind: Some(kind) }
+    state::Command { actor: None, version: 1, proposed_at_ms: 1_000, origin_node: 1, kind: Some(kind) }
 }
 
 fn entry(index: u64, c: state::Command) -> dtm_model::Entry {

@@ -216,7 +216,7 @@ mod tests {
     fn entry_round_trips_through_protobuf() {
         let mem =
             Membership::new(vec![BTreeSet::from([1, 2])], BTreeMap::from([(1, node(1)), (2, node(2)), (3, node(3))]));
-        let cmd = state::Command { version: 1, proposed_at_ms: 42, origin_node: 2, kind: None };
+        let cmd = state::Command { actor: None, version: 1, proposed_at_ms: 42, origin_node: 2, kind: None };
         for payload in [EntryPayload::Blank, EntryPayload::Normal(cmd), EntryPayload::Membership(mem)] {
             let e: Entry = openraft::Entry { log_id: openraft::LogId::new(LeaderId::new(3, 1), 9), payload };
             let back = decode_entry(&encode_entry(&e)).expect("round trip");

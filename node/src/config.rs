@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// Requests handled at once on this node; more are shed with 503 and Retry-After.
     #[arg(long, env = "DTM_REQUESTS_IN_FLIGHT_MAX")]
     pub requests_in_flight_max: Option<usize>,
+    /// Milliseconds between audit checkpoints when entries are pending (the leader closes and signs one).
+    #[arg(long, env = "DTM_AUDIT_CHECKPOINT_INTERVAL_MS")]
+    pub audit_checkpoint_interval_ms: Option<u64>,
+    /// Seconds between this node's own verifications of the audit chain.
+    #[arg(long, env = "DTM_AUDIT_VERIFY_INTERVAL_S")]
+    pub audit_verify_interval_s: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -107,6 +113,9 @@ struct FileConfig {
     /// External OpenID Connect issuers whose bearer tokens are accepted.
     #[serde(default)]
     oidc: crate::api::identity::OidcFile,
+    /// The audit trail: retention, checkpoints, verification, reports (`docs/audit.md`).
+    #[serde(default)]
+    audit: crate::audit::AuditFile,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -240,6 +249,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
         pipeline,
         gateway: gateway_options(file.gateway, args.requests_in_flight_max)?,
         identity: crate::api::identity::resolve(file.identity, file.oidc)?,
+        audit: crate::audit::resolve(file.audit, args.audit_checkpoint_interval_ms, args.audit_verify_interval_s)?,
     };
     Ok((opts, http_addr, grpc_addr))
 }

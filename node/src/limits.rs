@@ -184,3 +184,17 @@ const _: () = assert!(BATCH_CHUNK_BYTES_MAX * 2 <= dtm_cluster::limits::GROUP_CO
 const _: () = assert!(BATCH_CHUNK_BYTES_MAX > dtm_formats::limits::RECORD_BYTES_MAX);
 const _: () = assert!(BATCH_ERRORS_LISTED_MAX <= dtm_cluster::batch::RECEIPT_ERRORS_MAX);
 const _: () = assert!(BATCH_RANDOM_ACCESS_BYTES_MAX <= BATCH_SPOOL_BYTES_MAX);
+
+// --- Audit trail (`audit.rs`). ---
+
+/// Explicit audit events waiting on a node; at this depth new requests are answered 503 until the
+/// queue drains (fail closed: nothing is served unaudited).
+pub const AUDIT_QUEUE_EVENTS_MAX: usize = 65_536;
+/// Events per `AuditEvents` command (bounded by `dtm_cluster::audit::EVENTS_PER_COMMAND_MAX`).
+pub const AUDIT_EVENTS_PER_COMMAND_MAX: usize = 2_048;
+/// Events reach the log at most this late (plus one proposal).
+pub const AUDIT_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// The shortest audit retention a configuration may ask for (F8, A1.8: at least one year).
+pub const AUDIT_RETENTION_DAYS_MIN: u32 = 365;
+
+const _: () = assert!(AUDIT_EVENTS_PER_COMMAND_MAX <= dtm_cluster::audit::EVENTS_PER_COMMAND_MAX);

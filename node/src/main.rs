@@ -5,6 +5,7 @@
 //! `dtm-cluster`, which replicates it and applies it into `dtm-storage`.
 
 mod api;
+mod audit;
 mod bench;
 mod bench_aggregates;
 mod certs;
@@ -15,6 +16,7 @@ mod gateway;
 mod grpc_ingest;
 mod ingest;
 mod limits;
+mod node_key;
 mod pipeline;
 mod server;
 mod soap;

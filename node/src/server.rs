@@ -50,6 +50,8 @@ pub struct ServeOptions {
     pub gateway: crate::gateway::GatewayOptions,
     /// Lockout, session lifetimes and OIDC issuers (`[identity]`, `[oidc]`).
     pub identity: crate::api::identity::IdentityOptions,
+    /// Audit retention, checkpoint and verification intervals (`[audit]`).
+    pub audit: crate::audit::AuditOptions,
 }
 
 /// Writes `contents` to `path` atomically (temp file + rename) with `mode`.
@@ -158,8 +160,13 @@ pub async fn serve(
     tokio::spawn(sync_source_actors(node.clone(), pipeline.clone(), stop_rx.clone()));
     let gateway = Arc::new(crate::gateway::Gateway::new(opts.gateway.clone()).map_err(anyhow::Error::msg)?);
     tokio::spawn(crate::gateway::run(gateway.clone(), node.reader.clone(), stop_rx.clone()));
+    let master = crate::config::load_master_key(&opts.master_key_file)?;
+    let node_key = crate::node_key::NodeKey::load_or_create(&opts.data_dir, opts.node_id, &master)?;
+    crate::audit::start_signer(&node, node_key.clone(), opts.audit.checkpoint_interval);
     let state = api::AppState {
         gateway,
+        audit: crate::audit::Sink::start(&node, Some(node_key)),
+        audit_options: opts.audit.clone(),
         ..api::AppState::new(node.clone(), pipeline.clone()).with_identity(opts.identity.clone())
     };
     let _ = ingest_state.set(state.clone());
@@ -274,6 +281,7 @@ async fn bootstrap(node: &Arc<ClusterNode>, data_dir: &Path) -> anyhow::Result<(
         label: "bootstrap".into(),
     };
     let cmd = state::Command {
+        actor: None,
         version: dtm_model::COMMAND_SET_VERSION,
         proposed_at_ms: api::now_ms(),
         origin_node: node.id,
@@ -313,13 +321,15 @@ async fn serve_https(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         // The peer's address, for the gateway's address rules (`axum::extract::ConnectInfo`).
-        let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
-            router.clone(),
+        let svc = TowerToHyperService::new(tower::ServiceExt::map_request(router.clone(), {
+            // One marker per connection: the audit layer counts a source's new connections.
+            let seen = crate::audit::ConnectionSeen::default();
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                req.extensions_mut().insert(seen.clone());
                 req
-            },
-        ));
+            }
+        }));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             // Plain HTTP, a bad handshake or a silent client ends here, before any request is read.

@@ -69,6 +69,22 @@ impl MasterKey {
     fn sealing_key(&self) -> Result<aead::LessSafeKey, StoreError> {
         less_safe_key(&self.0)
     }
+
+    /// Seals a small secret kept beside the store (the node's signing key): nonce ‖ ciphertext+tag,
+    /// with `aad` naming what it is.
+    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (nonce, sealed) = seal_with(&self.sealing_key()?, &SystemRandom::new(), aad, plain)?;
+        Ok([nonce, sealed].concat())
+    }
+
+    /// Opens what [`MasterKey::seal`] sealed with the same `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if sealed.len() < NONCE_BYTES {
+            return Err(StoreError::Invalid("a sealed secret is too short".into()));
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_BYTES);
+        open_with(&self.sealing_key()?, nonce, aad, rest)
+    }
 }
 
 fn less_safe_key(bytes: &[u8]) -> Result<aead::LessSafeKey, StoreError> {

@@ -216,6 +216,24 @@ impl StateReader {
         Ok(())
     }
 
+    /// Visits, in key order, every pair whose key starts with `prefix`, opening each value on its
+    /// own: a value that does not open (damaged, moved, another key) is handed over as an error
+    /// with its key instead of ending the scan, so a verifier can name it. `visit` returns false to
+    /// stop.
+    pub fn for_each_checked(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], Result<Vec<u8>, StoreError>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        for kv in self.tree.raw.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            if !visit(&k, self.tree.cipher.open(&k, &v))? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// The last log index applied to these tables (0 before the first).
     pub fn applied_index(&self) -> Result<u64, StoreError> {
         crate::state_machine::read_applied_index(&self.tree)

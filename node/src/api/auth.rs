@@ -220,6 +220,12 @@ pub fn refuse(state: &AppState, kind: &'static str, subject: &str, message: &'st
 /// key issued through another node a moment ago works here too. A session still waiting for its
 /// TOTP enrollment is refused here (see `sessions::authenticate_session`).
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
+    let p = authenticate_inner(state, headers).await?;
+    crate::audit::note_principal(&p);
+    Ok(p)
+}
+
+async fn authenticate_inner(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     let cred = credential(headers)?
         .ok_or_else(|| ApiError::unauthorized("missing credentials (X-API-Key, Authorization: Bearer or a session)"))?;
     match cred {

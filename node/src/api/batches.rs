@@ -99,6 +99,8 @@ pub struct BatchRequest {
     /// The sender's `Idempotency-Key`: the same key gives the same batch id and the first receipt.
     pub idempotency_key: Option<String>,
     pub request_id: String,
+    /// Who sent it and from where (the audit context of the request that carried it).
+    pub audit: crate::audit::Context,
 }
 
 /// The body as a stream of byte chunks; an `Err` means the upload broke off.
@@ -191,6 +193,7 @@ async fn prepare(state: &AppState, headers: &HeaderMap, dataset: String, q: Post
         manifest,
         idempotency_key,
         request_id: super::request_id(headers),
+        audit: crate::audit::current().unwrap_or_default(),
     })
 }
 
@@ -823,6 +826,11 @@ async fn run_chunk(ctx: Arc<Ctx>, chunk: Chunk, mode: Mode) -> ApiResult<ChunkOu
         classification: ctx.compiled.def.classification.clone(),
         priority: ctx.compiled.def.priority.clone(),
         channel: format!("batch:{}", ctx.req.format.name()),
+        principal: ctx.req.audit.principal.clone(),
+        client_ip: ctx.req.audit.client_ip.clone(),
+        request_bytes: chunk.json.len() as u64,
+        organisation: ctx.req.audit.organisation.clone(),
+        new_connection: ctx.req.audit.new_connection && chunk.number == 0,
     };
     let mut attempt = 0;
     let result = loop {

@@ -75,6 +75,7 @@ async fn flush_loop(node: Weak<ClusterNode>, mut rx: mpsc::Receiver<state::Secur
             })),
         });
         let cmd = state::Command {
+            actor: None,
             version: dtm_model::COMMAND_SET_VERSION,
             proposed_at_ms: super::now_ms(),
             origin_node: node.id,

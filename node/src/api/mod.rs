@@ -70,11 +70,15 @@ pub struct AppState {
     pub gateway: Arc<crate::gateway::Gateway>,
     /// Users, sessions, tokens and security events (`identity.rs`).
     pub identity: Arc<identity::Identity>,
+    /// The node's queue of audit events and its signing key (`crate::audit`).
+    pub audit: Arc<crate::audit::Sink>,
+    pub audit_options: crate::audit::AuditOptions,
 }
 
 impl AppState {
     pub fn new(node: Arc<ClusterNode>, pipeline: Pipeline<IngestStages>) -> Self {
         let refs = Arc::new(TableRefs { reader: node.reader.clone() });
+        let node_for_audit = node.clone();
         let events = events::SecurityEvents::start(&node);
         let identity = Arc::new(identity::Identity::new(identity::IdentityOptions::default(), events));
         AppState {
@@ -85,6 +89,8 @@ impl AppState {
             masking_key: Arc::default(),
             gateway: Arc::new(crate::gateway::Gateway::unconfigured()),
             identity,
+            audit: crate::audit::Sink::start(&node_for_audit, None),
+            audit_options: crate::audit::AuditOptions::default(),
         }
     }
 
@@ -159,6 +165,9 @@ pub fn router(state: AppState) -> Router {
                 // `REQUEST_TIMEOUT`, or `BATCH_REQUEST_TIMEOUT` for batch uploads.
                 .layer(axum::middleware::from_fn(batches::deadline)),
         )
+        // Outermost but for the request id: every request is audited, refusals included.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 /// axum's extractors refuse a malformed query string, path or body with a plain-text answer; the
@@ -292,6 +301,8 @@ pub async fn lookup_fresh<M: prost::Message + Default>(state: &AppState, key: &[
 /// Wraps a command with its envelope: version, proposal time and the proposing node.
 pub fn command(state: &AppState, kind: dtm_model::state::command::Kind) -> dtm_model::state::Command {
     dtm_model::state::Command {
+        // Who asked: the audit entry `apply` makes from this command names them.
+        actor: crate::audit::actor_for_command(),
         version: dtm_model::COMMAND_SET_VERSION,
         proposed_at_ms: now_ms(),
         origin_node: state.node.id,

@@ -179,6 +179,9 @@ async fn commit(
     fingerprint.update(dataset.as_bytes());
     fingerprint.update([0]);
     fingerprint.update(&bytes);
+    // The submission carries its own audit entry into the log (who, from where, how many bytes).
+    let audit = crate::audit::current().unwrap_or_default();
+    crate::audit::mark_in_log();
     let submission = state::Submission {
         dataset: dataset.clone(),
         source: source_id,
@@ -195,6 +198,11 @@ async fn commit(
         classification: compiled.def.classification.clone(),
         priority: compiled.def.priority.clone(),
         channel: how.channel.into(),
+        principal: audit.principal,
+        client_ip: audit.client_ip,
+        request_bytes: audit.bytes_in,
+        organisation: audit.organisation,
+        new_connection: audit.new_connection,
     };
     #[cfg(feature = "fault-injection")]
     if let Some(fake) = planted_bug::acknowledge_without_commit(&submission) {

@@ -149,6 +149,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Proxies whose `X-Forwarded-For` is believed (for the client address the audit trail names).
+    pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
+        &self.opts.trusted_proxies
+    }
+
     /// A gateway with `opts`; opens the country database, or warns that the restriction is off.
     pub fn new(opts: GatewayOptions) -> Result<Gateway, String> {
         opts.validate()?;

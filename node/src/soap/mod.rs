@@ -236,6 +236,7 @@ async fn submit_batch(state: &AppState, headers: &HeaderMap, op: &Element) -> Ap
         manifest: batches::Manifest { count, sha256 },
         idempotency_key,
         request_id: crate::api::request_id(headers),
+        audit: crate::audit::current().unwrap_or_default(),
     };
     let body = futures::StreamExt::boxed(futures::stream::once(async move { Ok(bytes::Bytes::from(bytes)) }));
     let receipt = batches::ingest_stream(state, req, body).await?;
