@@ -95,6 +95,25 @@ fn records_body(records: &[String]) -> ApiResult<bytes::Bytes> {
     Ok(body.into())
 }
 
+/// `submit_one` with an audit context: a stored submission carries its entry into the log; a
+/// refused one is queued as an explicit event (gRPC has no HTTP layer to do it).
+async fn audited(
+    state: &AppState,
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    r: pb::SubmitRequest,
+) -> ApiResult<pb::SubmitResponse> {
+    let bytes_in = r.records_json.iter().map(|x| x.len() as u64).sum();
+    let ip = peer.map(|p| crate::gateway::ip::client_ip(p, headers, state.gateway.trusted_proxies()).to_string());
+    let ctx = crate::audit::Context::new("grpc", ip.unwrap_or_default(), crate::api::request_id(headers), bytes_in);
+    let (answer, ctx) = crate::audit::scope(ctx, submit_one(state, headers, r)).await;
+    let code = answer.as_ref().err().map_or(200, |e| e.status.as_u16());
+    if let Some(event) = ctx.event(state.node.id, crate::api::now_ms(), "POST", "dtm.v1.Ingest/Submit", code) {
+        state.audit.push(event);
+    }
+    answer
+}
+
 async fn submit_one(state: &AppState, headers: &HeaderMap, r: pb::SubmitRequest) -> ApiResult<pb::SubmitResponse> {
     let requested = Some(r.source.as_str()).filter(|s| !s.is_empty());
     let submitter = records::Submitter::authenticate(state, headers, requested).await?;
@@ -213,7 +232,7 @@ impl pb::ingest_server::Ingest for IngestService {
         let headers = credentials(req.metadata());
         // The same gateway as HTTP: address rules and blocks, the ingest rate limit, shedding.
         let _permit = crate::gateway::admit_ingest(&state, peer, &headers).map_err(|e| status(&e))?;
-        let answer = submit_one(&state, &headers, req.into_inner()).await;
+        let answer = audited(&state, peer, &headers, req.into_inner()).await;
         if let Err(e) = &answer {
             crate::gateway::note_outcome(&state, peer, e);
         }
@@ -247,7 +266,7 @@ impl pb::ingest_server::Ingest for IngestService {
                 async move {
                     let r = item?;
                     let answer = match crate::gateway::admit_ingest(&state, peer, &headers) {
-                        Ok(_permit) => submit_one(&state, &headers, r).await,
+                        Ok(_permit) => audited(&state, peer, &headers, r).await,
                         Err(e) => Err(e),
                     };
                     Ok(match answer {
