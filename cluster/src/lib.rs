@@ -7,7 +7,8 @@
 //! server), retrying across leader changes. Committed entries are applied on every node by
 //! [`DtmApplier`] (`applier.rs`) into the tables laid out in `tables.rs`: catalog, records, the
 //! natural-key index (duplicates and conflicts) and aggregate cells, which `aggregates.rs` mirrors in
-//! memory for queries at a known log index.
+//! memory for queries at a known log index. After every command, `audit.rs` appends the audit
+//! entries it makes to the hash-chained trail and closes checkpoints that the leader signs.
 
 pub mod aggregates;
 mod applier;
