@@ -8,6 +8,9 @@ pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Snapshot chunk size; openraft streams snapshots in chunks of this many bytes.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// A backup copy waits for a snapshot that holds the copy window at most this many times.
+pub const BACKUP_COPY_ATTEMPTS_MAX: u32 = 50;
+pub const BACKUP_COPY_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// Log entries per append-entries RPC.
 pub const APPEND_ENTRIES_MAX: u64 = 256;

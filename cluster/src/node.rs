@@ -344,6 +344,47 @@ impl ClusterNode {
             .map_err(|e| ClusterError::Internal(format!("re-encryption: {e}")))
     }
 
+    /// Makes the membership carry this node's current addresses when they differ (a node
+    /// restored from a backup starts with none; a node may move). Only the leader can change the
+    /// membership; answers whether a change was committed.
+    pub async fn refresh_own_address(&self) -> Result<bool, ClusterError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.id) {
+            return Ok(false);
+        }
+        let known = metrics.membership_config.membership().get_node(&self.id).cloned();
+        if known.as_ref() == Some(&self.info) {
+            return Ok(false);
+        }
+        let nodes = std::collections::BTreeMap::from([(self.id, self.info.clone())]);
+        self.raft
+            .change_membership(openraft::ChangeMembers::SetNodes(nodes), false)
+            .await
+            .map_err(|e| ClusterError::Internal(format!("updating this node's addresses: {e}")))?;
+        Ok(true)
+    }
+
+    /// The application tables as of one applied index, for a backup (writes go on meanwhile). A
+    /// snapshot being built at the same moment holds the copy window: retried a bounded number of
+    /// times.
+    pub async fn backup_copy(&self) -> Result<(dtm_model::SnapshotMeta, Vec<dtm_storage::Pair>), ClusterError> {
+        for attempt in 0..crate::limits::BACKUP_COPY_ATTEMPTS_MAX {
+            let sm = self.stores.1.clone();
+            let copied = tokio::task::spawn_blocking(move || sm.consistent_copy())
+                .await
+                .map_err(|e| ClusterError::Internal(format!("backup copy task: {e}")))?;
+            match copied {
+                Ok(c) => return Ok(c),
+                Err(e) if attempt + 1 < crate::limits::BACKUP_COPY_ATTEMPTS_MAX => {
+                    tracing::debug!(error = %e, attempt, "backup copy waits for a snapshot to finish");
+                    tokio::time::sleep(crate::limits::BACKUP_COPY_RETRY_DELAY).await;
+                }
+                Err(e) => return Err(ClusterError::Internal(format!("backup copy: {e}"))),
+            }
+        }
+        Err(ClusterError::Internal("backup copy: no attempt left".into()))
+    }
+
     /// The last log index applied on this node.
     pub fn applied_index(&self) -> u64 {
         self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0)

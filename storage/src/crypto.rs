@@ -70,6 +70,11 @@ impl MasterKey {
         less_safe_key(&self.0)
     }
 
+    /// The key as 64 hex digits (for deriving the key of the node's scheduled backups).
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
     /// Seals a small secret kept beside the store (the node's signing key): nonce ‖ ciphertext+tag,
     /// with `aad` naming what it is.
     pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {

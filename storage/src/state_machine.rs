@@ -330,6 +330,43 @@ impl StateMachineStore {
         Ok((meta, data))
     }
 
+    /// The application tables exactly as of one applied index, without stopping writes (the same
+    /// copy-on-write window as a snapshot), for a backup. Fails with `Busy`-like `Invalid` when a
+    /// snapshot is being built at the same moment; the caller retries.
+    pub fn consistent_copy(&self) -> std::result::Result<(SnapshotMeta, Vec<crate::Pair>), StoreError> {
+        let (applied, membership) = self.snapshot_begin()?;
+        let copied = match self.snapshot_copy() {
+            Ok(c) => c,
+            Err(e) => {
+                self.snapshot_abort();
+                return Err(e);
+            }
+        };
+        let pairs = self.snapshot_finish(copied);
+        let snapshot_id = match &applied {
+            Some(l) => format!("backup-{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "backup-0-0-0".to_string(),
+        };
+        Ok((SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id }, pairs))
+    }
+
+    /// Fills a fresh store with `pairs` as of `meta` (a restore): the tables, the applied log id,
+    /// the membership, and the snapshot file, so that followers that join later receive it.
+    pub fn restore(&self, meta: &SnapshotMeta, pairs: Vec<crate::Pair>) -> std::result::Result<(), StoreError> {
+        if self.inner.tree.raw.iter().next().is_some() {
+            return Err(StoreError::Invalid("a restore needs an empty store".into()));
+        }
+        let body = pb::SnapshotBody {
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            pairs: pairs.into_iter().map(|(key, value)| pb::SnapshotPair { key, value }).collect(),
+        };
+        let data = body.encode_to_vec();
+        self.install(meta, &data)?;
+        self.store_snapshot(meta, &data)?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
     /// Writes the current snapshot atomically: a temporary file, fsynced, renamed over the old one,
     /// and the directory fsynced, so a crash leaves either the old snapshot or the new.
     /// The file is sealed as a whole (`crypto.rs`); the snapshot sent to a follower is plaintext in
