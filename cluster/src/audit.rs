@@ -608,17 +608,30 @@ impl TrustedKeys {
 /// Recomputes a trail from its entries in order: the hash chain, the Merkle tree, and every
 /// checkpoint (root, head hash, signatures). Feed entries with [`Verifier::entry`] and checkpoints
 /// with [`Verifier::checkpoint`] when the chain reached their size; stops at the first problem.
+#[derive(Clone)]
 pub struct Verifier {
     keys: TrustedKeys,
     frontier: Frontier,
     prev: Hash,
     report: Report,
     last_signed: u64,
+    /// The size of the last checkpoint fed (a continuing pass reads the checkpoints after it).
+    checkpoint_size: u64,
+    /// Checkpoints verified before they were signed: (size, the message a signature must cover).
+    unsigned: std::collections::VecDeque<(u64, Vec<u8>)>,
 }
 
 impl Verifier {
     pub fn new(keys: TrustedKeys) -> Self {
-        Verifier { keys, frontier: Frontier::default(), prev: ZERO_HASH, report: Report::default(), last_signed: 0 }
+        Verifier {
+            keys,
+            frontier: Frontier::default(),
+            prev: ZERO_HASH,
+            report: Report::default(),
+            last_signed: 0,
+            checkpoint_size: 0,
+            unsigned: Default::default(),
+        }
     }
 
     pub fn failed(&self) -> bool {
@@ -694,6 +707,7 @@ impl Verifier {
         if self.failed() {
             return;
         }
+        self.checkpoint_size = cp.size;
         if cp.size != self.frontier.size {
             return self.fail(
                 cp.size,
@@ -713,6 +727,19 @@ impl Verifier {
         }
         self.report.checkpoints += 1;
         let msg = checkpoint_message(cp);
+        if cp.signatures.is_empty() {
+            // Signed a moment later by the leader: a continuing pass looks at it again.
+            if self.unsigned.len() >= UNSIGNED_KEPT_MAX {
+                self.unsigned.pop_front();
+            }
+            self.unsigned.push_back((cp.size, msg));
+            return;
+        }
+        self.signatures(cp, &msg, registered);
+    }
+
+    /// Checks a checkpoint's signatures against `msg` (what they must cover) and counts it signed.
+    fn signatures(&mut self, cp: &state::AuditCheckpoint, msg: &[u8], registered: &[(u64, Vec<u8>)]) {
         for s in &cp.signatures {
             let trusted = if self.keys.keys.is_empty() {
                 registered.iter().any(|(n, k)| *n == s.node_id && *k == s.public_key)
@@ -726,7 +753,7 @@ impl Verifier {
                     format!("checkpoint {} is signed by a key that is not a cluster key (node {})", cp.size, s.node_id),
                 );
             }
-            if !signature_valid(&s.public_key, &msg, &s.signature) {
+            if !signature_valid(&s.public_key, msg, &s.signature) {
                 return self.fail(
                     cp.size,
                     "signature",
@@ -734,10 +761,31 @@ impl Verifier {
                 );
             }
         }
-        if !cp.signatures.is_empty() {
-            self.report.signed_checkpoints += 1;
-            self.last_signed = cp.size;
+        self.report.signed_checkpoints += 1;
+        self.last_signed = self.last_signed.max(cp.size);
+    }
+
+    /// Looks again at the checkpoints that were unsigned when verified (a continuing pass): one
+    /// signed since is checked against what was verified then; one whose content changed fails.
+    fn recheck_unsigned(&mut self, reader: &StateReader, registered: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut self.unsigned);
+        for (size, msg) in pending {
+            if self.failed() {
+                break;
+            }
+            let Some(cp) = reader.get_msg::<state::AuditCheckpoint>(&tables::audit_checkpoint(size))? else {
+                self.fail(size, "checkpoint", format!("checkpoint {size} was removed after it was verified"));
+                break;
+            };
+            if checkpoint_message(&cp) != msg {
+                self.fail(size, "checkpoint", format!("checkpoint {size} was changed after it was verified"));
+            } else if cp.signatures.is_empty() {
+                self.unsigned.push_back((size, msg));
+            } else {
+                self.signatures(&cp, &msg, registered);
+            }
         }
+        Ok(())
     }
 
     /// The report, checking the stored head (when given) against the recomputed chain.
@@ -780,6 +828,120 @@ pub fn registered_keys(reader: &StateReader) -> Result<Vec<(u64, Vec<u8>)>, Stor
     Ok(keys)
 }
 
+/// Unsigned checkpoints a verifier remembers to look at again (older ones are only counted as
+/// unsigned).
+const UNSIGNED_KEPT_MAX: usize = 4096;
+
+/// Checkpoints read from the tables at a time while verifying (they are streamed, not loaded whole:
+/// a checkpoint every ten seconds is three million a year).
+const CHECKPOINT_PAGE: usize = 1024;
+
+/// The stored checkpoints in size order, read a page at a time.
+struct StoredCheckpoints<'r> {
+    reader: &'r StateReader,
+    page: std::collections::VecDeque<state::AuditCheckpoint>,
+    after: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl<'r> StoredCheckpoints<'r> {
+    /// The checkpoints with a size above `after_size`.
+    fn new(reader: &'r StateReader, after_size: u64) -> Self {
+        let after = (after_size > 0).then(|| tables::audit_checkpoint(after_size));
+        StoredCheckpoints { reader, page: Default::default(), after, done: false }
+    }
+
+    /// The next checkpoint if its size is at most `size`.
+    fn next_upto(&mut self, size: u64) -> Result<Option<state::AuditCheckpoint>, StoreError> {
+        if self.page.is_empty() && !self.done {
+            let rows = self.reader.scan(tables::AUDIT_CHECKPOINT, self.after.as_deref(), CHECKPOINT_PAGE)?;
+            self.done = rows.len() < CHECKPOINT_PAGE;
+            self.after = rows.last().map(|(k, _)| k.clone()).or(self.after.take());
+            for (_, v) in rows {
+                self.page.push_back(state::AuditCheckpoint::decode(v.as_slice())?);
+            }
+        }
+        Ok(self.page.front().is_some_and(|c| c.size <= size).then(|| self.page.pop_front()).flatten())
+    }
+}
+
+/// Feeds `v` the stored entries after `v.size()` (up to `through`, when given) with the
+/// checkpoints they reach, from the first entry when `v` is new. Entries are opened one by one, so
+/// a value that does not open is named instead of ending the pass.
+fn feed(
+    reader: &StateReader,
+    v: &mut Verifier,
+    registered: &[(u64, Vec<u8>)],
+    through: Option<u64>,
+    progress: &mut impl FnMut(u64),
+) -> Result<(), StoreError> {
+    if v.size() > 0 {
+        v.recheck_unsigned(reader, registered)?;
+    }
+    let start = v.size();
+    let mut checkpoints = StoredCheckpoints::new(reader, v.checkpoint_size);
+    let mut cp_error = None;
+    {
+        let mut visit = |k: &[u8], value: Result<Vec<u8>, StoreError>| {
+            let Some(seq) = seq_of_key(k) else { return Ok(true) };
+            if through.is_some_and(|t| seq > t) {
+                return Ok(false);
+            }
+            v.entry(seq, value.map_err(|e| e.to_string()));
+            loop {
+                match checkpoints.next_upto(v.size()) {
+                    Ok(Some(cp)) => v.checkpoint(&cp, registered),
+                    Ok(None) => break,
+                    Err(e) => {
+                        cp_error = Some(e);
+                        return Ok(false);
+                    }
+                }
+            }
+            if v.size() % 65_536 == 0 {
+                progress(v.size());
+            }
+            Ok(!v.failed())
+        };
+        if start == 0 {
+            reader.for_each_checked(tables::AUDIT_ENTRY, &mut visit)?;
+        } else {
+            // Continuing: entries after the last one checked, a page at a time. A page whose values
+            // do not all open is an error for the caller, who then verifies from the start (that pass
+            // opens entries one by one and names the bad one).
+            let mut after = tables::audit_entry(start);
+            loop {
+                let rows = reader.scan(tables::AUDIT_ENTRY, Some(&after), CHECKPOINT_PAGE)?;
+                let full = rows.len() == CHECKPOINT_PAGE;
+                let mut go_on = true;
+                for (k, value) in rows {
+                    go_on = visit(&k, Ok(value))?;
+                    after = k;
+                    if !go_on {
+                        break;
+                    }
+                }
+                if !go_on || !full {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(e) = cp_error {
+        return Err(e);
+    }
+    if !v.failed()
+        && let Some(cp) = checkpoints.next_upto(through.unwrap_or(u64::MAX))?
+    {
+        v.fail(
+            v.size() + 1,
+            "removed",
+            format!("checkpoint {} covers entries that are not stored (the chain ends at {})", cp.size, v.size()),
+        );
+    }
+    Ok(())
+}
+
 /// Verifies the whole trail in a node's tables, calling `progress` every so often with the entries
 /// checked.
 pub fn verify_reader(
@@ -788,36 +950,26 @@ pub fn verify_reader(
     mut progress: impl FnMut(u64),
 ) -> Result<Report, StoreError> {
     let registered = registered_keys(reader)?;
-    let mut checkpoints = Vec::new();
-    reader.for_each_prefixed(tables::AUDIT_CHECKPOINT, |_, v| {
-        checkpoints.push(state::AuditCheckpoint::decode(v)?);
-        Ok(())
-    })?;
-    checkpoints.sort_by_key(|c| c.size);
-    let mut next_cp = checkpoints.into_iter().peekable();
     let mut v = Verifier::new(keys);
-    reader.for_each_checked(tables::AUDIT_ENTRY, |k, value| {
-        let Some(seq) = seq_of_key(k) else { return Ok(true) };
-        v.entry(seq, value.map_err(|e| e.to_string()));
-        while let Some(cp) = next_cp.next_if(|c| c.size <= v.size()) {
-            v.checkpoint(&cp, &registered);
-        }
-        if v.size() % 65_536 == 0 {
-            progress(v.size());
-        }
-        Ok(!v.failed())
-    })?;
-    if let Some(cp) = next_cp.next()
-        && !v.failed()
-    {
-        v.fail(
-            v.size() + 1,
-            "removed",
-            format!("checkpoint {} covers entries that are not stored (the chain ends at {})", cp.size, v.size()),
-        );
-    }
+    feed(reader, &mut v, &registered, None, &mut progress)?;
     let head = reader.get_msg::<state::AuditHead>(tables::AUDIT_HEAD)?;
     Ok(v.finish(head.as_ref()))
+}
+
+/// Verifies the trail of a store that is being written (a node checking its own tables): only
+/// the entries under the head read first count, so entries appended during the pass wait for the
+/// next one. With a `v` that verified an earlier pass, continues after its last entry (the
+/// caller verifies from a fresh `Verifier` when this fails, to name the entry). Returns the report
+/// so far; `v` keeps its state for the next call.
+pub fn verify_reader_live(
+    reader: &StateReader,
+    v: &mut Verifier,
+    mut progress: impl FnMut(u64),
+) -> Result<Report, StoreError> {
+    let head = reader.get_msg::<state::AuditHead>(tables::AUDIT_HEAD)?.unwrap_or_default();
+    let registered = registered_keys(reader)?;
+    feed(reader, v, &registered, Some(head.size), &mut progress)?;
+    Ok(v.clone().finish(Some(&head)))
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@
 
 mod api;
 mod audit;
+mod audit_verify;
+mod audit_watch;
 mod bench;
 mod bench_aggregates;
+mod bench_audit;
 mod certs;
 mod client;
 mod config;
@@ -65,6 +68,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Upload a file as a batch (format from the extension), with a progress bar and a manifest.
     Ingest(ingest::IngestArgs),
+    /// The audit trail: verify its hash chain and signed checkpoints.
+    Audit {
+        #[command(subcommand)]
+        command: audit_verify::AuditCommand,
+    },
     /// Data-encryption keys of the nodes.
     Keys {
         #[command(subcommand)]
@@ -188,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Ingest(args) => ingest::run(args).await,
         Command::Keys { command: KeysCommand::Rotate { target } } => keys_rotate(target).await,
+        Command::Audit { command } => audit_verify::run(command).await,
     }
 }
 

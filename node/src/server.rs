@@ -169,6 +169,10 @@ pub async fn serve(
         audit_options: opts.audit.clone(),
         ..api::AppState::new(node.clone(), pipeline.clone()).with_identity(opts.identity.clone())
     };
+    let events = state.identity.events.clone();
+    crate::audit_watch::start(&node, opts.audit.verify_interval, move |p| {
+        events.record("audit_verification_failed", &format!("audit entry {}", p.seq), &p.message)
+    });
     let _ = ingest_state.set(state.clone());
     tokio::spawn(https_cert.watch(stop_rx.clone()));
     serve_https(api::router(state), http, TlsAcceptor::from(https_cfg), stop_rx.clone()).await;

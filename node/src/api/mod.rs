@@ -3,6 +3,7 @@
 //! `cluster.rs` (health, readiness, membership).
 
 mod aggregates;
+mod audit_chain;
 pub mod auth;
 pub mod batches;
 mod catalog;
@@ -129,6 +130,9 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::get_openapi))
         .route("/datasets/{id}/batches", post(batches::post_batch))
         .route("/batches/{batch_id}", get(batches::get_batch))
+        .route("/audit/chain", get(audit_chain::chain))
+        .route("/audit/checkpoints", get(audit_chain::checkpoints))
+        .route("/audit/status", get(audit_chain::status))
         .nest("/gateway", crate::gateway::api::routes())
         .route("/auth/login", post(sessions::login))
         .route("/auth/logout", post(sessions::logout))

@@ -260,6 +260,20 @@ const OPERATIONS: &[Op] = &[
         ..op("get", "/api/v1/security/events", "identity", "Replicated security events")
     },
     Op {
+        who: "admin, auditor; scope audit:read",
+        query: &["after", "limit"],
+        ..op("get", "/api/v1/audit/chain", "audit", "Raw audit entries (base64 of the stored bytes) up to the head")
+    },
+    Op {
+        who: "admin, auditor; scope audit:read",
+        query: &["after", "limit"],
+        ..op("get", "/api/v1/audit/checkpoints", "audit", "Audit checkpoints with their signatures, and the node keys")
+    },
+    Op {
+        who: "admin, auditor; scope audit:read",
+        ..op("get", "/api/v1/audit/status", "audit", "This node's last verification of its own audit trail")
+    },
+    Op {
         body: Some(("TokenRequest", "application/x-www-form-urlencoded")),
         ok: (200, Some("Token")),
         errors: &[413, 415],
