@@ -19,6 +19,7 @@ mod detector;
 mod error;
 pub mod gateway;
 pub mod limits;
+pub mod lineage;
 mod network;
 mod node;
 pub mod security;

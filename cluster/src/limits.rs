@@ -109,3 +109,11 @@ const _: () = assert!(IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX > GROUP_COMMIT_SUBMISSION
 /// Versions of one natural key remembered in the index (the first and the latest ones): a record
 /// identical to one of them is a duplicate. Bounds the index entry of a key that keeps changing.
 pub const NATURAL_KEY_VERSIONS_MAX: usize = 64;
+
+/// Distinct contributors remembered per aggregate cell (`lineage::add_contributor`); records of
+/// further ones are counted together. Bounds the lineage value of a cell that many batches feed.
+pub const CELL_CONTRIBUTORS_MAX: usize = 256;
+
+/// Versions walked along one record's chain (corrections and conflicts) before giving up: a chain
+/// is never walked without end, whatever the tables hold.
+pub const VERSION_CHAIN_WALK_MAX: usize = 1_024;

@@ -255,3 +255,40 @@ pub fn connection_days_of(source: &str) -> Vec<u8> {
     k.push(0);
     k
 }
+
+// --- Lineage and versions (issue 7). ---
+
+/// Where each record is stored: `rid/<record id>` → its `rec/…` table key (raw bytes). Record ids
+/// are unique across datasets, so lineage can be asked by id alone.
+pub const RECORD_ID: &[u8] = b"rid/";
+/// The version that follows a record: `rsup/<record id>` → `RecordSuccessor` (only for records
+/// that a conflict or a correction followed).
+pub const RECORD_SUCCESSOR: &[u8] = b"rsup/";
+/// Who contributed to each aggregate cell: `aggl/<dataset>\0<cell key>` → `CellLineage`.
+pub const CELL_LINEAGE: &[u8] = b"aggl/";
+
+pub fn record_id(id: &str) -> Vec<u8> {
+    join(RECORD_ID, &[id.as_bytes()])
+}
+
+pub fn record_successor(id: &str) -> Vec<u8> {
+    join(RECORD_SUCCESSOR, &[id.as_bytes()])
+}
+
+pub fn cell_lineage(dataset: &str, cell_key: &[u8]) -> Vec<u8> {
+    let mut k = join(CELL_LINEAGE, &[dataset.as_bytes()]);
+    k.push(0);
+    k.extend_from_slice(cell_key);
+    k
+}
+
+/// The commit index and position a record's table key ends with (`record`'s inverse for the tail).
+pub fn record_position(table_key: &[u8]) -> Option<(u64, u32)> {
+    let n = table_key.len();
+    if n < 12 {
+        return None;
+    }
+    let index = u64::from_be_bytes(table_key[n - 12..n - 4].try_into().ok()?);
+    let position = u32::from_be_bytes(table_key[n - 4..].try_into().ok()?);
+    Some((index, position))
+}

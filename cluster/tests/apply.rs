@@ -172,6 +172,60 @@ fn keyed(idem: &str, records: &[(u8, u8, f64)]) -> state::Submission {
     }
 }
 
+/// A correction of `target` (issue 7): one record given as (natural key, content, measure value),
+/// retracting the named version's value.
+fn correction(
+    idem: &str,
+    target: &str,
+    retract: Option<(&str, f64)>,
+    reason: &str,
+    record: (u8, u8, f64),
+) -> state::Submission {
+    state::Submission {
+        corrects_id: target.into(),
+        correction_reason: reason.into(),
+        retract_id: retract.map(|(id, _)| id.to_string()).unwrap_or_default(),
+        retract: retract.map(|(_, x)| state::AggContribution {
+            cell_key: b"cell".to_vec(),
+            measures: [("x".to_string(), x)].into(),
+        }),
+        ..keyed(idem, &[record])
+    }
+}
+
+/// `log()` and then corrections: e-2 (the latest version of key 1, a conflict) is corrected, which
+/// takes the counted e-0 (10, the cell's max) out of the cell and counts the correction (4); then
+/// refusals (a superseded version, no reason, a stale retraction) and the corrected content sent
+/// again (a duplicate of the correction).
+fn log_with_corrections() -> Vec<dtm_model::Entry> {
+    let mut log = log();
+    let at = |ms: u64, kind| state::Command { proposed_at_ms: DAY_MS + ms, ..cmd(kind) };
+    log.push(entry(
+        13,
+        at(
+            4_000,
+            Kind::Ingest(state::IngestBatch {
+                submissions: vec![correction("g", "e-2", Some(("e-0", 10.0)), "typo in x", (1, 7, 4.0))],
+            }),
+        ),
+    ));
+    log.push(entry(
+        14,
+        at(
+            5_000,
+            Kind::Ingest(state::IngestBatch {
+                submissions: vec![
+                    correction("h", "e-0", Some(("e-0", 10.0)), "again", (1, 8, 3.0)),
+                    correction("i", "g-0", Some(("g-0", 4.0)), " ", (1, 8, 3.0)),
+                    correction("j", "g-0", Some(("e-0", 10.0)), "stale", (1, 8, 3.0)),
+                    keyed("k", &[(1, 7, 4.0)]),
+                ],
+            }),
+        ),
+    ));
+    log
+}
+
 fn ingest_results(r: &state::CommandResponse) -> &[state::SubmissionResult] {
     match &r.result {
         Some(Reply::Ingest(i)) => &i.results,
@@ -236,12 +290,51 @@ async fn apply_answers_idempotency_revocation_and_conflicts() {
 }
 
 #[tokio::test]
+async fn corrections_replace_the_counted_contribution_and_refuse_what_is_not_latest() {
+    let (_dir, mut sm, reader, _) = open();
+    let replies = sm.apply(log_with_corrections()).await.expect("apply");
+    let g = &ingest_results(&replies[12])[0];
+    assert_eq!((g.outcomes.as_slice(), g.ids.as_slice()), (&["corrected".to_string()][..], &["g-0".to_string()][..]));
+    let e14 = ingest_results(&replies[13]);
+    assert_eq!(e14[0].error_code, "conflict", "e-0 is superseded: {:?}", e14[0]);
+    assert!(e14[0].error_message.contains("`g-0`"), "the refusal names the latest version: {}", e14[0].error_message);
+    assert_eq!(e14[1].error_code, "invalid_correction", "a blank reason is refused");
+    assert_eq!(e14[2].error_code, "conflict", "g-0 counts now, not e-0: {:?}", e14[2]);
+    assert_eq!((e14[3].outcomes[0].as_str(), e14[3].ids[0].as_str()), ("duplicate", "g-0"));
+
+    // The cell held e-0 (10) and e-3 (5); the correction took 10 out and put 4 in. Count, sum and n
+    // are exact; the max (10) was retracted, so the extrema are marked approximate.
+    let cell: state::AggCell =
+        reader.get_msg(&dtm_cluster::tables::aggregate_cell("etx", b"cell")).expect("read").expect("cell");
+    let x = &cell.measures["x"];
+    assert_eq!((cell.count, x.sum, x.n, x.min), (2, 9.0, 2, 4.0));
+    assert!(cell.extrema_approximate);
+
+    // Versions: g-0 follows e-2 and is version 3 of key 1; e-0 was retracted by the correction.
+    let g0 = dtm_cluster::lineage::find_record(&reader, "g-0").expect("read").expect("g-0 indexed by id");
+    assert_eq!((g0.record.version, g0.record.previous_id.as_str()), (3, "e-2"));
+    assert_eq!(g0.record.correction_reason, "typo in x");
+    assert!(!g0.record.conflict);
+    let later = dtm_cluster::lineage::later_versions(&reader, "e-0").expect("read");
+    assert_eq!(later, [("e-2".to_string(), 11), ("g-0".to_string(), 13)]);
+    let e0: state::RecordSuccessor =
+        reader.get_msg(&dtm_cluster::tables::record_successor("e-0")).expect("read").expect("successor");
+    assert_eq!(e0.retracted_index, 13);
+    // The cell's lineage: moj's real-time records e-0 and e-3 went in at 11, e-0 went out and the
+    // correction came in at 13.
+    let lineage: state::CellLineage =
+        reader.get_msg(&dtm_cluster::tables::cell_lineage("etx", b"cell")).expect("read").expect("lineage");
+    let moj = &lineage.contributors["source:moj"];
+    assert_eq!((moj.records, moj.first_index, moj.last_index), (2, 11, 13));
+}
+
+#[tokio::test]
 async fn two_nodes_applying_the_same_log_hold_identical_tables() {
     let (_d1, mut a, ra, va) = open();
     let (_d2, mut b, rb, vb) = open();
     // Different batching of the same entries into apply calls must not matter either.
-    a.apply(log()).await.expect("apply");
-    for e in log() {
+    a.apply(log_with_corrections()).await.expect("apply");
+    for e in log_with_corrections() {
         b.apply(vec![e]).await.expect("apply one");
     }
     let all_a = ra.scan(b"", None, usize::MAX).expect("scan a");
@@ -252,7 +345,7 @@ async fn two_nodes_applying_the_same_log_hold_identical_tables() {
     // tables (what a restart or a snapshot install does).
     let (da, db) = (va.view.digest("etx"), vb.view.digest("etx"));
     assert_eq!(da, db);
-    assert_eq!(da.0, 12);
+    assert_eq!(da.0, 14);
     let rebuilt = dtm_cluster::aggregates::AggregateView::default();
     rebuilt.rebuild(&ra).expect("rebuild");
     assert_eq!(rebuilt.digest("etx"), da);

@@ -198,3 +198,24 @@ pub const AUDIT_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_
 pub const AUDIT_RETENTION_DAYS_MIN: u32 = 365;
 
 const _: () = assert!(AUDIT_EVENTS_PER_COMMAND_MAX <= dtm_cluster::audit::EVENTS_PER_COMMAND_MAX);
+
+// --- Lineage, versions and as-of reads (issue 7). ---
+
+/// Records an as-of read (historical aggregates, or resolving `as_of=<time>`) may visit; past it
+/// the request is refused with 422 (narrow it with `as_of_index`, or ask a smaller dataset).
+pub const AS_OF_RECORDS_MAX: usize = 2_000_000;
+/// Records one page of an as-of records listing visits; a page that reaches it ends early with a
+/// `next` cursor (it may hold fewer than `limit` records).
+pub const AS_OF_PAGE_SCAN_MAX: usize = 100_000;
+/// Characters of a correction's reason.
+pub const CORRECTION_REASON_CHARS_MAX: usize = 2_000;
+/// Record ids accepted in paths (the node makes UUIDs; anything longer is not an id).
+pub const RECORD_ID_BYTES_MAX: usize = 128;
+/// Finest cells one aggregate-cell lineage request may combine.
+pub const CELL_LINEAGE_CELLS_MAX: usize = 100_000;
+/// Contributors listed in one aggregate-cell lineage answer (the most records first); the others
+/// are summed in `others`.
+pub const CELL_LINEAGE_LISTED_MAX: usize = 1_000;
+/// Ingestion runs (batches) in one OpenLineage export; more sets `X-Export-Truncated: true`.
+pub const OPENLINEAGE_RUNS_MAX: usize = 10_000;
+const _: () = assert!(AS_OF_PAGE_SCAN_MAX <= AS_OF_RECORDS_MAX && RECORDS_PAGE_MAX <= AS_OF_PAGE_SCAN_MAX);

@@ -62,12 +62,18 @@ pub async fn get_aggregates(
         e.details = vec![json!({"field": p.field, "message": p.message})];
         e
     })?;
-    let (as_of_index, rows) = state.node.aggregates.read(&id, |index, cells| {
+    let (as_of_index, rows) = state.node.aggregates.read_flagged(&id, |index, cells, approximate| {
         let empty = dtm_cluster::aggregates::Cells::new();
         let cells = cells.unwrap_or(&empty);
         // Cells are ordered by time: only the from/to window is visited.
         let rows =
             dtm_dataset::aggregate_decoded(&compiled.def, cells.range(query.key_range()).map(|(_, c)| c), &query);
+        let rows = match (rows, approximate) {
+            (Ok(rows), Some(keys)) if !keys.is_empty() => {
+                super::lineage::mark_approximate(&compiled.def, &query, rows, cells, keys)
+            }
+            (rows, _) => rows,
+        };
         (index, rows)
     });
     let rows = rows.map_err(|p| ApiError::bad_request(p.message))?;

@@ -136,6 +136,12 @@ pub const CONFLICTS_READ: Access = Access {
 };
 pub const SECURITY_EVENTS_READ: Access =
     Access { roles: &[Role::Admin, Role::Auditor], scopes: &["audit:read"], what: "the auditor or admin role" };
+/// Lineage of records and aggregate cells, and the OpenLineage export (F3).
+pub const LINEAGE_READ: Access = Access {
+    roles: &[Role::Analyst, Role::Auditor, Role::Admin],
+    scopes: &["records:read", "audit:read"],
+    what: "the analyst, auditor or admin role",
+};
 pub const SUBMIT: Access =
     Access { roles: &[Role::Source, Role::DataEntry], scopes: &["records:write"], what: "a source credential" };
 

@@ -831,6 +831,8 @@ async fn run_chunk(ctx: Arc<Ctx>, chunk: Chunk, mode: Mode) -> ApiResult<ChunkOu
         request_bytes: chunk.json.len() as u64,
         organisation: ctx.req.audit.organisation.clone(),
         new_connection: ctx.req.audit.new_connection && chunk.number == 0,
+        batch_id: ctx.batch_id.clone(),
+        ..Default::default()
     };
     let mut attempt = 0;
     let result = loop {

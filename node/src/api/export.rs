@@ -117,9 +117,15 @@ pub async fn get_records(
     let mut records = Vec::new();
     let mut after = None;
     let mut consistency = q.consistency.clone();
+    let mut as_of_index = None;
     let last = loop {
-        let page_query =
-            ReadQuery { limit: Some(RECORDS_PAGE_MAX), after: after.take(), consistency: consistency.take() };
+        let page_query = ReadQuery {
+            limit: Some(RECORDS_PAGE_MAX),
+            after: after.take(),
+            consistency: consistency.take(),
+            as_of_index: as_of_index.or(q.as_of_index),
+            as_of: if as_of_index.is_some() { None } else { q.as_of.clone() },
+        };
         let Json(page) = super::records::get_records(
             State(state.clone()),
             headers.clone(),
@@ -131,6 +137,10 @@ pub async fn get_records(
             records.extend(rs.iter().cloned());
         }
         after = page["next"].as_str().map(String::from);
+        // A historical export pages at the index its first page resolved (`as_of` is a time).
+        if q.as_of_index.is_some() || q.as_of.is_some() {
+            as_of_index = page["as_of_index"].as_u64();
+        }
         if after.is_none() || records.len() >= EXPORT_RECORDS_MAX {
             break page;
         }
@@ -152,10 +162,16 @@ pub async fn get_aggregates(
     Query(q): Query<super::aggregates::AggregateParams>,
     Query(f): Query<FormatQuery>,
     Query(period): Query<PeriodQuery>,
+    Query(history): Query<super::versions::HistoryParams>,
 ) -> ApiResult<Response> {
     let format = requested(&f, &headers)?;
-    let Json(doc) =
-        super::aggregates::get_aggregates(State(state.clone()), headers, Path(dataset.clone()), Query(q)).await?;
+    let doc = if history.is_historical() {
+        super::versions::aggregates_as_of(&state, &headers, &dataset, &history).await?
+    } else {
+        let live = super::aggregates::get_aggregates(State(state.clone()), headers, Path(dataset.clone()), Query(q));
+        live.await?.0
+    };
+
     let Some(format) = format else { return Ok(Json(doc).into_response()) };
     let ds = super::catalog::dataset_version(&state, &dataset, None).await?;
     let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;
@@ -251,7 +267,7 @@ fn records_table(doc: &Value) -> Table {
     }
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())

@@ -13,11 +13,13 @@ mod events;
 mod export;
 pub mod identity;
 pub mod keys;
+mod lineage;
 mod oauth;
 mod openapi;
 pub mod records;
 mod sessions;
 mod users;
+mod versions;
 mod xsd;
 
 use std::sync::Arc;
@@ -130,6 +132,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::get_openapi))
         .route("/datasets/{id}/batches", post(batches::post_batch))
         .route("/batches/{batch_id}", get(batches::get_batch))
+        .route("/lineage/records/{id}", get(lineage::get_record_lineage))
+        .route("/lineage/openlineage", get(lineage::get_openlineage))
+        .route("/datasets/{id}/aggregates/lineage", get(lineage::get_cell_lineage))
+        .route("/datasets/{id}/records/{record_id}/corrections", post(versions::post_correction))
         .route("/audit/chain", get(audit_chain::chain))
         .route("/audit/checkpoints", get(audit_chain::checkpoints))
         .route("/audit/status", get(audit_chain::status))

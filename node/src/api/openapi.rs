@@ -144,7 +144,7 @@ const OPERATIONS: &[Op] = &[
     },
     Op {
         who: "analyst, admin; scope records:read",
-        query: &["limit", "after", "consistency", "format"],
+        query: &["limit", "after", "consistency", "format", "as_of_index", "as_of"],
         ok: (200, Some("RecordsPage")),
         errors: &[413],
         ..op(
@@ -156,8 +156,9 @@ const OPERATIONS: &[Op] = &[
     },
     Op {
         who: "analyst, auditor, admin; scope aggregates:read",
-        query: &["interval", "group_by", "from", "to", "consistency", "format"],
+        query: &["interval", "group_by", "from", "to", "consistency", "format", "as_of_commit", "as_of_index", "as_of"],
         ok: (200, Some("Aggregates")),
+        errors: &[422],
         ..op(
             "get",
             "/api/v1/datasets/{id}/aggregates",
@@ -174,6 +175,52 @@ const OPERATIONS: &[Op] = &[
             "/api/v1/datasets/{id}/aggregates/digest",
             "aggregates",
             "SHA-256 over the dataset's aggregate state",
+        )
+    },
+    Op {
+        who: "analyst, auditor, admin; scope records:read or audit:read",
+        query: &["bucket", "interval", "consistency"],
+        errors: &[422],
+        ..op(
+            "get",
+            "/api/v1/datasets/{id}/aggregates/lineage",
+            "lineage",
+            "The batches and real-time sources behind aggregate cells (bucket and <dimension>=<value> filters)",
+        )
+    },
+    Op {
+        who: "the source that sent the record, or admin",
+        query: &["source", "schema_version"],
+        body: Some(("Correction", JSON)),
+        ok: (201, Some("SubmitAnswer")),
+        errors: &[409, 413, 415, 422],
+        ..op(
+            "post",
+            "/api/v1/datasets/{id}/records/{record_id}/corrections",
+            "records",
+            "Correct a record: stored as its next version, replacing its contribution to the aggregates",
+        )
+    },
+    Op {
+        who: "analyst, auditor, admin; scope records:read or audit:read",
+        query: &["as_of_index", "as_of"],
+        errors: &[422],
+        ..op(
+            "get",
+            "/api/v1/lineage/records/{id}",
+            "lineage",
+            "Where a record came from: source, channel, batch, node, schema version, transformations, versions",
+        )
+    },
+    Op {
+        who: "analyst, auditor, admin; scope records:read or audit:read",
+        query: &["from", "to"],
+        ok: (200, Some("OpenLineageEvents")),
+        ..op(
+            "get",
+            "/api/v1/lineage/openlineage",
+            "lineage",
+            "Batch ingestion runs as OpenLineage RunEvents (START, COMPLETE or FAIL); format=ndjson for JSON lines",
         )
     },
     Op { who: "admin, operator", ..op("get", "/api/v1/pipeline", "cluster", "The source actors on this node") },
@@ -309,6 +356,17 @@ fn query_param(name: &str) -> Value {
             json!({"type": "string", "enum": ["continue", "reject"]}),
             "`reject`: all or nothing; `continue` (default): store the valid rows",
         ),
+        "as_of_index" => (json!({"type": "integer", "minimum": 0}), "read as things stood at this log index"),
+        "as_of_commit" => {
+            (json!({"type": "integer", "minimum": 0}), "aggregates recomputed as they stood at this log index")
+        }
+        "as_of" => (
+            json!({"type": "string", "format": "date-time"}),
+            "read as things stood when the dataset's last record received at or before this time was committed",
+        ),
+        "bucket" => {
+            (json!({"type": "string"}), "a time bucket as the aggregates answer names it (2026-07, 2026-Q3, …)")
+        }
         _ => (json!({"type": "string"}), ""),
     };
     json!({"name": name, "in": "query", "required": false, "schema": schema, "description": description})
@@ -424,7 +482,7 @@ fn components() -> Value {
     let int = json!({"type": "integer", "minimum": 0});
     let string = json!({"type": "string"});
     let strings = json!({"type": "array", "items": {"type": "string"}});
-    json!({
+    let mut v = json!({
         "securitySchemes": {
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "a source system's API key"},
             "bearer": {"type": "http", "scheme": "bearer", "description": "an admin token (dtma.…) or a JWT from /oauth2/token or an OpenID Connect issuer"},
@@ -458,7 +516,7 @@ fn components() -> Value {
             "Records": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}, "maxItems": 10000}]},
             "SubmitAnswer": obj(json!({"accepted": int, "ids": strings, "commit_index": int, "schema_version": int,
                 "stored": int, "duplicates": int, "conflicts": int,
-                "outcomes": {"type": "array", "items": {"type": "string", "enum": ["stored", "duplicate", "conflict"]}}}),
+                "outcomes": {"type": "array", "items": {"type": "string", "enum": ["stored", "duplicate", "conflict", "corrected"]}}}),
                 &["accepted", "ids", "commit_index"]),
             "RecordsPage": obj(json!({"dataset": string, "as_of_index": int, "total": int,
                 "next": {"type": "string", "nullable": true},
@@ -482,7 +540,38 @@ fn components() -> Value {
             "Token": obj(json!({"access_token": string, "token_type": string, "expires_in": int, "scope": string}),
                 &["access_token", "token_type"])
         }
-    })
+    });
+    lineage_components(&mut v["schemas"]);
+    audit_components(&mut v["schemas"]);
+    v
+}
+
+/// Schemas of the audit trail's pages and reports (issue 7), apart from `components`'s `json!`.
+fn audit_components(schemas: &mut Value) {
+    let (int, string) = (json!({"type": "integer", "minimum": 0}), json!({"type": "string"}));
+    let entry = json!({"type": "object", "required": ["seq", "at_ms", "principal", "operation", "hash", "prev_hash"],
+        "properties": {"seq": int, "at": string, "at_ms": int, "principal": string, "organisation": string,
+            "client_ip": string, "operation": string, "target": string, "outcome": string, "status": int,
+            "channel": string, "node_id": int, "request_id": string, "records": int, "bytes_in": int, "count": int,
+            "detail": {"description": "JSON, or null"}, "log_index": int,
+            "hash": {"type": "string", "description": "SHA-256, hex"}, "prev_hash": {"type": "string"}}});
+    schemas["AuditPage"] = json!({"type": "object", "required": ["entries"], "properties": {
+        "as_of_index": int, "examined": int, "entries": {"type": "array", "items": entry},
+        "next": {"type": "string", "nullable": true, "description": "pass as `after` for the next page"}}});
+    schemas["AuditReportRequest"] = json!({"type": "object", "required": ["kind", "from", "to"], "properties": {
+        "kind": {"type": "string", "enum": ["access", "change", "export"]},
+        "from": {"type": "string", "description": "RFC 3339, or a day, month or year in Vietnam time"},
+        "to": {"type": "string", "description": "exclusive; a day, month or year counts whole"}}});
+}
+
+/// Schemas of the lineage and versions endpoints (issue 7), kept apart from `components`'s one
+/// `json!` (it is at the macro's recursion limit).
+fn lineage_components(schemas: &mut Value) {
+    schemas["Correction"] = json!({"type": "object", "required": ["record", "reason"], "properties": {
+        "record": {"type": "object", "description": "the corrected record, validated like a new one"},
+        "reason": {"type": "string", "minLength": 1, "maxLength": 2000}}});
+    schemas["OpenLineageEvents"] = json!({"type": "array", "items": {"type": "object", "description":
+        "an OpenLineage RunEvent (https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent)"}});
 }
 
 /// The whole document, built once.
@@ -494,7 +583,7 @@ pub fn document() -> &'static Value {
             let entry = paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
             entry[o.method] = operation(o);
         }
-        let tags: Vec<Value> = ["cluster", "catalog", "records", "aggregates", "gateway", "identity", "meta"]
+        let tags: Vec<Value> = ["cluster", "catalog", "records", "aggregates", "lineage", "gateway", "identity", "meta"]
             .iter()
             .map(|t| json!({"name": t}))
             .collect();

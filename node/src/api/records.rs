@@ -140,7 +140,12 @@ pub async fn submit(
 }
 
 /// Finds the source and the dataset version, and checks that the source may send to it.
-async fn prepare(state: &AppState, submitter: &Submitter, dataset: &str, version: Option<u32>) -> ApiResult<Target> {
+pub(super) async fn prepare(
+    state: &AppState,
+    submitter: &Submitter,
+    dataset: &str,
+    version: Option<u32>,
+) -> ApiResult<Target> {
     let source_id = &submitter.source_id;
     let source = super::lookup_fresh::<state::Source>(state, &tables::source(source_id))
         .await?
@@ -163,6 +168,19 @@ async fn commit(
     target: Target,
     bytes: bytes::Bytes,
     how: Submit,
+) -> ApiResult<SubmitAnswer> {
+    commit_amended(state, submitter, target, bytes, how, state::Submission::default()).await
+}
+
+/// `commit`, with the lineage fields of `amend` (a correction's: what it corrects, why, what it
+/// retracts) set on the submission.
+pub(super) async fn commit_amended(
+    state: &AppState,
+    submitter: Submitter,
+    target: Target,
+    bytes: bytes::Bytes,
+    how: Submit,
+    amend: state::Submission,
 ) -> ApiResult<SubmitAnswer> {
     let Target { source, compiled, dataset } = target;
     let Submitter { source_id, key_id } = submitter;
@@ -203,6 +221,11 @@ async fn commit(
         request_bytes: audit.bytes_in,
         organisation: audit.organisation,
         new_connection: audit.new_connection,
+        corrects_id: amend.corrects_id,
+        correction_reason: amend.correction_reason,
+        retract_id: amend.retract_id,
+        retract: amend.retract,
+        batch_id: String::new(),
     };
     #[cfg(feature = "fault-injection")]
     if let Some(fake) = planted_bug::acknowledge_without_commit(&submission) {
@@ -224,6 +247,7 @@ async fn commit(
         "stored": count("stored") + count("conflict"),
         "duplicates": count("duplicate"),
         "conflicts": count("conflict"),
+        "corrections": count("corrected"),
         "outcomes": result.outcomes,
     });
     Ok(SubmitAnswer { body, replayed: result.replayed })
@@ -251,11 +275,26 @@ pub fn schema_version(headers: &HeaderMap, query: Option<u32>) -> ApiResult<Opti
     }
 }
 
-#[derive(Deserialize)]
+/// The table key a page starts after: the `next` cursor of the previous page (the hex of a record
+/// key's 12-byte tail under `prefix`).
+pub fn page_start(prefix: &[u8], after: Option<&str>) -> ApiResult<Option<Vec<u8>>> {
+    let Some(cursor) = after else { return Ok(None) };
+    let suffix = hex::decode(cursor)
+        .ok()
+        .filter(|s| s.len() == 12)
+        .ok_or_else(|| ApiError::bad_request("`after` is not a cursor from a previous page"))?;
+    Ok(Some([prefix, &suffix].concat()))
+}
+
+#[derive(Deserialize, Default)]
 pub struct ReadQuery {
     pub limit: Option<usize>,
     pub after: Option<String>,
     pub consistency: Option<String>,
+    /// The records as they stood at this log index (`versions.rs`).
+    pub as_of_index: Option<u64>,
+    /// The records as they stood at this time (RFC 3339; `versions::as_of_index`).
+    pub as_of: Option<String>,
 }
 
 pub async fn get_records(
@@ -280,34 +319,19 @@ pub async fn get_records(
     {
         return Err(ApiError::unknown_dataset(&dataset));
     }
+    if let Some(index) = super::versions::as_of_index(&state, &dataset, q.as_of_index, q.as_of.as_deref()).await? {
+        return super::versions::records_as_of(&state, &dataset, &q, index).await;
+    }
     let limit = q.limit.unwrap_or(RECORDS_PAGE_DEFAULT).clamp(1, RECORDS_PAGE_MAX);
     let prefix = tables::records_of(&dataset);
-    let after = match &q.after {
-        None => None,
-        Some(c) => {
-            let suffix = hex::decode(c)
-                .ok()
-                .filter(|s| s.len() == 12)
-                .ok_or_else(|| ApiError::bad_request("`after` is not a cursor from a previous page"))?;
-            let mut k = prefix.clone();
-            k.extend_from_slice(&suffix);
-            Some(k)
-        }
-    };
+    let after = page_start(&prefix, q.after.as_deref())?;
     let rows = state.node.reader.scan(&prefix, after.as_deref(), limit + 1).map_err(ApiError::internal)?;
     let more = rows.len() > limit;
     let mut records = Vec::with_capacity(limit);
     let mut last_key = None;
     for (k, v) in rows.into_iter().take(limit) {
         let r: state::StoredRecord = prost::Message::decode(v.as_slice()).map_err(ApiError::internal)?;
-        let data: Value = serde_json::from_slice(&r.payload_json).map_err(ApiError::internal)?;
-        records.push(json!({
-            "id": r.id, "source": r.source, "commit_index": r.commit_index,
-            "received_at_ms": r.received_at_ms, "data": data,
-            "schema_version": r.schema_version, "classification": r.classification, "priority": r.priority,
-            "version": r.version, "previous_id": r.previous_id, "conflict": r.conflict, "channel": r.channel,
-            "masked_fields": r.masked_fields, "enriched_fields": r.enriched_fields,
-        }));
+        records.push(super::versions::record_json(&r)?);
         last_key = Some(k);
     }
     let next = if more { last_key.map(|k| hex::encode(&k[prefix.len()..])) } else { None };
