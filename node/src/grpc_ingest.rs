@@ -142,6 +142,7 @@ async fn submit_one(state: &AppState, headers: &HeaderMap, r: pb::SubmitRequest)
         conflicts: num("conflicts"),
         outcomes: strings("outcomes"),
         replayed: answer.replayed,
+        receipt_json: crate::receipt::text_of(b),
     })
 }
 

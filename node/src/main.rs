@@ -21,6 +21,7 @@ mod ingest;
 mod limits;
 mod node_key;
 mod pipeline;
+mod receipt;
 mod server;
 mod soap;
 mod spool;
@@ -77,6 +78,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Submission receipts: verify one offline against the cluster's node keys.
+    Receipt {
+        #[command(subcommand)]
+        command: receipt::ReceiptCommand,
     },
 }
 
@@ -197,6 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(args) => ingest::run(args).await,
         Command::Keys { command: KeysCommand::Rotate { target } } => keys_rotate(target).await,
         Command::Audit { command } => audit_verify::run(command).await,
+        Command::Receipt { command } => receipt::run(command).await,
     }
 }
 

@@ -29,7 +29,7 @@ pub struct AggregateParams {
 }
 
 /// Waits for the read barrier when the caller asked for a linearizable answer.
-async fn consistency(state: &AppState, c: Option<&str>) -> ApiResult<()> {
+pub(super) async fn consistency(state: &AppState, c: Option<&str>) -> ApiResult<()> {
     match c {
         None | Some("local") => Ok(()),
         Some("linearizable") => {

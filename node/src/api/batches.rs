@@ -144,7 +144,9 @@ pub async fn post_batch(
     };
     let stream = body.into_data_stream().map(|r| r.map_err(|e| e.to_string())).boxed();
     let receipt = ingest_stream(&state, req, stream).await?;
-    Ok((StatusCode::CREATED, Json(receipt_json(&receipt))).into_response())
+    let mut answer = receipt_json(&receipt);
+    crate::receipt::attach_batch(&state, &receipt, &mut answer);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 /// Everything a batch request is checked for before its body is read: the credential, the media
@@ -244,7 +246,9 @@ pub async fn get_batch(
     if !privileged && !own_source {
         return Err(not_found());
     }
-    Ok(Json(receipt_json(&receipt)))
+    let mut answer = receipt_json(&receipt);
+    crate::receipt::attach_batch(&state, &receipt, &mut answer);
+    Ok(Json(answer))
 }
 
 /// The receipt as clients see it.

@@ -16,6 +16,7 @@ pub mod keys;
 mod lineage;
 mod oauth;
 mod openapi;
+mod receipts;
 pub mod records;
 mod sessions;
 mod users;
@@ -139,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/chain", get(audit_chain::chain))
         .route("/audit/checkpoints", get(audit_chain::checkpoints))
         .route("/audit/status", get(audit_chain::status))
+        .route("/audit/keys", get(receipts::get_keys))
         .nest("/gateway", crate::gateway::api::routes())
         .route("/auth/login", post(sessions::login))
         .route("/auth/logout", post(sessions::logout))

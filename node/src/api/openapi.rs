@@ -274,6 +274,11 @@ const OPERATIONS: &[Op] = &[
     },
     Op { ..op("get", "/api/v1/auth/jwks", "identity", "The key DTM's access tokens are signed with") },
     Op {
+        query: &["consistency"],
+        ok: (200, Some("NodeKeys")),
+        ..op("get", "/api/v1/audit/keys", "audit", "The nodes' public signing keys (receipts, audit checkpoints)")
+    },
+    Op {
         who: ADMIN,
         body: Some(("Object", JSON)),
         ok: (201, Some("Object")),
@@ -516,7 +521,8 @@ fn components() -> Value {
             "Records": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}, "maxItems": 10000}]},
             "SubmitAnswer": obj(json!({"accepted": int, "ids": strings, "commit_index": int, "schema_version": int,
                 "stored": int, "duplicates": int, "conflicts": int,
-                "outcomes": {"type": "array", "items": {"type": "string", "enum": ["stored", "duplicate", "conflict", "corrected"]}}}),
+                "outcomes": {"type": "array", "items": {"type": "string", "enum": ["stored", "duplicate", "conflict", "corrected"]}},
+                "receipt": schema_ref("Receipt")}),
                 &["accepted", "ids", "commit_index"]),
             "RecordsPage": obj(json!({"dataset": string, "as_of_index": int, "total": int,
                 "next": {"type": "string", "nullable": true},
@@ -532,7 +538,8 @@ fn components() -> Value {
             "Digest": obj(json!({"dataset": string, "as_of_index": int, "sha256": string}), &["as_of_index", "sha256"]),
             "BatchFile": {"type": "string", "format": "binary", "description": "the file; its format follows Content-Type; X-Batch-Count and X-Batch-SHA256 optional"},
             "BatchReceipt": obj(json!({"batch_id": string, "status": string, "accepted": int, "rejected": int,
-                "errors": {"type": "array", "items": {"type": "object"}}, "commit_index": int}), &["batch_id"]),
+                "errors": {"type": "array", "items": {"type": "object"}}, "commit_index": int,
+                "receipt": schema_ref("Receipt")}), &["batch_id"]),
             "Login": obj(json!({"username": string, "password": string, "totp": string, "recovery_code": string}),
                 &["username", "password"]),
             "TokenRequest": obj(json!({"grant_type": {"type": "string", "enum": ["client_credentials"]}, "scope": string,
@@ -574,6 +581,49 @@ fn lineage_components(schemas: &mut Value) {
         "an OpenLineage RunEvent (https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent)"}});
 }
 
+/// The schemas of receipts and node keys, added to `components()` (whose one `json!` is at the
+/// macro recursion limit).
+fn receipt_schemas(components: &mut Value) {
+    components["schemas"]["Receipt"] = receipt_schema();
+    let int = json!({"type": "integer", "minimum": 0});
+    let string = json!({"type": "string"});
+    let key = json!({"type": "object", "required": ["node_id", "public_key"], "properties": {
+        "node_id": int, "public_key": {"type": "string", "description": "32-byte Ed25519 public key, lowercase hex"},
+        "registered_at": string, "registered_at_ms": int, "log_index": int}});
+    components["schemas"]["NodeKeys"] = json!({"type": "object", "required": ["keys"], "properties": {
+        "as_of_index": int, "keys": {"type": "array", "items": key}}});
+}
+
+/// The signed receipt (`crate::receipt::Receipt`; docs/api.md, "Receipts").
+fn receipt_schema() -> Value {
+    let int = json!({"type": "integer", "minimum": 0});
+    let string = json!({"type": "string"});
+    let counts = ["received", "accepted", "stored", "duplicates", "conflicts", "rejected"];
+    json!({
+        "type": "object",
+        "description": "Signed by the answering node's Ed25519 key over the canonical payload of docs/api.md; verify with `dtm receipt verify`. Absent when the batch did not complete.",
+        "additionalProperties": false,
+        "required": ["version", "kind", "source", "dataset", "request_id", "content_sha256", "counts", "commit_index",
+                     "received_at", "received_at_ms", "node_id", "public_key", "signature"],
+        "properties": {
+            "version": {"type": "string", "enum": [crate::receipt::VERSION]},
+            "kind": {"type": "string", "enum": ["records", "batch"]},
+            "source": string, "dataset": string, "request_id": string,
+            "batch_id": {"type": "string", "description": "batches only"},
+            "content_sha256": {"type": "string", "description": "SHA-256 of the submitted bytes, lowercase hex"},
+            "counts": {"type": "object", "additionalProperties": false, "required": counts,
+                       "properties": counts.iter().map(|c| (c.to_string(), int.clone())).collect::<Map<_, _>>()},
+            "ids": {"type": "array", "items": string, "description": "records only: the answer's ids, in order"},
+            "commit_index": int,
+            "received_at": {"type": "string", "format": "date-time"},
+            "received_at_ms": int,
+            "node_id": int,
+            "public_key": {"type": "string", "description": "the signing node's Ed25519 public key, lowercase hex"},
+            "signature": {"type": "string", "description": "Ed25519 signature, lowercase hex"}
+        }
+    })
+}
+
 /// The whole document, built once.
 pub fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
@@ -583,10 +633,12 @@ pub fn document() -> &'static Value {
             let entry = paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
             entry[o.method] = operation(o);
         }
-        let tags: Vec<Value> = ["cluster", "catalog", "records", "aggregates", "lineage", "gateway", "identity", "meta"]
+        let tags: Vec<Value> = ["cluster", "catalog", "records", "aggregates", "lineage", "gateway", "identity", "audit", "meta"]
             .iter()
             .map(|t| json!({"name": t}))
             .collect();
+        let mut components = components();
+        receipt_schemas(&mut components);
         json!({
             "openapi": "3.0.3",
             "info": {
@@ -599,7 +651,7 @@ pub fn document() -> &'static Value {
             "security": [{"apiKey": []}, {"bearer": []}, {"session": []}],
             "tags": tags,
             "paths": paths,
-            "components": components(),
+            "components": components,
         })
     })
 }

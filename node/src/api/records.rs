@@ -200,6 +200,8 @@ pub(super) async fn commit_amended(
     // The submission carries its own audit entry into the log (who, from where, how many bytes).
     let audit = crate::audit::current().unwrap_or_default();
     crate::audit::mark_in_log();
+    let received_at_ms = super::now_ms();
+    let receipt = crate::receipt::RecordsDraft::new(&source_id, &dataset, &how.request_id, &bytes, received_at_ms);
     let submission = state::Submission {
         dataset: dataset.clone(),
         source: source_id,
@@ -208,7 +210,7 @@ pub(super) async fn commit_amended(
         idempotency_key: how.idempotency_key.unwrap_or_else(|| format!("auto:{}", uuid::Uuid::new_v4())),
         fingerprint: fingerprint.finalize().to_vec(),
         request_id: how.request_id,
-        received_at_ms: super::now_ms(),
+        received_at_ms,
         received_on_node: state.node.id,
         records,
         key_id,
@@ -239,7 +241,7 @@ pub(super) async fn commit_amended(
         return Err(rejected(&result.error_code, result.error_message));
     }
     let count = |what: &str| result.outcomes.iter().filter(|o| o.as_str() == what).count();
-    let body = json!({
+    let mut body = json!({
         "accepted": result.ids.len(),
         "ids": result.ids,
         "commit_index": result.commit_index,
@@ -250,6 +252,7 @@ pub(super) async fn commit_amended(
         "corrections": count("corrected"),
         "outcomes": result.outcomes,
     });
+    crate::receipt::attach_records(state, &mut body, receipt);
     Ok(SubmitAnswer { body, replayed: result.replayed })
 }
 

@@ -240,7 +240,9 @@ async fn submit_batch(state: &AppState, headers: &HeaderMap, op: &Element) -> Ap
     };
     let body = futures::StreamExt::boxed(futures::stream::once(async move { Ok(bytes::Bytes::from(bytes)) }));
     let receipt = batches::ingest_stream(state, req, body).await?;
-    Ok(batch_answer("SubmitBatchResponse", &batches::receipt_json(&receipt)))
+    let mut answer = batches::receipt_json(&receipt);
+    crate::receipt::attach_batch(state, &receipt, &mut answer);
+    Ok(batch_answer("SubmitBatchResponse", &answer))
 }
 
 /// `GetBatchStatus`: the receipt of `GET /batches/{batch_id}`, with the same access rules.
@@ -256,7 +258,8 @@ async fn get_batch_status(state: &AppState, headers: &HeaderMap, op: &Element) -
 }
 
 /// A batch receipt: the main counts as elements, each row error as a `Problem` (its position as
-/// `Record`), and the whole REST receipt as JSON text in `Json`.
+/// `Record`), the signed receipt as JSON text in `Receipt` (when there is one), and the whole REST
+/// answer as JSON text in `Json`.
 fn batch_answer(tag: &str, r: &Value) -> String {
     let mut out = format!(
         "<dtm:{tag} xmlns:dtm=\"{NS}\"><dtm:BatchId>{}</dtm:BatchId>",
@@ -279,8 +282,18 @@ fn batch_answer(tag: &str, r: &Value) -> String {
         }
         out.push_str(&format!("<dtm:Json>{}</dtm:Json></dtm:Problem>", escape(&e.to_string())));
     }
+    out.push_str(&receipt_element(r));
     out.push_str(&format!("<dtm:Json>{}</dtm:Json></dtm:{tag}>", escape(&r.to_string())));
     out
+}
+
+/// `<dtm:Receipt>` holding the answer's signed receipt as JSON text (verified as it is with `dtm
+/// receipt verify`), or nothing when the answer has none.
+fn receipt_element(answer: &Value) -> String {
+    match crate::receipt::text_of(answer) {
+        text if text.is_empty() => String::new(),
+        text => format!("<dtm:Receipt>{}</dtm:Receipt>", escape(&text)),
+    }
 }
 
 /// `SubmitRecordsResponse`: the fields of the REST 201, in the order the WSDL declares them.
@@ -298,7 +311,7 @@ fn submit_answer(answer: &records::SubmitAnswer) -> String {
         "<dtm:SubmitRecordsResponse xmlns:dtm=\"{NS}\"><dtm:Accepted>{}</dtm:Accepted>{}\
          <dtm:CommitIndex>{}</dtm:CommitIndex><dtm:SchemaVersion>{}</dtm:SchemaVersion>\
          <dtm:Stored>{}</dtm:Stored><dtm:Duplicates>{}</dtm:Duplicates><dtm:Conflicts>{}</dtm:Conflicts>{}\
-         <dtm:Replayed>{}</dtm:Replayed></dtm:SubmitRecordsResponse>",
+         <dtm:Replayed>{}</dtm:Replayed>{}</dtm:SubmitRecordsResponse>",
         num("accepted"),
         list("ids", "Id"),
         num("commit_index"),
@@ -308,6 +321,7 @@ fn submit_answer(answer: &records::SubmitAnswer) -> String {
         num("conflicts"),
         list("outcomes", "Outcome"),
         answer.replayed,
+        receipt_element(b),
     )
 }
 

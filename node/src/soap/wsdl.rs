@@ -29,6 +29,7 @@ const TYPES: &str = r#"
           <xs:element name="Conflicts" type="xs:unsignedLong"/>
           <xs:element name="Outcome" type="xs:string" minOccurs="0" maxOccurs="unbounded"/>
           <xs:element name="Replayed" type="xs:boolean"/>
+          <xs:element name="Receipt" type="xs:string" minOccurs="0"/>
         </xs:sequence></xs:complexType>
       </xs:element>
       <xs:element name="SubmitBatch">
@@ -57,6 +58,7 @@ const TYPES: &str = r#"
           <xs:element name="Rejected" type="xs:unsignedLong" minOccurs="0"/>
           <xs:element name="CommitIndex" type="xs:unsignedLong" minOccurs="0"/>
           <xs:element name="Problem" type="dtm:Problem" minOccurs="0" maxOccurs="unbounded"/>
+          <xs:element name="Receipt" type="xs:string" minOccurs="0"/>
           <xs:element name="Json" type="xs:string"/>
         </xs:sequence>
       </xs:complexType>
