@@ -6,6 +6,7 @@
 
 mod api;
 mod audit;
+mod audit_reports;
 mod audit_verify;
 mod audit_watch;
 mod bench;

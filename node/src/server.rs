@@ -163,6 +163,7 @@ pub async fn serve(
     let master = crate::config::load_master_key(&opts.master_key_file)?;
     let node_key = crate::node_key::NodeKey::load_or_create(&opts.data_dir, opts.node_id, &master)?;
     crate::audit::start_signer(&node, node_key.clone(), opts.audit.checkpoint_interval);
+    crate::audit_reports::start_monthly(&node, opts.audit.monthly_reports);
     let state = api::AppState {
         gateway,
         audit: crate::audit::Sink::start(&node, Some(node_key)),

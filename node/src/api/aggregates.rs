@@ -47,6 +47,7 @@ pub async fn get_aggregates(
     Query(q): Query<AggregateParams>,
 ) -> ApiResult<Json<Value>> {
     auth::require(&state, &headers, &auth::AGGREGATES_READ).await?;
+    crate::audit::note_operation("aggregates.read", &format!("dataset/{id}"));
     consistency(&state, q.consistency.as_deref()).await?;
     let ds = super::catalog::dataset_version(&state, &id, None).await?;
     let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;

@@ -136,6 +136,12 @@ pub const CONFLICTS_READ: Access = Access {
 };
 pub const SECURITY_EVENTS_READ: Access =
     Access { roles: &[Role::Admin, Role::Auditor], scopes: &["audit:read"], what: "the auditor or admin role" };
+/// The audit trail, its exports, reports and the connection log (F8, F9, C4).
+pub const AUDIT_READ: Access =
+    Access { roles: &[Role::Admin, Role::Auditor], scopes: &["audit:read"], what: "the auditor or admin role" };
+/// Making an audit report (stored and replicated): people with the role, not OAuth clients.
+pub const AUDIT_REPORT: Access =
+    Access { roles: &[Role::Admin, Role::Auditor], scopes: &[], what: "the auditor or admin role" };
 /// Lineage of records and aggregate cells, and the OpenLineage export (F3).
 pub const LINEAGE_READ: Access = Access {
     roles: &[Role::Analyst, Role::Auditor, Role::Admin],

@@ -232,6 +232,7 @@ pub async fn get_batch(
     if !privileged && p.source_id.is_empty() && !p.has_role(auth::Role::Source) {
         return Err(ApiError::forbidden("this operation needs the batch's source, the auditor or the admin role"));
     }
+    crate::audit::note_operation("batch.read", &format!("batch/{batch_id}"));
     let not_found = || ApiError::not_found(format!("batch `{batch_id}` does not exist"));
     if batch_id.is_empty() || batch_id.len() > dtm_cluster::batch::BATCH_ID_BYTES_MAX || !super::valid_id(&batch_id) {
         return Err(not_found());

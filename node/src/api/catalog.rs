@@ -330,6 +330,7 @@ pub async fn get_dataset(
     Query(q): Query<VersionQuery>,
 ) -> ApiResult<Json<Value>> {
     auth::require(&state, &headers, &auth::SIGNED_IN).await?;
+    crate::audit::note_operation("dataset.read", &format!("dataset/{id}"));
     let ds = dataset_version(&state, &id, q.version).await?;
     let def: Value = serde_json::from_slice(&ds.definition_json).map_err(ApiError::internal)?;
     let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;
@@ -386,6 +387,7 @@ pub async fn get_conflicts(
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     auth::require(&state, &headers, &auth::CONFLICTS_READ).await?;
+    crate::audit::note_operation("dataset.conflicts.read", &format!("dataset/{id}"));
     load_latest(&state, &id).await?.ok_or_else(|| ApiError::unknown_dataset(&id))?;
     let limit = q.limit.unwrap_or(RECORDS_PAGE_DEFAULT).clamp(1, RECORDS_PAGE_MAX);
     let prefix = tables::conflicts_of(&id);

@@ -147,6 +147,8 @@ pub async fn get_records(
     };
     let truncated = records.len() > EXPORT_RECORDS_MAX || after.is_some();
     records.truncate(EXPORT_RECORDS_MAX);
+    crate::audit::note_operation("records.export", &format!("dataset/{dataset}"));
+    crate::audit::note_detail(json!({"format": format.extension(), "records": records.len(), "truncated": truncated}));
     let doc = json!({"dataset": dataset, "as_of_index": last["as_of_index"], "total": last["total"],
                      "truncated": truncated, "next": Value::Null, "records": records});
     let table = records_table(&doc);
@@ -173,6 +175,10 @@ pub async fn get_aggregates(
     };
 
     let Some(format) = format else { return Ok(Json(doc).into_response()) };
+    crate::audit::note_operation("aggregates.export", &format!("dataset/{dataset}"));
+    crate::audit::note_detail(
+        json!({"format": format.extension(), "rows": doc["rows"].as_array().map_or(0, Vec::len)}),
+    );
     let ds = super::catalog::dataset_version(&state, &dataset, None).await?;
     let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;
     let sums: Vec<String> = compiled
@@ -200,16 +206,16 @@ pub struct PeriodQuery {
     to: Option<String>,
 }
 
-/// A rectangular view of an answer, for every format but JSON.
-struct Table {
-    title: String,
-    period: String,
-    columns: Vec<String>,
-    rows: Vec<Vec<Value>>,
+/// A rectangular view of an answer, for every format but JSON (also the audit trail's exports).
+pub(crate) struct Table {
+    pub(crate) title: String,
+    pub(crate) period: String,
+    pub(crate) columns: Vec<String>,
+    pub(crate) rows: Vec<Vec<Value>>,
     /// A last row of totals (aggregates: count and sum measures).
-    totals: Option<Vec<Value>>,
+    pub(crate) totals: Option<Vec<Value>>,
     /// One line under the table.
-    summary: String,
+    pub(crate) summary: String,
 }
 
 const RECORD_COLUMNS: [&str; 10] = [
@@ -349,7 +355,7 @@ fn cell_text(v: &Value) -> String {
     }
 }
 
-fn csv(t: &Table) -> String {
+pub(crate) fn csv(t: &Table) -> String {
     fn field(s: &str) -> String {
         if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
             format!("\"{}\"", s.replace('"', "\"\""))
@@ -401,7 +407,7 @@ fn xml(t: &Table, dataset: &str, what: &str, doc: &Value) -> String {
     out
 }
 
-fn xlsx(t: &Table, sheet: &str) -> Result<Vec<u8>, rust_xlsxwriter::XlsxError> {
+pub(crate) fn xlsx(t: &Table, sheet: &str) -> Result<Vec<u8>, rust_xlsxwriter::XlsxError> {
     let mut wb = rust_xlsxwriter::Workbook::new();
     let ws = wb.add_worksheet();
     ws.set_name(sheet)?;
@@ -434,7 +440,7 @@ fn xlsx(t: &Table, sheet: &str) -> Result<Vec<u8>, rust_xlsxwriter::XlsxError> {
     wb.save_to_buffer()
 }
 
-fn docx(t: &Table) -> Result<Vec<u8>, docx_rs::DocxError> {
+pub(crate) fn docx(t: &Table) -> Result<Vec<u8>, docx_rs::DocxError> {
     use docx_rs::*;
     let text = |s: &str| Paragraph::new().add_run(Run::new().add_text(s));
     let cell = |s: &str, bold: bool| {

@@ -3,6 +3,7 @@
 //! `cluster.rs` (health, readiness, membership).
 
 mod aggregates;
+mod audit;
 mod audit_chain;
 pub mod auth;
 pub mod batches;
@@ -10,7 +11,7 @@ mod catalog;
 mod cluster;
 pub mod error;
 mod events;
-mod export;
+pub(crate) mod export;
 pub mod identity;
 pub mod keys;
 mod lineage;
@@ -153,7 +154,13 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{name}/password", post(users::set_password))
         .route("/oauth/clients", post(oauth::create_client))
         .route("/oauth/clients/{id}", delete(oauth::revoke_client))
-        .route("/security/events", get(events::list));
+        .route("/security/events", get(events::list))
+        .route("/audit", get(audit::list))
+        .route("/audit/head", get(audit::head))
+        .route("/audit/export", get(audit::export_trail))
+        .route("/audit/reports", post(audit::create_report).get(audit::list_reports))
+        .route("/audit/reports/{id}", get(audit::get_report))
+        .route("/sources/{id}/connections", get(audit::connections));
     Router::new()
         .nest("/api/v1", api)
         .route("/oauth2/token", post(oauth::token))

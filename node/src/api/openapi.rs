@@ -326,6 +326,51 @@ const OPERATIONS: &[Op] = &[
         ..op("get", "/api/v1/audit/status", "audit", "This node's last verification of its own audit trail")
     },
     Op {
+        who: "admin, auditor; scope audit:read",
+        query: &["from", "to", "principal", "operation", "target", "after", "limit", "consistency"],
+        ok: (200, Some("AuditPage")),
+        ..op(
+            "get",
+            "/api/v1/audit",
+            "audit",
+            "The audit trail, oldest first, paged; each entry with its hash and the previous hash",
+        )
+    },
+    Op {
+        who: "admin, auditor; scope audit:read",
+        query: &["consistency"],
+        ..op("get", "/api/v1/audit/head", "audit", "Size, head hash, Merkle root and last checkpoint of the trail")
+    },
+    Op {
+        who: "admin, auditor; scope audit:read",
+        query: &["format", "from", "to", "principal", "operation", "target", "consistency"],
+        ok: (200, Some("AuditPage")),
+        errors: &[422],
+        ..op("get", "/api/v1/audit/export", "audit", "The selected audit entries as JSON lines, CSV, XLSX or DOCX")
+    },
+    Op {
+        who: "admin, auditor",
+        body: Some(("AuditReportRequest", JSON)),
+        ok: (201, Some("Object")),
+        errors: &[413, 415],
+        ..op("post", "/api/v1/audit/reports", "audit", "Compute and store an access, change or export report")
+    },
+    Op {
+        who: "admin, auditor; scope audit:read",
+        query: &["kind", "after", "consistency"],
+        ..op("get", "/api/v1/audit/reports", "audit", "Stored audit reports (monthly ones included)")
+    },
+    Op {
+        who: "admin, auditor; scope audit:read",
+        query: &["format"],
+        ..op("get", "/api/v1/audit/reports/{id}", "audit", "An audit report as JSON, CSV, XLSX or DOCX")
+    },
+    Op {
+        who: "admin, auditor, the source itself; scope audit:read",
+        query: &["from", "to", "consistency"],
+        ..op("get", "/api/v1/sources/{id}/connections", "audit", "A source's connection log per day (C4)")
+    },
+    Op {
         body: Some(("TokenRequest", "application/x-www-form-urlencoded")),
         ok: (200, Some("Token")),
         errors: &[413, 415],
@@ -356,7 +401,10 @@ fn query_param(name: &str) -> Value {
         "from" | "to" => {
             (json!({"type": "string"}), "a time point (2026, 2026-Q3, 2026-07, 2026-W29, 2026-07-14, RFC 3339)")
         }
-        "kind" => (json!({"type": "string"}), "an event kind"),
+        "kind" => (json!({"type": "string"}), "an event kind (audit reports: access, change or export)"),
+        "principal" | "operation" | "target" => {
+            (json!({"type": "string", "maxLength": 512}), "exact, or a prefix with a trailing `*`")
+        }
         "on_error" => (
             json!({"type": "string", "enum": ["continue", "reject"]}),
             "`reject`: all or nothing; `continue` (default): store the valid rows",
@@ -397,6 +445,15 @@ fn operation(o: &Op) -> Value {
         .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
         .collect();
     params.extend(o.query.iter().map(|q| query_param(q)));
+    // The audit trail's exports and reports have formats of their own.
+    if o.path.starts_with("/api/v1/audit/") {
+        let formats = if o.path.ends_with("/export") {
+            ["jsonl", "csv", "xlsx", "docx"]
+        } else {
+            ["json", "csv", "xlsx", "docx"]
+        };
+        params.iter_mut().filter(|p| p["name"] == "format").for_each(|p| p["schema"]["enum"] = json!(formats));
+    }
     let mut responses = Map::new();
     let (status, schema) = o.ok;
     let mut ok = json!({"description": "success"});

@@ -307,6 +307,7 @@ pub async fn get_records(
     Query(q): Query<ReadQuery>,
 ) -> ApiResult<Json<Value>> {
     auth::require(&state, &headers, &auth::RECORDS_READ).await?;
+    crate::audit::note_operation("records.read", &format!("dataset/{dataset}"));
     match q.consistency.as_deref() {
         None | Some("local") => {}
         Some("linearizable") => {
@@ -338,6 +339,7 @@ pub async fn get_records(
         last_key = Some(k);
     }
     let next = if more { last_key.map(|k| hex::encode(&k[prefix.len()..])) } else { None };
+    crate::audit::note_records(records.len() as u64);
     let total = state
         .node
         .reader
