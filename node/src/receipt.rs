@@ -186,44 +186,35 @@ impl Receipt {
             ("records" | "batch", _) => return Err(ReceiptError::BatchId),
             (other, _) => return Err(ReceiptError::Kind(other.to_string())),
         }
-        for (field, value) in [
-            ("source", &self.source),
-            ("dataset", &self.dataset),
-            ("request_id", &self.request_id),
-            ("batch_id", &self.batch_id),
-            ("content_sha256", &self.content_sha256),
-            ("received_at", &self.received_at),
-            ("public_key", &self.public_key),
-        ] {
-            plain(field, value)?;
-        }
-        for id in &self.ids {
-            plain("ids", id)?;
-            if id.is_empty() || id.contains(',') {
-                return Err(ReceiptError::Id);
-            }
+        if self.ids.iter().any(|id| id.is_empty() || id.contains(',')) {
+            return Err(ReceiptError::Id);
         }
         let c = &self.counts;
+        let fields: [(&'static str, String); 18] = [
+            ("kind", self.kind.clone()),
+            ("source", self.source.clone()),
+            ("dataset", self.dataset.clone()),
+            ("request_id", self.request_id.clone()),
+            ("batch_id", self.batch_id.clone()),
+            ("content_sha256", self.content_sha256.clone()),
+            ("counts.received", c.received.to_string()),
+            ("counts.accepted", c.accepted.to_string()),
+            ("counts.stored", c.stored.to_string()),
+            ("counts.duplicates", c.duplicates.to_string()),
+            ("counts.conflicts", c.conflicts.to_string()),
+            ("counts.rejected", c.rejected.to_string()),
+            ("ids", self.ids.join(",")),
+            ("commit_index", self.commit_index.to_string()),
+            ("received_at", self.received_at.clone()),
+            ("received_at_ms", self.received_at_ms.to_string()),
+            ("node_id", self.node_id.to_string()),
+            ("public_key", self.public_key.clone()),
+        ];
         let mut out = format!("{VERSION}\n");
-        let mut line = |name: &str, value: &dyn std::fmt::Display| out.push_str(&format!("{name}={value}\n"));
-        line("kind", &self.kind);
-        line("source", &self.source);
-        line("dataset", &self.dataset);
-        line("request_id", &self.request_id);
-        line("batch_id", &self.batch_id);
-        line("content_sha256", &self.content_sha256);
-        line("counts.received", &c.received);
-        line("counts.accepted", &c.accepted);
-        line("counts.stored", &c.stored);
-        line("counts.duplicates", &c.duplicates);
-        line("counts.conflicts", &c.conflicts);
-        line("counts.rejected", &c.rejected);
-        line("ids", &self.ids.join(","));
-        line("commit_index", &self.commit_index);
-        line("received_at", &self.received_at);
-        line("received_at_ms", &self.received_at_ms);
-        line("node_id", &self.node_id);
-        line("public_key", &self.public_key);
+        for (name, value) in &fields {
+            plain(name, value)?;
+            out.push_str(&format!("{name}={value}\n"));
+        }
         Ok(out.into_bytes())
     }
 
