@@ -253,7 +253,10 @@ async fn receipts_verify_offline_and_any_changed_field_fails() -> anyhow::Result
     set("node_id", &|v| v["node_id"] = json!(1));
     set("signature", &|v| {
         let sig = v["signature"].as_str().unwrap_or_default();
-        let flipped = if sig.starts_with('0') { format!("1{}", &sig[1..]) } else { format!("0{}", &sig[1..]) };
+        let flipped = match sig.strip_prefix('0') {
+            Some(rest) => format!("1{rest}"),
+            None => format!("0{}", sig.get(1..).unwrap_or_default()),
+        };
         v["signature"] = json!(flipped);
     });
     for (what, v) in changed {
