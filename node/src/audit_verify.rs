@@ -6,7 +6,8 @@
 //!   node and verifies on this machine; the node's own verdict is not asked for.
 //! - `--data-dir DIR`: opens a stopped node's store (`DIR/store`) with its master key and reads it
 //!   in place; nothing is applied or written to its tables.
-//! - `--backup FILE`: backups come with `dtm backup create` (issue 8); not readable yet.
+//! - `--backup FILE`: a `dtm backup create` file, opened with its key (`--passphrase-file` or
+//!   `--key-file`) and checked whole before its trail is verified (`crate::backup`).
 //!
 //! Signatures are trusted when made by a key in `--keys KEYS.json` (the saved answer of
 //! `GET /api/v1/audit/keys`), else by a node key registered in the trail's own tables (said in the
@@ -71,6 +72,9 @@ pub struct VerifyArgs {
     /// With --data-dir: the node's TLS directory, where master.key is by default.
     #[arg(long, env = "DTM_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// With --backup: the backup's key (its passphrase file or key file).
+    #[command(flatten)]
+    pub backup_key: crate::backup::KeySource,
     #[command(flatten)]
     pub target: client::Target,
 }
@@ -102,7 +106,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
 
 /// What was verified and how it went.
 pub struct Outcome {
-    /// "data-dir" or "live".
+    /// "data-dir", "backup" or "live".
     pub mode: &'static str,
     /// The directory or node read.
     pub source: String,
@@ -144,25 +148,24 @@ impl Outcome {
 }
 
 async fn verify(args: VerifyArgs) -> anyhow::Result<Outcome> {
-    if let Some(b) = &args.backup {
-        bail!(
-            "{}: verifying a backup needs `dtm backup create` backups (issue 8), which this build cannot read yet; \
-             restore it into a data directory and use --data-dir, or verify a live node",
-            b.display()
-        );
-    }
     let (trusted, keys) = match &args.keys {
         Some(path) => (read_keys_file(path)?, format!("pinned by {}", path.display())),
         None => (TrustedKeys::default(), String::new()),
     };
+    let default_keys = "the node keys registered in the trail's own tables (pin keys with --keys)";
+    if let Some(b) = &args.backup {
+        let started = Instant::now();
+        let (file, with) = (b.clone(), args.backup_key.clone());
+        // The whole backup is opened and checked first (frames, manifest, counts, digests).
+        let opened = tokio::task::spawn_blocking(move || crate::backup::open_file(&file, &with, |_| {})).await??;
+        let report = crate::backup::verify_audit(&opened.pairs, trusted);
+        let keys = if keys.is_empty() { default_keys.to_string() } else { keys };
+        return Ok(Outcome { mode: "backup", source: b.display().to_string(), keys, report, took: started.elapsed() });
+    }
     let started = Instant::now();
     let out = match &args.data_dir {
         Some(dir) => {
-            let keys = if keys.is_empty() {
-                "the node keys registered in the trail's own tables (pin keys with --keys)".to_string()
-            } else {
-                keys
-            };
+            let keys = if keys.is_empty() { default_keys.to_string() } else { keys };
             let master = master_key(&args)?;
             let report = verify_data_dir(dir, master, trusted).await?;
             Outcome { mode: "data-dir", source: dir.display().to_string(), keys, report, took: started.elapsed() }

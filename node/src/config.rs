@@ -116,6 +116,9 @@ struct FileConfig {
     /// The audit trail: retention, checkpoints, verification, reports (`docs/audit.md`).
     #[serde(default)]
     audit: crate::audit::AuditFile,
+    /// Scheduled backups (`docs/operations.md`, "Backup and restore").
+    #[serde(default)]
+    backup: crate::backup::BackupFile,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -249,6 +252,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
         pipeline,
         gateway: gateway_options(file.gateway, args.requests_in_flight_max)?,
         identity: crate::api::identity::resolve(file.identity, file.oidc)?,
+        backup: crate::backup::resolve(file.backup)?,
         audit: crate::audit::resolve(file.audit, args.audit_checkpoint_interval_ms, args.audit_verify_interval_s)?,
     };
     Ok((opts, http_addr, grpc_addr))

@@ -137,7 +137,57 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         eprintln!("demo: {e:#}");
     }
     stop(&mut nodes).await;
+    stop_restarted(&dir.join("demo.json"), &nodes).await;
     outcome
+}
+
+/// Whether `pid` is a running process (an exited one waiting to be reaped is not).
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only asks whether the process exists.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false);
+    exists && !zombie
+}
+
+/// Stops the nodes that a drill or a fault tool started again after killing the demo's own
+/// process (their new pids are in demo.json): the demo never restarts a node itself, but it does
+/// not leave one running when it stops. Only a process whose command line is that node's
+/// `dtm serve` is signalled.
+async fn stop_restarted(demo_json: &Path, nodes: &[DemoNode]) {
+    let Ok(bytes) = std::fs::read(demo_json) else { return };
+    let Ok(demo) = serde_json::from_slice::<Value>(&bytes) else { return };
+    let mut others = Vec::new();
+    for n in nodes {
+        let listed =
+            demo["nodes"].as_array().and_then(|a| a.iter().find(|x| x["id"] == n.id)).and_then(|x| x["pid"].as_u64());
+        let Some(pid) = listed.and_then(|p| i32::try_from(p).ok()) else { continue };
+        if Some(pid as u32) == n.child.id() {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let data_dir = n.data_dir.display().to_string();
+        let ours = cmdline.split(|b| *b == 0).any(|a| a == b"serve")
+            && cmdline.split(|b| *b == 0).any(|a| a == data_dir.as_bytes());
+        if ours {
+            // SAFETY: signalling a node process of this demo (checked by its command line).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            others.push(pid);
+        }
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for pid in others {
+        while alive(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if alive(pid) {
+            eprintln!("node process {pid} did not stop in time; killing it");
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 async fn drive(

@@ -9,6 +9,7 @@ mod audit;
 mod audit_reports;
 mod audit_verify;
 mod audit_watch;
+mod backup;
 mod bench;
 mod bench_aggregates;
 mod bench_audit;
@@ -16,6 +17,7 @@ mod certs;
 mod client;
 mod config;
 mod demo;
+mod drill;
 mod gateway;
 mod grpc_ingest;
 mod ingest;
@@ -70,6 +72,15 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Upload a file as a batch (format from the extension), with a progress bar and a manifest.
     Ingest(ingest::IngestArgs),
+    /// Consistent, encrypted backups of a live cluster, and checking them.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
+    },
+    /// Builds a node's data directory from a backup (a new cluster, or a new site).
+    Restore(backup::RestoreArgs),
+    /// A disaster-recovery drill on a live cluster: measures RTO and RPO, checks, reports.
+    Drill(drill::DrillArgs),
     /// The audit trail: verify its hash chain and signed checkpoints.
     Audit {
         #[command(subcommand)]
@@ -202,6 +213,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Ingest(args) => ingest::run(args).await,
+        Command::Backup { command } => backup::run(command).await,
+        Command::Restore(args) => backup::restore(args).await,
+        Command::Drill(args) => drill::run(args).await,
         Command::Keys { command: KeysCommand::Rotate { target } } => keys_rotate(target).await,
         Command::Audit { command } => audit_verify::run(command).await,
         Command::Receipt { command } => receipt::run(command).await,

@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub identity: crate::api::identity::IdentityOptions,
     /// Audit retention, checkpoint and verification intervals (`[audit]`).
     pub audit: crate::audit::AuditOptions,
+    /// Scheduled backups (`[backup]`).
+    pub backup: crate::backup::BackupOptions,
 }
 
 /// Writes `contents` to `path` atomically (temp file + rename) with `mode`.
@@ -163,6 +165,8 @@ pub async fn serve(
     let master = crate::config::load_master_key(&opts.master_key_file)?;
     let node_key = crate::node_key::NodeKey::load_or_create(&opts.data_dir, opts.node_id, &master)?;
     crate::audit::start_signer(&node, node_key.clone(), opts.audit.checkpoint_interval);
+    crate::backup::start_schedule(node.clone(), opts.backup.clone(), master.hex());
+    tokio::spawn(refresh_own_address(node.clone(), stop_rx.clone()));
     crate::audit_reports::start_monthly(&node, opts.audit.monthly_reports);
     let state = api::AppState {
         gateway,
@@ -185,6 +189,23 @@ pub async fn serve(
     }
     tracing::info!(node_id = opts.node_id, "node stopped");
     Ok(())
+}
+
+/// Keeps this node's addresses in the membership current while it leads (a node restored from a
+/// backup starts with none; a node may have moved). Checks every few seconds; cheap when nothing
+/// changed.
+async fn refresh_own_address(node: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        match node.refresh_own_address().await {
+            Ok(true) => tracing::info!(node_id = node.id, "recorded this node's addresses in the membership"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not record this node's addresses yet"),
+        }
+    }
 }
 
 /// TLS connections accepted on `listener`, for tonic. Handshakes run in their own tasks (a slow

@@ -129,6 +129,8 @@ pub fn router(state: AppState) -> Router {
         .route("/pipeline", get(aggregates::get_pipeline))
         .route("/keys", get(keys::get_keys))
         .route("/keys/rotate", post(keys::rotate))
+        .route("/backup", get(crate::backup::get_backup))
+        .route("/drills", post(crate::drill::post_drill))
         .route("/keys/reencrypt", post(keys::reencrypt_now))
         .route("/datasets/{id}/records", post(records::post_records).get(export::get_records))
         .route("/openapi.json", get(openapi::get_openapi))
