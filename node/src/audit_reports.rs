@@ -179,6 +179,12 @@ pub fn walk(
                     w.done = true;
                     return Ok(w);
                 }
+                // A cursor from before the period (made up by hand) does not widen it.
+                if filter.from_ms.is_some_and(|from| at_ms < from) {
+                    w.examined += 1;
+                    w.last = Some(Cursor::Time { at_ms, seq });
+                    continue;
+                }
                 let entry = reader.get_msg::<state::AuditEntry>(&tables::audit_entry(seq))?.ok_or_else(|| {
                     StoreError::Invalid(format!("audit entry {seq} is in the time index but not stored"))
                 })?;
@@ -559,6 +565,117 @@ mod tests {
         assert_eq!(vietnam_month(1_793_466_000_000 - 1), (2026, 10));
         assert_eq!(previous_month(2027, 1), (2026, 12));
         assert_eq!(monthly_id(2026, 10, "access"), "monthly-2026-10-access");
+    }
+
+    /// A store with `n` audit entries applied the way a node applies them: entry `i` (from 0) is
+    /// made at `T0 + i` seconds by `source:s<i % 3>/k`, operation `records.ingest` for even `i`
+    /// and `records.read` for odd `i`, one record each.
+    async fn store(n: u64) -> (tempfile::TempDir, StateReader) {
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts = dtm_storage::StoreOptions::for_tests();
+        let (_log, mut sm, reader) =
+            dtm_storage::open(dir.path(), &opts, Arc::new(dtm_cluster::DtmApplier::default())).expect("store");
+        let events = (0..n)
+            .map(|i| state::AuditEvent {
+                principal: format!("source:s{}/k", i % 3),
+                operation: if i % 2 == 0 { "records.ingest" } else { "records.read" }.into(),
+                target: "dataset/d".into(),
+                outcome: if i == 1 { "status:404".into() } else { "ok".into() },
+                at_ms: T0 + i * 1000,
+                count: 1,
+                records: 1,
+                ..Default::default()
+            })
+            .collect();
+        let cmd = state::Command {
+            version: dtm_model::COMMAND_SET_VERSION,
+            proposed_at_ms: T0,
+            origin_node: 1,
+            actor: None,
+            kind: Some(state::command::Kind::Audit(state::AuditEvents { events })),
+        };
+        let entry = dtm_model::Entry {
+            log_id: openraft::LogId::new(openraft::LeaderId::new(1, 1), 1),
+            payload: openraft::EntryPayload::Normal(cmd),
+        };
+        sm.apply(vec![entry]).await.expect("applied");
+        (dir, reader)
+    }
+
+    const T0: u64 = 1_795_000_000_000;
+
+    fn seqs(reader: &StateReader, f: &Filter, after: Option<Cursor>, budget: u64, limit: usize) -> (Vec<u64>, Walk) {
+        let mut out = Vec::new();
+        let w = walk(reader, f, after, budget, |found| {
+            out.push(found.entry.seq);
+            out.len() < limit
+        })
+        .expect("walk");
+        (out, w)
+    }
+
+    #[tokio::test]
+    async fn walks_page_by_chain_or_time_within_their_budget() {
+        let (_dir, reader) = store(1200).await;
+        // Chain order, pages of 500, continuing from the cursor without gaps.
+        let all = Filter::default();
+        let (p1, w1) = seqs(&reader, &all, None, 10_000, 500);
+        assert_eq!((p1.first(), p1.last(), w1.done, w1.last), (Some(&1), Some(&500), false, Some(Cursor::Seq(500))));
+        let (p3, w3) = seqs(&reader, &all, Some(Cursor::Seq(1000)), 10_000, 500);
+        assert_eq!((p3.len(), w3.done), (200, true));
+        // A period through the time index: [T0 + 10 s, T0 + 20 s) holds entries 11 to 20.
+        let period = Filter { from_ms: Some(T0 + 10_000), to_ms: Some(T0 + 20_000), ..Filter::default() };
+        let (p, w) = seqs(&reader, &period, None, 10_000, 1000);
+        assert_eq!((p, w.done), ((11..=20).collect::<Vec<_>>(), true));
+        // A forged cursor before the period does not widen it.
+        let (p, _) = seqs(&reader, &period, Some(Cursor::Time { at_ms: T0, seq: 1 }), 10_000, 1000);
+        assert_eq!(p.first(), Some(&11));
+        // Filters, and a budget that stops the walk with a cursor to go on from.
+        let f = Filter {
+            principal: Some(Pattern::Exact("source:s1/k".into())),
+            operation: Some(Pattern::Prefix("records.r".into())),
+            ..Filter::default()
+        };
+        let (p, w) = seqs(&reader, &f, None, 100, 1000);
+        assert!(p.iter().all(|s| (s - 1) % 3 == 1 && (s - 1) % 2 == 1), "{p:?}");
+        assert_eq!((w.examined, w.done, w.last), (100, false, Some(Cursor::Seq(100))));
+        let (rest, w) = seqs(&reader, &f, w.last, 10_000, 1000);
+        assert!(w.done && rest.first().is_some_and(|s| *s > 100));
+        assert_eq!(p.len() + rest.len(), 200, "every sixth entry of 1200");
+    }
+
+    #[tokio::test]
+    async fn reports_count_what_their_kind_covers() {
+        let (_dir, reader) = store(60).await;
+        let spec = |kind: &str| ReportSpec {
+            id: format!("t-{kind}"),
+            kind: kind.into(),
+            from_ms: T0,
+            to_ms: T0 + 30_000,
+            created_by: "user:a".into(),
+            created_at_ms: T0,
+        };
+        let report = |kind: &str| {
+            let r = compute(&reader, &spec(kind)).expect("report");
+            serde_json::from_slice::<Value>(&r.content_json).expect("json")
+        };
+        let export = report("export");
+        // Entries 0..30 of the period, the odd ones are reads: 15, one of them failed.
+        assert_eq!(export["totals"], json!({"entries": 15, "ok": 14, "failed": 1, "records": 15}));
+        assert_eq!(export["exports"].as_array().map(Vec::len), Some(3), "{export}");
+        assert_eq!(
+            export["by_outcome"][0],
+            json!({"outcome": "ok", "entries": 14, "ok": 14, "failed": 0, "records": 14})
+        );
+        let change = report("change");
+        assert_eq!(change["totals"]["entries"], 15);
+        assert_eq!(change["by_operation"][0]["operation"], "records.ingest");
+        assert!(change.get("exports").is_none());
+        assert_eq!((change["chain_size"].as_u64(), change["truncated"].as_bool()), (Some(60), Some(false)));
+        let table = report_table(&compute(&reader, &spec("access")).expect("report"));
+        assert_eq!(table.columns[0], "section");
+        assert!(table.rows.iter().any(|r| r[0] == "by_target" && r[3] == "dataset/d"));
     }
 
     #[test]
