@@ -75,6 +75,9 @@ pub struct VerifyArgs {
     /// With --backup: the backup's key (its passphrase file or key file).
     #[command(flatten)]
     pub backup_key: crate::backup::KeySource,
+    /// Live mode: entries and checkpoints asked for per request (at most 1,000; the server caps it).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000), hide = true)]
+    pub page: u64,
     #[command(flatten)]
     pub target: client::Target,
 }
@@ -172,7 +175,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<Outcome> {
         }
         None => {
             let c = client::Client::from_target(&args.target)?;
-            let (report, source, keys) = verify_live(&c, trusted, keys).await?;
+            let (report, source, keys) = verify_live(&c, args.page, trusted, keys).await?;
             Outcome { mode: "live", source, keys, report, took: started.elapsed() }
         }
     };
@@ -281,6 +284,7 @@ fn progress(entries: u64) {
 /// The checkpoints of a live node, a page at a time as the chain reaches them.
 struct RemoteCheckpoints<'c> {
     client: &'c client::Client,
+    page_size: u64,
     page: VecDeque<state::AuditCheckpoint>,
     next: Option<u64>,
     /// The node keys registered in the trail's tables, as the first page listed them.
@@ -288,8 +292,9 @@ struct RemoteCheckpoints<'c> {
 }
 
 impl<'c> RemoteCheckpoints<'c> {
-    async fn new(client: &'c client::Client) -> anyhow::Result<RemoteCheckpoints<'c>> {
-        let mut me = RemoteCheckpoints { client, page: VecDeque::new(), next: Some(0), registered: Vec::new() };
+    async fn new(client: &'c client::Client, page_size: u64) -> anyhow::Result<RemoteCheckpoints<'c>> {
+        let mut me =
+            RemoteCheckpoints { client, page_size, page: VecDeque::new(), next: Some(0), registered: Vec::new() };
         let first = me.fetch().await?;
         me.registered = parse_keys(&first["keys"]).context("the keys listed with the checkpoints")?.keys;
         Ok(me)
@@ -297,7 +302,10 @@ impl<'c> RemoteCheckpoints<'c> {
 
     async fn fetch(&mut self) -> anyhow::Result<Value> {
         let Some(after) = self.next else { return Ok(Value::Null) };
-        let v = self.client.expect(Method::GET, &format!("/api/v1/audit/checkpoints?after={after}"), None).await?;
+        let v = self
+            .client
+            .expect(Method::GET, &format!("/api/v1/audit/checkpoints?after={after}&limit={}", self.page_size), None)
+            .await?;
         for c in v["checkpoints"].as_array().into_iter().flatten() {
             let raw = c["raw"].as_str().context("a checkpoint without `raw`")?;
             let bytes = base64::engine::general_purpose::STANDARD.decode(raw).context("a checkpoint's `raw`")?;
@@ -319,10 +327,11 @@ impl<'c> RemoteCheckpoints<'c> {
 /// Verifies a running node's trail on this machine, up to the head the first page reports.
 async fn verify_live(
     c: &client::Client,
+    page_size: u64,
     pinned: TrustedKeys,
     pinned_from: String,
 ) -> anyhow::Result<(Report, String, String)> {
-    let mut checkpoints = RemoteCheckpoints::new(c).await?;
+    let mut checkpoints = RemoteCheckpoints::new(c, page_size).await?;
     let keys = if !pinned.keys.is_empty() {
         pinned_from
     } else {
@@ -343,7 +352,7 @@ async fn verify_live(
     let mut head: Option<state::AuditHead> = None;
     let mut node_id = 0;
     loop {
-        let page = c.expect(Method::GET, &format!("/api/v1/audit/chain?after={after}"), None).await?;
+        let page = c.expect(Method::GET, &format!("/api/v1/audit/chain?after={after}&limit={page_size}"), None).await?;
         if head.is_none() {
             node_id = page["node_id"].as_u64().unwrap_or(0);
             let h = &page["head"];

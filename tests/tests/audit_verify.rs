@@ -3,8 +3,8 @@
 //! is stopped and copies of its data directory are damaged with sled directly, the way someone with
 //! access to the disk (but not the master key) would: an untouched copy verifies; a flipped byte, a
 //! deleted entry and two swapped entries are each named; a keys file that lacks the signer makes
-//! the signed checkpoint fail; no or the wrong master key is a clear error. The live mode verifies a
-//! running node's trail on the client. A node started on a damaged trail finds it by itself
+//! the signed checkpoint fail; no or the wrong master key, or a running node's locked store, is a clear
+//! error. The live mode verifies a running node's trail on the client, in pages of any size. A node started on a damaged trail finds it by itself
 //! (`GET /audit/status`, a security event).
 
 use std::path::Path;
@@ -97,12 +97,16 @@ async fn run(c: &mut TestCluster) -> anyhow::Result<()> {
     let (s, v) = c.admin(Method::POST, 3, "/api/v1/sources/moj/keys", None).await?;
     anyhow::ensure!(s == 201, "issue key: {s} {v}");
 
-    // Node 3 holds a signed checkpoint over at least the admin actions above.
+    // Node 3 holds signed checkpoints (two at least), one over at least the admin actions above.
     let keys = eventually("a signed checkpoint on node 3", Duration::from_secs(30), || async {
         let (s, v) = c.admin(Method::GET, 3, "/api/v1/audit/checkpoints?limit=1000", None).await.ok()?;
-        let signed = v["checkpoints"].as_array()?.iter().any(|cp| {
-            cp["size"].as_u64().unwrap_or(0) >= 10 && cp["signatures"].as_array().is_some_and(|s| !s.is_empty())
-        });
+        let signed: Vec<u64> = v["checkpoints"]
+            .as_array()?
+            .iter()
+            .filter(|cp| cp["signatures"].as_array().is_some_and(|s| !s.is_empty()))
+            .filter_map(|cp| cp["size"].as_u64())
+            .collect();
+        let signed = signed.len() >= 2 && signed.iter().any(|size| *size >= 10);
         (s == 200 && signed).then(|| v["keys"].clone())
     })
     .await?;
@@ -114,6 +118,16 @@ async fn run(c: &mut TestCluster) -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(0), "live verify: {v} {}", String::from_utf8_lossy(&out.stderr));
     assert!(v["entries"].as_u64().unwrap_or(0) >= 10 && v["signed_checkpoints"].as_u64().unwrap_or(0) >= 1, "{v}");
     assert_eq!(v["mode"], "live");
+    // Small pages: the chain and the checkpoints are read over many requests, with the same verdict.
+    let (out, paged) =
+        verify(&["--node", &c.url(3), "--ca-cert", &ca, "--token", &c.admin_token, "--page", "1"], None)?;
+    assert_eq!(out.status.code(), Some(0), "paged live verify: {paged} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(paged["entries"].as_u64().unwrap_or(0) >= 10, "{paged}");
+    assert!(paged["signed_checkpoints"].as_u64().unwrap_or(0) >= 2, "several pages of checkpoints: {paged}");
+    // A running node's store is locked: --data-dir refuses it with a hint.
+    let (out, _) = verify(&["--tls-dir", &tls], Some(&c.nodes[&1].data_dir))?;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.code() == Some(2) && err.contains("still running"), "{err}");
 
     // The node's own periodic verification has run and found nothing.
     let status = eventually("node 1's own verification", Duration::from_secs(20), || async {
