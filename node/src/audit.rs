@@ -183,8 +183,15 @@ impl Context {
 }
 
 fn is_public(path: &str) -> bool {
-    matches!(path, "/api/v1/health" | "/api/v1/ready" | "/api/v1/openapi.json" | "/api/v1/auth/jwks" | "/metrics")
-        || path.starts_with("/api/docs")
+    matches!(
+        path,
+        "/api/v1/health"
+            | "/api/v1/ready"
+            | "/api/v1/openapi.json"
+            | "/api/v1/auth/jwks"
+            | "/api/v1/audit/keys"
+            | "/metrics"
+    ) || path.starts_with("/api/docs")
         || path == "/soap/v1"
 }
 

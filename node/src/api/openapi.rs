@@ -230,6 +230,22 @@ const OPERATIONS: &[Op] = &[
     },
     Op { who: ADMIN, ..op("post", "/api/v1/keys/rotate", "cluster", "Start using a new data-encryption key") },
     Op {
+        who: "admin, operator",
+        ok: (200, Some("BackupStream")),
+        ..op(
+            "get",
+            "/api/v1/backup",
+            "cluster",
+            "This node's tables as of one applied log index, streamed for `dtm backup create` (writes go on)",
+        )
+    },
+    Op {
+        who: "admin, operator",
+        body: Some(("DrillReport", JSON)),
+        ok: (201, Some("Object")),
+        ..op("post", "/api/v1/drills", "cluster", "Record a disaster-recovery drill's report in the audit trail")
+    },
+    Op {
         who: ADMIN,
         ..op(
             "post",
@@ -459,7 +475,8 @@ fn operation(o: &Op) -> Value {
     let mut ok = json!({"description": "success"});
     if let Some(s) = schema {
         let mut content = Map::new();
-        content.insert(JSON.into(), json!({"schema": schema_ref(s)}));
+        let media = if s == "BackupStream" { "application/vnd.dtm.backup-stream" } else { JSON };
+        content.insert(media.into(), json!({"schema": schema_ref(s)}));
         if o.query.contains(&"format") {
             for t in EXPORT_TYPES {
                 content.insert(t.into(), json!({"schema": {"type": "string", "format": "binary"}}));
@@ -593,6 +610,11 @@ fn components() -> Value {
                 "rows": {"type": "array", "items": obj(json!({"bucket": string, "count": int}), &["bucket", "count"])}}),
                 &["as_of_index", "rows"]),
             "Digest": obj(json!({"dataset": string, "as_of_index": int, "sha256": string}), &["as_of_index", "sha256"]),
+            "BackupStream": {"type": "string", "format": "binary", "description": "frames of a length (4 bytes, big-endian) and bytes: a JSON header, the snapshot meta, the tables in parts, then an empty frame (docs/operations.md)"},
+            "DrillReport": {"type": "object", "required": ["scenario"], "properties": {
+                "scenario": {"type": "string", "enum": ["leader-loss", "site-loss", "partition", "full-restore"]},
+                "rto_ms": {"type": ["integer", "null"]}, "rpo_records": {"type": ["integer", "null"]},
+                "passed": {"type": "boolean"}}},
             "BatchFile": {"type": "string", "format": "binary", "description": "the file; its format follows Content-Type; X-Batch-Count and X-Batch-SHA256 optional"},
             "BatchReceipt": obj(json!({"batch_id": string, "status": string, "accepted": int, "rejected": int,
                 "errors": {"type": "array", "items": {"type": "object"}}, "commit_index": int,
