@@ -898,7 +898,7 @@ fn feed(
                     }
                 }
             }
-            if v.size() % 65_536 == 0 {
+            if v.size().is_multiple_of(65_536) {
                 progress(v.size());
             }
             Ok(!v.failed())
