@@ -391,3 +391,38 @@ async fn verify_live(
     let url = c.nodes.first().cloned().unwrap_or_default();
     Ok((v.finish(head.as_ref()), format!("node {node_id} at {url}"), keys))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_read_from_the_keys_answer_or_a_plain_list() {
+        let pk = "ab".repeat(32);
+        let answer = json!({"as_of_index": 5, "keys": [{"node_id": 2, "public_key": pk, "log_index": 9}]});
+        assert_eq!(parse_keys(&answer).expect("keys").keys, vec![(2, vec![0xab; 32])]);
+        let list = json!([{"node_id": 1, "public_key": pk}, {"node_id": 3, "public_key": pk}]);
+        assert_eq!(parse_keys(&list).expect("keys").keys.len(), 2);
+        for bad in [
+            json!([{"node_id": 1, "public_key": "ab"}]),
+            json!([{"node_id": 1, "public_key": "zz".repeat(32)}]),
+            json!([{"public_key": pk}]),
+            json!({"nodes": []}),
+            json!("keys"),
+        ] {
+            assert!(parse_keys(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_keys_file_that_pins_nothing_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("keys.json");
+        std::fs::write(&empty, br#"{"keys": []}"#).expect("write");
+        let err = read_keys_file(&empty).expect_err("refused").to_string();
+        assert!(err.contains("pins no key"), "{err}");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; KEYS_FILE_BYTES_MAX as usize + 1]).expect("write");
+        assert!(read_keys_file(&big).is_err());
+    }
+}
