@@ -268,6 +268,7 @@ async fn scenario(c: &TestCluster) -> anyhow::Result<()> {
     filters_and_exports(c, &admin, &source).await?;
     connection_log(c, &key1, &auditor).await?;
     reports(c, &auditor).await?;
+    export_limits(c).await?;
     Ok(())
 }
 
@@ -423,6 +424,33 @@ async fn reports(c: &TestCluster, auditor: &Session) -> anyhow::Result<()> {
     // Storing a report is itself in the trail, under the auditor's name.
     let stored = trail(c, 2, "&operation=audit.report.store&principal=user:aud1", None).await?;
     assert!(stored.iter().any(|e| e["target"] == format!("audit-report/{id}").as_str()), "{stored:?}");
+    Ok(())
+}
+
+/// A DOCX export holds at most 2,000 entries: more are refused with 422 before anything is sent,
+/// with advice; a narrower selection is served.
+async fn export_limits(c: &TestCluster) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let reads = futures::stream::iter(0..2_100)
+        .map(|i| get(c, 1 + i % 3, "/api/v1/datasets/etx", Who::Admin))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(reads.iter().all(|r| r.as_ref().is_ok_and(|a| a.status == 200)), "every read answered");
+    let refused = eventually("2,100 dataset reads in the trail", DEADLINE, || async {
+        let a = get(c, 2, "/api/v1/audit/export?format=docx&operation=dataset.read", Who::Admin).await.ok()?;
+        (a.status == 422).then(|| a.json())
+    })
+    .await?;
+    assert_eq!(refused["error"]["code"], "export_too_large", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("2000") && message.contains("narrow") && message.contains("csv"), "{message}");
+    let a = get(c, 3, "/api/v1/audit/export?format=csv&operation=dataset.read", Who::Admin).await?;
+    let n: usize =
+        a.headers.get("x-audit-entries").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(a.status == 200 && n >= 2_100, "{} {n}", a.status);
+    let a = get(c, 1, "/api/v1/audit/export?format=docx&operation=source.*", Who::Admin).await?;
+    assert!(a.status == 200 && a.bytes.starts_with(b"PK"), "{}", a.status);
     Ok(())
 }
 
