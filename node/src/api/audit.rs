@@ -231,6 +231,7 @@ pub async fn head(
     Ok(Json(json!({
         "as_of_index": as_of_index, "size": head.size, "head_hash": hex::encode(&head.head_hash),
         "merkle_root": hex::encode(root), "last_checkpoint": checkpoint, "signed_through": head.signed_through,
+        "retention_days": state.audit_options.retention_days,
     })))
 }
 
