@@ -2,6 +2,11 @@
 //! idempotency inside and across entries, revocation at its log position, and that two nodes
 //! applying the same log end with byte-identical tables (determinism).
 
+mod common;
+
+use common::cmd;
+use common::entry;
+
 use std::sync::Arc;
 
 use dtm_cluster::DtmApplier;
@@ -10,7 +15,6 @@ use dtm_model::state::command::Kind;
 use dtm_model::state::command_response::Result as Reply;
 use dtm_storage::StateMachineStore;
 use dtm_storage::StateReader;
-use openraft::EntryPayload;
 use openraft::storage::RaftStateMachine;
 
 fn open() -> (tempfile::TempDir, StateMachineStore, StateReader, DtmApplier) {
@@ -23,17 +27,6 @@ fn open() -> (tempfile::TempDir, StateMachineStore, StateReader, DtmApplier) {
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
-
-fn cmd(kind: Kind) -> state::Command {
-    state::Command { actor: None, version: 1, proposed_at_ms: 1_000, origin_node: 1, kind: Some(kind) }
-}
-
-fn entry(index: u64, c: state::Command) -> dtm_model::Entry {
-    openraft::Entry {
-        log_id: openraft::LogId::new(openraft::LeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(c),
-    }
-}
 
 fn key(id: &str) -> state::ApiKey {
     state::ApiKey { key_id: id.into(), secret_sha256: vec![7; 32], created_at_ms: 1, ..Default::default() }

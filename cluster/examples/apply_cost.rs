@@ -1,0 +1,121 @@
+//! What `apply` costs per record, on a real (sealed) sled store, without the network or HTTPS:
+//! group-commit entries of single-record submissions, as `dtm bench` makes them, each record with a
+//! natural key and an aggregate contribution spread over a few hundred cells. Prints the best and
+//! the median of several trials, so that a change to `apply` (an index, a table) can be measured on
+//! a busy machine where end-to-end benchmarks vary by ±30 %.
+//!
+//! `cargo run --release -p dtm-cluster --example apply_cost -- [records] [trials]`
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::cmd;
+use common::entry;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dtm_cluster::DtmApplier;
+use dtm_model::state;
+use dtm_model::state::command::Kind;
+use openraft::storage::RaftStateMachine;
+
+/// Submissions per log entry (what group commit makes at a few hundred clients).
+const SUBMISSIONS_PER_ENTRY: usize = 64;
+/// Distinct aggregate cells the records fall into.
+const CELLS: usize = 360;
+
+fn catalog() -> Vec<dtm_model::Entry> {
+    let key = state::ApiKey { key_id: "k".into(), secret_sha256: vec![7; 32], ..Default::default() };
+    let source = state::Source { id: "moj".into(), name: "MOJ".into(), ..Default::default() };
+    let dataset =
+        state::Dataset { id: "etx".into(), definition_json: b"{}".to_vec(), version: 1, ..Default::default() };
+    vec![
+        entry(1, cmd(Kind::RegisterSource(state::RegisterSource { source: Some(source), first_key: Some(key) }))),
+        entry(2, cmd(Kind::DefineDataset(state::DefineDataset { dataset: Some(dataset) }))),
+    ]
+}
+
+fn record(n: usize) -> state::RecordIn {
+    let cell = n % CELLS;
+    let contribution = dtm_dataset::Contribution {
+        time: dtm_dataset::TimePoint::Month(2026, (cell % 12) as u8 + 1),
+        dims: vec![serde_json::json!(format!("agency-{}", cell / 12)), serde_json::json!("web")],
+        measures: [("transactions".to_string(), n as f64)].into(),
+    };
+    let payload = serde_json::json!({"ref": format!("r{n}"), "transactions": n, "padding": "x".repeat(200)});
+    let mut h = [0u8; 32];
+    h[..8].copy_from_slice(&(n as u64).to_be_bytes());
+    state::RecordIn {
+        id: format!("00000000-0000-4000-8000-{n:012}"),
+        payload_json: payload.to_string().into_bytes(),
+        natural_key_hash: h.to_vec(),
+        content_sha256: h.to_vec(),
+        contribution: Some(state::AggContribution {
+            cell_key: contribution.cell_key(),
+            measures: contribution.measures.into_iter().collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn entries(records: usize) -> Vec<dtm_model::Entry> {
+    let mut out = Vec::new();
+    let mut n = 0;
+    let mut index = 3;
+    while n < records {
+        let submissions = (0..SUBMISSIONS_PER_ENTRY.min(records - n))
+            .map(|_| {
+                n += 1;
+                state::Submission {
+                    dataset: "etx".into(),
+                    source: "moj".into(),
+                    idempotency_key: format!("auto:{n}"),
+                    fingerprint: vec![1; 32],
+                    key_id: "k".into(),
+                    channel: "rest".into(),
+                    records: vec![record(n)],
+                    ..Default::default()
+                }
+            })
+            .collect();
+        out.push(entry(index, cmd(Kind::Ingest(state::IngestBatch { submissions }))));
+        index += 1;
+    }
+    out
+}
+
+/// One trial on a fresh store: seconds spent applying `records` records.
+async fn trial(records: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let applier = DtmApplier::default();
+    let (_log, mut sm, _reader) =
+        dtm_storage::open(dir.path(), &dtm_storage::StoreOptions::for_tests(), Arc::new(applier)).expect("open store");
+    sm.apply(catalog()).await.expect("catalog");
+    let log = entries(records);
+    let start = Instant::now();
+    // Batches of 16 entries per `apply` call, as openraft hands them over under load.
+    let mut log = log.into_iter().peekable();
+    while log.peek().is_some() {
+        let batch: Vec<_> = log.by_ref().take(16).collect();
+        sm.apply(batch).await.expect("apply");
+    }
+    start.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let records: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50_000);
+    let trials: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(7);
+    let mut rates: Vec<f64> = Vec::new();
+    for _ in 0..trials {
+        rates.push(records as f64 / trial(records).await);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "apply: {records} records in entries of {SUBMISSIONS_PER_ENTRY}, {CELLS} cells: best {:.0} records/s, median {:.0} records/s ({trials} trials)",
+        rates[trials - 1],
+        rates[trials / 2]
+    );
+}
