@@ -289,6 +289,26 @@ impl TestCluster {
         Ok((status, resp.json().await.unwrap_or(Value::Null), replayed))
     }
 
+    /// Signs a user in on `node`; returns the session cookie (`name=value`) to send as `Cookie`.
+    pub async fn sign_in(&self, node: u64, username: &str, password: &str) -> anyhow::Result<String> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/auth/login", self.url(node)))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await?;
+        let cookie = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("__Host-dtm_session="))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string);
+        let status = resp.status().as_u16();
+        cookie.with_context(|| format!("signing in as {username}: {status}"))
+    }
+
     /// Every record of `dataset` on `node` (all pages), as (id, data).
     pub async fn records(&self, node: u64, dataset: &str) -> anyhow::Result<Vec<(String, Value)>> {
         let mut out = Vec::new();

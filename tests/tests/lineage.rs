@@ -169,6 +169,16 @@ async fn lineage_leads_records_and_cells_back_to_their_source_channel_batch_and_
     assert_eq!(runs[1]["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"], 2);
 
     // Lineage is for analysts, auditors and admins, not for sources.
+    for (user, role) in [("ana", "analyst"), ("aud", "auditor")] {
+        let password = "quiet harbour lantern";
+        let body = json!({"username": user, "role": role, "password": password});
+        let (s, v) = c.admin(Method::POST, 1, "/api/v1/users", Some(body)).await?;
+        anyhow::ensure!(s == 201, "create {role}: {s} {v}");
+        let cookie = c.sign_in(2, user, password).await?;
+        let resp =
+            c.http.get(format!("{}/api/v1/lineage/records/{b1}", c.url(2))).header("cookie", cookie).send().await?;
+        assert_eq!(resp.status().as_u16(), 200, "{role} reads lineage");
+    }
     let (s, _) = as_source(&c, 1, rt, Method::GET, &format!("/api/v1/lineage/records/{r1}"), None).await?;
     assert_eq!(s, 403);
     let (s, _) = c.admin(Method::GET, 1, "/api/v1/lineage/records/no-such-record", None).await?;
