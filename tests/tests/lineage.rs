@@ -300,5 +300,7 @@ async fn corrections_are_new_versions_and_as_of_reads_see_before_and_after() -> 
     assert_eq!((s, v["version"].as_u64()), (201, Some(3)), "{v}");
     let live = july(&c, 1, "&consistency=linearizable").await?;
     assert_eq!(live["transactions"].as_u64(), Some(16));
+    let dataset = get(&c, 1, "/api/v1/datasets/etx").await?;
+    assert_eq!((dataset["corrections"].as_u64(), dataset["conflicts"].as_u64()), (Some(2), Some(0)), "{dataset}");
     Ok(())
 }

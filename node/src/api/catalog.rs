@@ -357,6 +357,7 @@ pub async fn get_dataset(
         "versions": versions,
         "duplicates": stats.duplicates,
         "conflicts": stats.conflicts,
+        "corrections": stats.corrections,
     })))
 }
 
