@@ -173,7 +173,6 @@ pub async fn get_aggregates(
         let live = super::aggregates::get_aggregates(State(state.clone()), headers, Path(dataset.clone()), Query(q));
         live.await?.0
     };
-
     let Some(format) = format else { return Ok(Json(doc).into_response()) };
     crate::audit::note_operation("aggregates.export", &format!("dataset/{dataset}"));
     crate::audit::note_detail(

@@ -421,10 +421,6 @@ fn query_param(name: &str) -> Value {
         "principal" | "operation" | "target" => {
             (json!({"type": "string", "maxLength": 512}), "exact, or a prefix with a trailing `*`")
         }
-        "on_error" => (
-            json!({"type": "string", "enum": ["continue", "reject"]}),
-            "`reject`: all or nothing; `continue` (default): store the valid rows",
-        ),
         "as_of_index" => (json!({"type": "integer", "minimum": 0}), "read as things stood at this log index"),
         "as_of_commit" => {
             (json!({"type": "integer", "minimum": 0}), "aggregates recomputed as they stood at this log index")
@@ -436,6 +432,10 @@ fn query_param(name: &str) -> Value {
         "bucket" => {
             (json!({"type": "string"}), "a time bucket as the aggregates answer names it (2026-07, 2026-Q3, …)")
         }
+        "on_error" => (
+            json!({"type": "string", "enum": ["continue", "reject"]}),
+            "`reject`: all or nothing; `continue` (default): store the valid rows",
+        ),
         _ => (json!({"type": "string"}), ""),
     };
     json!({"name": name, "in": "query", "required": false, "schema": schema, "description": description})
