@@ -167,6 +167,15 @@ async fn lineage_leads_records_and_cells_back_to_their_source_channel_batch_and_
     assert_eq!(runs[0]["inputs"][0]["name"], "bt");
     assert_eq!(runs[1]["outputs"][0]["name"], "etx");
     assert_eq!(runs[1]["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"], 2);
+    // With `realtime=true`, rt's record of today is a run of its own, still running.
+    let events = get(&c, 1, "/api/v1/lineage/openlineage?realtime=true&format=json").await?;
+    let realtime: Vec<&Value> =
+        events.as_array().into_iter().flatten().filter(|e| e["job"]["name"] == "ingest.rt.etx.realtime").collect();
+    let kinds: Vec<&str> = realtime.iter().filter_map(|e| e["eventType"].as_str()).collect();
+    assert_eq!(kinds, ["START", "RUNNING"], "{events}");
+    assert_eq!(realtime[1]["run"]["facets"]["dtm_realtime"]["records"], 1);
+    assert_eq!(realtime[1]["run"]["facets"]["dtm_realtime"]["channels"]["rest"], 1);
+    assert_eq!(realtime[0]["inputs"][0]["name"], "rt");
 
     // Lineage is for analysts, auditors and admins, not for sources.
     for (user, role) in [("ana", "analyst"), ("aud", "auditor")] {

@@ -309,6 +309,8 @@ pub struct OpenLineageQuery {
     from: Option<String>,
     to: Option<String>,
     format: Option<String>,
+    /// Also the real-time records, as one run per source, dataset and day (scans the records).
+    realtime: Option<bool>,
 }
 
 /// The OpenLineage schema the events follow, and the facets used.
@@ -384,8 +386,99 @@ fn batch_events(b: &state::BatchReceipt) -> [Value; 2] {
     [start, end]
 }
 
+/// One day of a source's real-time records into one dataset (Vietnam days, like the aggregates).
+#[derive(Default)]
+struct RealtimeDay {
+    records: u64,
+    first_ms: u64,
+    last_ms: u64,
+    first_index: u64,
+    last_index: u64,
+    channels: BTreeMap<String, u64>,
+}
+
+/// Milliseconds in a day, and Vietnam's offset from UTC (UTC+07:00, no daylight saving).
+const DAY_MS: u64 = 86_400_000;
+const VIETNAM_OFFSET_MS: u64 = 7 * 3_600_000;
+
+/// The Vietnam day of a time, as days since the epoch.
+fn vietnam_day(ms: u64) -> u64 {
+    (ms + VIETNAM_OFFSET_MS) / DAY_MS
+}
+
+/// The real-time records received in `[from, to)`, by (source, dataset, Vietnam day): every
+/// dataset's records are read (at most `AS_OF_RECORDS_MAX` in all; 422 past that).
+fn realtime_days(
+    reader: &dtm_storage::StateReader,
+    from: u64,
+    to: u64,
+) -> ApiResult<BTreeMap<(String, String, u64), RealtimeDay>> {
+    let mut datasets = Vec::new();
+    reader
+        .for_each_prefixed(tables::DATASET, |_, v| {
+            datasets.push(<state::Dataset as prost::Message>::decode(v)?.id);
+            Ok(())
+        })
+        .map_err(ApiError::internal)?;
+    let mut days: BTreeMap<(String, String, u64), RealtimeDay> = BTreeMap::new();
+    let mut budget = AS_OF_RECORDS_MAX;
+    for dataset in datasets {
+        let mut seen = 0usize;
+        let cut =
+            super::versions::visit_records(reader, &tables::records_of(&dataset), None, u64::MAX, budget, |_, r| {
+                seen += 1;
+                if !r.batch_id.is_empty() || r.received_at_ms < from || r.received_at_ms >= to {
+                    return Ok(true);
+                }
+                let day = days.entry((r.source.clone(), dataset.clone(), vietnam_day(r.received_at_ms))).or_default();
+                if day.records == 0 {
+                    (day.first_ms, day.first_index) = (r.received_at_ms, r.commit_index);
+                }
+                day.records += 1;
+                day.first_ms = day.first_ms.min(r.received_at_ms);
+                day.last_ms = day.last_ms.max(r.received_at_ms);
+                day.first_index = day.first_index.min(r.commit_index);
+                day.last_index = day.last_index.max(r.commit_index);
+                *day.channels.entry(r.channel).or_default() += 1;
+                Ok(true)
+            })?;
+        if cut.is_some() {
+            return Err(super::versions::too_many_records());
+        }
+        budget = budget.saturating_sub(seen);
+    }
+    Ok(days)
+}
+
+/// The events of one day's real-time run: START at its first record, then COMPLETE at its last,
+/// or RUNNING while the day (`today`, a Vietnam day) is not over.
+fn realtime_events(key: &(String, String, u64), day: &RealtimeDay, today: u64) -> [Value; 2] {
+    let (source, dataset, day_number) = key;
+    let date = rfc3339(day_number * DAY_MS).get(..10).unwrap_or_default().to_string();
+    let run_id = run_id(&format!("realtime:{source}:{dataset}:{date}"));
+    let facet = json!({
+        "_producer": producer(), "_schemaURL": "urn:dtm:facets:realtime",
+        "source": source, "dataset": dataset, "day": date, "records": day.records, "channels": day.channels,
+        "first_commit_index": day.first_index, "last_commit_index": day.last_index,
+    });
+    let job = json!({"namespace": "dtm", "name": format!("ingest.{source}.{dataset}.realtime")});
+    let event = |kind: &str, at_ms: u64, outputs: Value| {
+        json!({
+            "eventType": kind, "eventTime": rfc3339(at_ms),
+            "run": {"runId": run_id, "facets": {"dtm_realtime": facet}},
+            "job": job, "inputs": [{"namespace": "dtm-source", "name": source}], "outputs": outputs,
+            "producer": producer(), "schemaURL": OPENLINEAGE_SCHEMA,
+        })
+    };
+    let stats = json!([{"namespace": "dtm", "name": dataset, "outputFacets": {"outputStatistics": {
+        "_producer": producer(), "_schemaURL": OUTPUT_STATS_SCHEMA, "rowCount": day.records}}}]);
+    let end = if *day_number < today { "COMPLETE" } else { "RUNNING" };
+    [event("START", day.first_ms, json!([{"namespace": "dtm", "name": dataset}])), event(end, day.last_ms, stats)]
+}
+
 /// `GET /lineage/openlineage?from=&to=`: every batch upload that started in the window, as
-/// OpenLineage RunEvents (a JSON array, or JSON lines with `format=ndjson`), oldest first.
+/// OpenLineage RunEvents (a JSON array, or JSON lines with `format=ndjson`), oldest first. With
+/// `realtime=true` also one run per source, dataset and day of real-time records.
 pub async fn get_openlineage(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -418,7 +511,25 @@ pub async fn get_openlineage(
         })
         .map_err(ApiError::internal)?;
     receipts.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then_with(|| a.batch_id.cmp(&b.batch_id)));
-    let events: Vec<Value> = receipts.iter().flat_map(batch_events).collect();
+    // One timeline of (time, event); a run's START never sorts after its end (stable sort).
+    let mut timeline: Vec<(u64, Value)> = Vec::new();
+    for b in &receipts {
+        let [start, end] = batch_events(b);
+        timeline.push((b.started_at_ms, start));
+        timeline.push((b.finished_at_ms.max(b.started_at_ms), end));
+    }
+    if q.realtime == Some(true) {
+        let reader = state.node.reader.clone();
+        let days = super::versions::blocking(move || realtime_days(&reader, from, to)).await?;
+        let today = vietnam_day(super::now_ms());
+        for (k, d) in &days {
+            let [start, end] = realtime_events(k, d, today);
+            timeline.push((d.first_ms, start));
+            timeline.push((d.last_ms, end));
+        }
+    }
+    timeline.sort_by_key(|(at_ms, _)| *at_ms);
+    let events: Vec<Value> = timeline.into_iter().map(|(_, e)| e).collect();
     let (body, media) = if ndjson {
         let mut out = String::new();
         for e in &events {

@@ -214,7 +214,7 @@ const OPERATIONS: &[Op] = &[
     },
     Op {
         who: "analyst, auditor, admin; scope records:read or audit:read",
-        query: &["from", "to"],
+        query: &["from", "to", "realtime"],
         ok: (200, Some("OpenLineageEvents")),
         ..op(
             "get",
@@ -422,6 +422,7 @@ fn query_param(name: &str) -> Value {
             (json!({"type": "string", "maxLength": 512}), "exact, or a prefix with a trailing `*`")
         }
         "as_of_index" => (json!({"type": "integer", "minimum": 0}), "read as things stood at this log index"),
+        "realtime" => (json!({"type": "boolean"}), "also real-time records, one run per source, dataset and day"),
         "as_of_commit" => {
             (json!({"type": "integer", "minimum": 0}), "aggregates recomputed as they stood at this log index")
         }

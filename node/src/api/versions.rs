@@ -57,7 +57,7 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
-fn too_many_records() -> ApiError {
+pub(super) fn too_many_records() -> ApiError {
     unprocessable(
         "too_many_records",
         format!("an as-of read visits at most {AS_OF_RECORDS_MAX} records; this dataset has more up to that point"),
@@ -74,7 +74,7 @@ pub fn rfc3339_ms(name: &str, text: &str) -> ApiResult<u64> {
 }
 
 /// Runs blocking table work off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
 }
 
@@ -120,7 +120,7 @@ pub async fn as_of_index(
 /// Visits the records under `prefix` after the key `after`, in commit order, up to those committed
 /// at `until`; at most `budget` of them. `visit` returns false to stop. Returns the key of the last
 /// record visited when the budget ran out before the end.
-fn visit_records(
+pub(super) fn visit_records(
     reader: &StateReader,
     prefix: &[u8],
     after: Option<Vec<u8>>,
