@@ -5,9 +5,10 @@
 //! group-commit batcher (`batcher.rs`), other commands straight to the [`Writer`]. The writer
 //! proposes on the leader or forwards to it over mutual-TLS gRPC (`network.rs` client, `service.rs`
 //! server), retrying across leader changes. Committed entries are applied on every node by
-//! [`DtmApplier`] (`applier.rs`) into the tables laid out in `tables.rs`: catalog, records, the
-//! natural-key index (duplicates and conflicts) and aggregate cells, which `aggregates.rs` mirrors in
-//! memory for queries at a known log index. After every command, `audit.rs` appends the audit
+//! [`DtmApplier`] (`applier.rs`; records in `ingest.rs`) into the tables laid out in `tables.rs`:
+//! catalog, records, the natural-key index (duplicates and conflicts), versions and lineage
+//! (`lineage.rs`) and aggregate cells, which `aggregates.rs` mirrors in memory for queries at a known
+//! log index. After every command, `audit.rs` appends the audit
 //! entries it makes to the hash-chained trail and closes checkpoints that the leader signs.
 
 pub mod aggregates;
@@ -18,6 +19,7 @@ mod batcher;
 mod detector;
 mod error;
 pub mod gateway;
+mod ingest;
 pub mod limits;
 pub mod lineage;
 mod network;

@@ -5,7 +5,7 @@
 //! Records are never rewritten. A conflicting record (same natural key, other content, from any
 //! source) and a correction are both stored as the next version of the chain and linked from the
 //! previous one. They differ in what they do to statistics: a conflict changes nothing (the version
-//! that counted keeps counting, see `applier.rs`), a correction takes the counted version's
+//! that counted keeps counting, see `ingest.rs`), a correction takes the counted version's
 //! contribution out of its cell and adds its own. The counted version of a chain is therefore the
 //! latest version that is not a conflict; walking back from the latest finds it.
 //!
