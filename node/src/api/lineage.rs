@@ -561,6 +561,33 @@ mod tests {
     }
 
     #[test]
+    fn cell_filters_match_buckets_and_dimension_values_as_text_or_json() {
+        let schema = json!({"type": "object", "properties": {
+            "day": {"type": "string"}, "agency": {"type": "string"}, "year": {"type": "integer"}}});
+        let def = DatasetDef::parse(&json!({"id": "d", "title": "d", "schema": schema,
+            "time_field": "day", "dimensions": ["agency", "year"]}))
+        .expect("definition");
+        let cell = |day: &str, agency: Value, year: Value| {
+            let c = dtm_dataset::Contribution {
+                time: TimePoint::parse(day).expect("day"),
+                dims: vec![agency, year],
+                measures: Default::default(),
+            };
+            dtm_dataset::DecodedCell::decode(&c.cell_key(), Default::default()).expect("cell")
+        };
+        let params = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let july = CellFilter::parse(&def, &params(&[("bucket", "2026-07"), ("agency", "moj"), ("year", "2026")]))
+            .expect("filter");
+        assert!(july.matches(&cell("2026-07-14", json!("moj"), json!(2026))), "a number matches its text");
+        assert!(!july.matches(&cell("2026-08-01", json!("moj"), json!(2026))), "another month");
+        assert!(!july.matches(&cell("2026-07-14", json!("mof"), json!(2026))), "another agency");
+        let quarter = CellFilter::parse(&def, &params(&[("bucket", "2026-Q3")])).expect("filter");
+        assert!(quarter.matches(&cell("2026-08-01", json!("mof"), json!(null))));
+        assert!(CellFilter::parse(&def, &params(&[("colour", "red")])).is_err(), "not a dimension");
+        assert!(CellFilter::parse(&def, &params(&[("bucket", "July")])).is_err(), "not a time point");
+    }
+
+    #[test]
     fn a_failed_batch_ends_with_fail_and_its_error() {
         let b = state::BatchReceipt {
             batch_id: "b".into(),
