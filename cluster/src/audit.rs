@@ -44,6 +44,12 @@ pub const EVENTS_PER_COMMAND_MAX: usize = 4096;
 pub const EVENT_TEXT_BYTES_MAX: usize = 512;
 /// Longest detail of an audit event.
 pub const EVENT_DETAIL_BYTES_MAX: usize = 4096;
+/// A block (the entries of one command, stored under one key) holds at most this many entries,
+/// this many bytes, and events at most this far apart in time; a command that makes more is
+/// stored in several blocks.
+pub const BLOCK_ENTRIES_MAX: usize = 4096;
+pub const BLOCK_BYTES_MAX: usize = 512 * 1024;
+pub const BLOCK_SPAN_MS_MAX: u64 = 60_000;
 /// Distinct failure causes counted per source and day; the rest are counted under `other`.
 pub const CONNECTION_CAUSES_MAX: usize = 64;
 
@@ -218,7 +224,7 @@ pub fn derive(cmd: &state::Command, resp: &state::CommandResponse) -> Vec<state:
         Kind::SetClusterSecrets(_) => one("cluster.secrets.set", "cluster".into()),
         Kind::RotateDataKeys(_) => one("keys.rotate", "cluster".into()),
         Kind::Ingest(b) => ingest_events(cmd, b, resp),
-        Kind::Audit(a) => a.events.iter().cloned().collect(),
+        Kind::Audit(a) => a.events.to_vec(),
         Kind::Batch(b) => match &b.kind {
             Some(state::batch_command::Kind::RecordReceipt(r)) => {
                 let Some(rc) = &r.receipt else { return Vec::new() };
@@ -392,19 +398,25 @@ pub fn record(
     let mut head = load_head(txn)?;
     let mut frontier = Frontier::from_head(&head).map_err(StoreError::Invalid)?;
     let mut prev: Vec<u8> = if head.size == 0 { ZERO_HASH.to_vec() } else { head.head_hash.clone() };
+    let mut days = ConnectionDays::default();
+    let mut block = Block::default();
     for event in events {
         let mut event = bounded(event);
         event.log_index = log_id.index;
-        connection_day(txn, &event)?;
+        days.add(txn, &event)?;
         let body = event.encode_to_vec();
         let seq = head.size + 1;
         let hash = entry_hash(seq, &prev, &body);
-        txn.put_msg(tables::audit_entry(seq), &state::AuditEntry { seq, prev_hash: prev, hash: hash.to_vec(), body });
-        txn.put(tables::audit_by_time(event.at_ms, seq), Vec::new());
+        if !block.fits(body.len(), event.at_ms) {
+            block.store(txn);
+        }
+        block.push(state::AuditEntry { seq, prev_hash: prev, hash: hash.to_vec(), body }, event.at_ms);
         frontier.push(&hash);
         head.size = seq;
         prev = hash.to_vec();
     }
+    block.store(txn);
+    days.store(txn);
     head.head_hash = prev;
     head.frontier = frontier.roots.iter().map(|r| r.to_vec()).collect();
     let pending = head.size - head.last_checkpoint_size;
@@ -449,10 +461,73 @@ pub fn source_of(principal: &str) -> Option<&str> {
     Some(rest.split('/').next().unwrap_or(rest)).filter(|s| !s.is_empty())
 }
 
-fn connection_day(txn: &mut Txn<'_>, e: &state::AuditEvent) -> Result<(), StoreError> {
-    let Some(source) = source_of(&e.principal) else { return Ok(()) };
-    let key = tables::connection_day(source, vietnam_day(e.at_ms));
-    let mut day = txn.get_msg::<state::ConnectionDay>(&key)?.unwrap_or_default();
+/// The entries of one command on their way into one stored block.
+#[derive(Default)]
+struct Block {
+    entries: Vec<state::AuditEntry>,
+    bytes: usize,
+    earliest_ms: u64,
+    latest_ms: u64,
+}
+
+impl Block {
+    /// Whether an entry of `body_bytes` at `at_ms` may join this block.
+    fn fits(&self, body_bytes: usize, at_ms: u64) -> bool {
+        self.entries.is_empty()
+            || (self.entries.len() < BLOCK_ENTRIES_MAX
+                && self.bytes + body_bytes <= BLOCK_BYTES_MAX
+                && self.latest_ms.max(at_ms) - self.earliest_ms.min(at_ms) <= BLOCK_SPAN_MS_MAX)
+    }
+
+    fn push(&mut self, entry: state::AuditEntry, at_ms: u64) {
+        if self.entries.is_empty() {
+            (self.earliest_ms, self.latest_ms) = (at_ms, at_ms);
+        }
+        self.earliest_ms = self.earliest_ms.min(at_ms);
+        self.latest_ms = self.latest_ms.max(at_ms);
+        self.bytes += entry.body.len() + 80;
+        self.entries.push(entry);
+    }
+
+    /// Writes the block and its time-index key, and starts an empty one.
+    fn store(&mut self, txn: &mut Txn<'_>) {
+        let Some(first) = self.entries.first().map(|e| e.seq) else { return };
+        txn.put(tables::audit_by_time(self.latest_ms, first), self.earliest_ms.to_be_bytes().to_vec());
+        let block = state::AuditBlock { entries: std::mem::take(&mut self.entries) };
+        txn.put_msg(tables::audit_block(first), &block);
+        *self = Block::default();
+    }
+}
+
+/// The connection log's days a command touches, updated in memory and written once.
+#[derive(Default)]
+struct ConnectionDays {
+    days: std::collections::BTreeMap<Vec<u8>, state::ConnectionDay>,
+}
+
+impl ConnectionDays {
+    fn add(&mut self, txn: &Txn<'_>, e: &state::AuditEvent) -> Result<(), StoreError> {
+        let Some(source) = source_of(&e.principal) else { return Ok(()) };
+        let key = tables::connection_day(source, vietnam_day(e.at_ms));
+        let day = match self.days.entry(key) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let stored = txn.get_msg::<state::ConnectionDay>(v.key())?.unwrap_or_default();
+                v.insert(stored)
+            }
+        };
+        count_in(day, e);
+        Ok(())
+    }
+
+    fn store(self, txn: &mut Txn<'_>) {
+        for (k, day) in self.days {
+            txn.put_msg(k, &day);
+        }
+    }
+}
+
+fn count_in(day: &mut state::ConnectionDay, e: &state::AuditEvent) {
     let n = e.count.max(1);
     day.requests += n;
     day.bytes_in += e.bytes_in;
@@ -471,8 +546,6 @@ fn connection_day(txn: &mut Txn<'_>, e: &state::AuditEvent) -> Result<(), StoreE
         };
         *day.causes.entry(cause).or_insert(0) += n;
     }
-    txn.put_msg(key, &day);
-    Ok(())
 }
 
 /// Checkpoint signatures and node keys.
@@ -648,29 +721,64 @@ impl Verifier {
         }
     }
 
-    /// The next stored pair of the `aud/` table: its key's sequence number and its value (or the
-    /// error opening it).
+    /// The next entry as bytes (an `AuditEntry`), with its position in the chain, or the error
+    /// that kept it from being read.
     pub fn entry(&mut self, key_seq: u64, value: Result<Vec<u8>, String>) {
-        if self.failed() {
+        if self.failed() || !self.expect(key_seq, "entry") {
             return;
-        }
-        let expected = self.frontier.size + 1;
-        if key_seq != expected {
-            let msg = if key_seq > expected {
-                format!("entry {expected} is missing (the next stored entry is {key_seq}): removed")
-            } else {
-                format!("entry {key_seq} appears again after entry {}", expected - 1)
-            };
-            return self.fail(expected, "removed", msg);
         }
         let bytes = match value {
             Ok(b) => b,
             Err(e) => return self.fail(key_seq, "changed", format!("entry {key_seq} does not open: {e}")),
         };
-        let entry = match state::AuditEntry::decode(bytes.as_slice()) {
-            Ok(e) => e,
-            Err(e) => return self.fail(key_seq, "changed", format!("entry {key_seq} is not an audit entry: {e}")),
+        match state::AuditEntry::decode(bytes.as_slice()) {
+            Ok(e) => self.entry_decoded(key_seq, e),
+            Err(e) => self.fail(key_seq, "changed", format!("entry {key_seq} is not an audit entry: {e}")),
+        }
+    }
+
+    /// Whether `first_seq` is where the chain goes on; otherwise the gap is the problem.
+    fn expect(&mut self, first_seq: u64, what: &str) -> bool {
+        let expected = self.frontier.size + 1;
+        if first_seq == expected {
+            return true;
+        }
+        let msg = if first_seq > expected {
+            format!("entry {expected} is missing (the next stored {what} starts at {first_seq}): removed")
+        } else {
+            format!("entry {first_seq} appears again after entry {}", expected - 1)
         };
+        self.fail(expected, "removed", msg);
+        false
+    }
+
+    /// Opens a stored block (the value under `aud/<first_seq>`) and returns its entries, or records
+    /// why it cannot be read and returns none.
+    pub fn open_block(&mut self, first_seq: u64, value: Result<Vec<u8>, String>) -> Vec<state::AuditEntry> {
+        if self.failed() || !self.expect(first_seq, "block") {
+            return Vec::new();
+        }
+        let block = match value.map_err(|e| format!("does not open: {e}")).and_then(|b| {
+            state::AuditBlock::decode(b.as_slice()).map_err(|e| format!("is not a block of audit entries: {e}"))
+        }) {
+            Ok(b) if !b.entries.is_empty() => b,
+            Ok(_) => {
+                self.fail(first_seq, "changed", format!("the stored block of entry {first_seq} is empty"));
+                return Vec::new();
+            }
+            Err(e) => {
+                self.fail(first_seq, "changed", format!("entry {first_seq} (and the entries stored with it) {e}"));
+                return Vec::new();
+            }
+        };
+        block.entries
+    }
+
+    /// The entry at `key_seq` of the chain, decoded (from a block or from `entry`).
+    pub fn entry_decoded(&mut self, key_seq: u64, entry: state::AuditEntry) {
+        if self.failed() || !self.expect(key_seq, "entry") {
+            return;
+        }
         if entry.seq != key_seq {
             return self.fail(
                 key_seq,
@@ -811,10 +919,61 @@ impl Verifier {
     }
 }
 
-/// The sequence number in an `aud/` key.
+/// The sequence number of the first entry of the block stored under an `aud/` key.
 pub fn seq_of_key(key: &[u8]) -> Option<u64> {
     let tail = key.strip_prefix(tables::AUDIT_ENTRY)?;
     Some(u64::from_be_bytes(tail.try_into().ok()?))
+}
+
+/// The block holding entry `seq`: its first entry's seq and its value.
+fn block_of(reader: &StateReader, seq: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    Ok(reader
+        .last_at_or_before(tables::AUDIT_ENTRY, &tables::audit_block(seq))?
+        .and_then(|(k, v)| seq_of_key(&k).map(|first| (first, v))))
+}
+
+/// The first entry of the block that holds entry `seq`.
+pub fn block_first(reader: &StateReader, seq: u64) -> Result<Option<u64>, StoreError> {
+    Ok(block_of(reader, seq)?.map(|(first, _)| first))
+}
+
+/// Entry `seq` of the chain, if stored.
+pub fn entry_at(reader: &StateReader, seq: u64) -> Result<Option<state::AuditEntry>, StoreError> {
+    let Some((first, value)) = block_of(reader, seq)? else { return Ok(None) };
+    let block = state::AuditBlock::decode(value.as_slice())?;
+    Ok(seq.checked_sub(first).and_then(|i| block.entries.into_iter().nth(i as usize)).filter(|e| e.seq == seq))
+}
+
+/// Visits the stored entries from `from_seq` on, in chain order, block by block: `visit` gets each
+/// entry's position and the entry, or (for a block that does not open) the position of the block's
+/// first entry and the error; it returns false to stop.
+pub fn for_each_entry_from(
+    reader: &StateReader,
+    from_seq: u64,
+    mut visit: impl FnMut(u64, Result<state::AuditEntry, String>) -> bool,
+) -> Result<(), StoreError> {
+    let start = match reader.last_at_or_before(tables::AUDIT_ENTRY, &tables::audit_block(from_seq.max(1)))? {
+        Some((k, _)) => k,
+        None => tables::AUDIT_ENTRY.to_vec(),
+    };
+    reader.for_each_checked_from(tables::AUDIT_ENTRY, &start, |k, value| {
+        let Some(first) = seq_of_key(k) else { return Ok(true) };
+        let block = value.map_err(|e| e.to_string()).and_then(|v| {
+            state::AuditBlock::decode(v.as_slice()).map_err(|e| format!("not a block of audit entries: {e}"))
+        });
+        match block {
+            Ok(block) => {
+                for (i, e) in block.entries.into_iter().enumerate() {
+                    let seq = first + i as u64;
+                    if seq >= from_seq && !visit(seq, Ok(e)) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            Err(e) => Ok(visit(first, Err(e))),
+        }
+    })
 }
 
 /// The node keys registered in the tables.
@@ -883,22 +1042,25 @@ fn feed(
     let mut cp_error = None;
     {
         let mut visit = |k: &[u8], value: Result<Vec<u8>, StoreError>| {
-            let Some(seq) = seq_of_key(k) else { return Ok(true) };
-            if through.is_some_and(|t| seq > t) {
+            let Some(first) = seq_of_key(k) else { return Ok(true) };
+            if through.is_some_and(|t| first > t) {
                 return Ok(false);
             }
-            v.entry(seq, value.map_err(|e| e.to_string()));
-            loop {
-                match checkpoints.next_upto(v.size()) {
-                    Ok(Some(cp)) => v.checkpoint(&cp, registered),
-                    Ok(None) => break,
-                    Err(e) => {
-                        cp_error = Some(e);
-                        return Ok(false);
+            let before = v.size();
+            for (i, entry) in v.open_block(first, value.map_err(|e| e.to_string())).into_iter().enumerate() {
+                v.entry_decoded(first + i as u64, entry);
+                loop {
+                    match checkpoints.next_upto(v.size()) {
+                        Ok(Some(cp)) => v.checkpoint(&cp, registered),
+                        Ok(None) => break,
+                        Err(e) => {
+                            cp_error = Some(e);
+                            return Ok(false);
+                        }
                     }
                 }
             }
-            if v.size().is_multiple_of(65_536) {
+            if v.size() / 65_536 != before / 65_536 {
                 progress(v.size());
             }
             Ok(!v.failed())
@@ -909,7 +1071,12 @@ fn feed(
             // Continuing: entries after the last one checked, a page at a time. A page whose values
             // do not all open is an error for the caller, who then verifies from the start (that pass
             // opens entries one by one and names the bad one).
-            let mut after = tables::audit_entry(start);
+            let mut after = tables::audit_block(start);
+            // `start` ends a block; the next block's key is the first one after the block holding
+            // `start`.
+            if let Some((k, _)) = reader.last_at_or_before(tables::AUDIT_ENTRY, &tables::audit_block(start))? {
+                after = k;
+            }
             loop {
                 let rows = reader.scan(tables::AUDIT_ENTRY, Some(&after), CHECKPOINT_PAGE)?;
                 let full = rows.len() == CHECKPOINT_PAGE;

@@ -199,13 +199,14 @@ pub fn batch(batch_id: &str) -> Vec<u8> {
 
 // --- Audit trail (issue 7). ---
 
-/// The chain: `aud/<seq be64>` → `AuditEntry`.
+/// The chain, in blocks: `aud/<seq of the block's first entry be64>` → `AuditBlock`.
 pub const AUDIT_ENTRY: &[u8] = b"aud/";
 /// The chain's head and Merkle frontier (one key, an `AuditHead`).
 pub const AUDIT_HEAD: &[u8] = b"audh/head";
 /// Checkpoints: `audc/<size be64>` → `AuditCheckpoint`.
 pub const AUDIT_CHECKPOINT: &[u8] = b"audc/";
-/// Time index of the chain: `audt/<at_ms be64><seq be64>` → empty.
+/// Time index of the blocks: `audt/<latest at_ms in the block be64><first seq be64>` → the earliest
+/// at_ms in the block (be64). A block spans at most `audit::BLOCK_SPAN_MS_MAX`.
 pub const AUDIT_TIME: &[u8] = b"audt/";
 /// Stored audit reports: `audr/<id>` → `AuditReport`.
 pub const AUDIT_REPORT: &[u8] = b"audr/";
@@ -214,9 +215,10 @@ pub const NODE_KEY: &[u8] = b"nkey/";
 /// The connection log: `conn/<source>\0<yyyymmdd be32>` → `ConnectionDay`.
 pub const CONNECTION_DAY: &[u8] = b"conn/";
 
-pub fn audit_entry(seq: u64) -> Vec<u8> {
+/// The key of the block whose first entry is `first_seq`.
+pub fn audit_block(first_seq: u64) -> Vec<u8> {
     let mut k = AUDIT_ENTRY.to_vec();
-    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&first_seq.to_be_bytes());
     k
 }
 
@@ -226,10 +228,10 @@ pub fn audit_checkpoint(size: u64) -> Vec<u8> {
     k
 }
 
-pub fn audit_by_time(at_ms: u64, seq: u64) -> Vec<u8> {
+pub fn audit_by_time(latest_at_ms: u64, first_seq: u64) -> Vec<u8> {
     let mut k = AUDIT_TIME.to_vec();
-    k.extend_from_slice(&at_ms.to_be_bytes());
-    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&latest_at_ms.to_be_bytes());
+    k.extend_from_slice(&first_seq.to_be_bytes());
     k
 }
 

@@ -26,8 +26,6 @@ use prost::Message;
 use serde_json::Value;
 use serde_json::json;
 
-/// Pairs read from the store per scan call.
-const SCAN_CHUNK: usize = 512;
 /// Longest filter text (principal, operation, target); events' own fields are at most 512 bytes.
 pub const PATTERN_BYTES_MAX: usize = 512;
 /// Entries one report reads at most; a longer period is reported as `truncated`.
@@ -145,6 +143,11 @@ pub struct Found {
 
 /// Visits the entries after `after` that match `filter`, in order, examining at most `budget`
 /// entries; `visit` returns false to stop (after the entry it was given).
+///
+/// Without a period the walk follows the chain. With one it follows the time index of the stored
+/// blocks (each block is the entries of one command, at most `BLOCK_SPAN_MS_MAX` apart, indexed
+/// by its latest time): blocks in order of their latest time, entries of a block in chain order,
+/// each entry checked against the period exactly. A time cursor is `<block's latest ms>.<seq>`.
 pub fn walk(
     reader: &StateReader,
     filter: &Filter,
@@ -154,54 +157,102 @@ pub fn walk(
 ) -> Result<Walk, StoreError> {
     let mut w = Walk::default();
     let by_time = filter.by_time();
-    let mut start: Option<Vec<u8>> = match after {
-        Some(Cursor::Time { at_ms, seq }) if by_time => Some(tables::audit_by_time(at_ms, seq)),
-        Some(Cursor::Seq(seq)) if !by_time => Some(tables::audit_entry(seq)),
-        Some(_) => return Err(StoreError::Invalid("the cursor is of another kind of page".into())),
-        // `audt/<from>` sorts before every key of that millisecond.
-        None if by_time => filter.from_ms.map(|f| [tables::AUDIT_TIME, &f.to_be_bytes()].concat()),
-        None => None,
-    };
-    let prefix = if by_time { tables::AUDIT_TIME } else { tables::AUDIT_ENTRY };
-    loop {
-        let page = reader.scan(prefix, start.as_deref(), SCAN_CHUNK)?;
-        if page.is_empty() {
-            w.done = true;
-            return Ok(w);
+    match after {
+        Some(Cursor::Time { .. }) if !by_time => {
+            return Err(StoreError::Invalid("the cursor is of another kind of page".into()));
         }
-        for (key, value) in &page {
+        Some(Cursor::Seq(_)) if by_time => {
+            return Err(StoreError::Invalid("the cursor is of another kind of page".into()));
+        }
+        _ => {}
+    }
+    let mut failure = None;
+    if !by_time {
+        let from = match after {
+            Some(Cursor::Seq(s)) => s.saturating_add(1),
+            _ => 1,
+        };
+        let mut stopped = false;
+        dtm_cluster::audit::for_each_entry_from(reader, from, |seq, entry| {
             if w.examined >= budget {
-                return Ok(w);
+                stopped = true;
+                return false;
             }
-            let (cursor, entry) = if by_time {
-                let Some((at_ms, seq)) = time_key(key) else { continue };
-                if filter.to_ms.is_some_and(|to| at_ms >= to) {
-                    w.done = true;
-                    return Ok(w);
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    failure = Some(StoreError::Invalid(format!("audit entry {seq}: {e}")));
+                    return false;
                 }
-                // A cursor from before the period (made up by hand) does not widen it.
-                if filter.from_ms.is_some_and(|from| at_ms < from) {
-                    w.examined += 1;
-                    w.last = Some(Cursor::Time { at_ms, seq });
-                    continue;
-                }
-                let entry = reader.get_msg::<state::AuditEntry>(&tables::audit_entry(seq))?.ok_or_else(|| {
-                    StoreError::Invalid(format!("audit entry {seq} is in the time index but not stored"))
-                })?;
-                (Cursor::Time { at_ms, seq }, entry)
-            } else {
-                let entry = state::AuditEntry::decode(value.as_slice())?;
-                (Cursor::Seq(dtm_cluster::audit::seq_of_key(key).unwrap_or(entry.seq)), entry)
             };
             w.examined += 1;
-            w.last = Some(cursor);
-            let event = state::AuditEvent::decode(entry.body.as_slice())?;
+            w.last = Some(Cursor::Seq(seq));
+            let event = match state::AuditEvent::decode(entry.body.as_slice()) {
+                Ok(event) => event,
+                Err(e) => {
+                    failure = Some(e.into());
+                    return false;
+                }
+            };
             if filter.matches(&event) && !visit(Found { entry, event }) {
-                return Ok(w);
+                stopped = true;
+                return false;
+            }
+            true
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        w.done = !stopped;
+        return Ok(w);
+    }
+    // By time: from the cursor's block (entries after its seq), or from the first block whose
+    // latest time reaches `from`.
+    let (start, skip_through) = match after {
+        Some(Cursor::Time { at_ms, seq }) => {
+            let first = dtm_cluster::audit::block_first(reader, seq)?.unwrap_or(seq);
+            (tables::audit_by_time(at_ms, first), seq)
+        }
+        _ => (tables::audit_by_time(filter.from_ms.unwrap_or(0), 0), 0),
+    };
+    let span = dtm_cluster::audit::BLOCK_SPAN_MS_MAX;
+    let mut stopped = false;
+    reader.for_each_checked_from(tables::AUDIT_TIME, &start, |key, value| {
+        let Some((latest, first)) = time_key(key) else { return Ok(true) };
+        if filter.to_ms.is_some_and(|to| latest >= to.saturating_add(span)) {
+            return Ok(false);
+        }
+        let earliest = value.ok().and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map_or(0, u64::from_be_bytes);
+        if filter.to_ms.is_some_and(|to| earliest >= to) || filter.from_ms.is_some_and(|f| latest < f) {
+            return Ok(true);
+        }
+        let Some(value) = reader.get(&tables::audit_block(first))? else {
+            return Err(StoreError::Invalid(format!("audit entry {first} is in the time index but not stored")));
+        };
+        let block = state::AuditBlock::decode(value.as_slice())?;
+        for (i, entry) in block.entries.into_iter().enumerate() {
+            let seq = first + i as u64;
+            if seq <= skip_through {
+                continue;
+            }
+            if w.examined >= budget {
+                stopped = true;
+                return Ok(false);
+            }
+            w.examined += 1;
+            w.last = Some(Cursor::Time { at_ms: latest, seq });
+            let event = state::AuditEvent::decode(entry.body.as_slice())?;
+            let in_period =
+                filter.from_ms.is_none_or(|f| event.at_ms >= f) && filter.to_ms.is_none_or(|t| event.at_ms < t);
+            if in_period && filter.matches(&event) && !visit(Found { entry, event }) {
+                stopped = true;
+                return Ok(false);
             }
         }
-        start = page.last().map(|(k, _)| k.clone());
-    }
+        Ok(true)
+    })?;
+    w.done = !stopped;
+    Ok(w)
 }
 
 fn time_key(key: &[u8]) -> Option<(u64, u64)> {

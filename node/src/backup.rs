@@ -462,10 +462,12 @@ pub fn verify_audit(pairs: &[dtm_storage::Pair], keys: dtm_cluster::audit::Trust
     let mut next_cp = checkpoints.into_iter().peekable();
     let mut v = audit::Verifier::new(keys);
     for (k, value) in pairs.iter().filter(|(k, _)| k.starts_with(tables::AUDIT_ENTRY)) {
-        let Some(seq) = audit::seq_of_key(k) else { continue };
-        v.entry(seq, Ok(value.clone()));
-        while let Some(cp) = next_cp.next_if(|c| c.size <= v.size()) {
-            v.checkpoint(&cp, &registered);
+        let Some(first) = audit::seq_of_key(k) else { continue };
+        for (i, entry) in v.open_block(first, Ok(value.clone())).into_iter().enumerate() {
+            v.entry_decoded(first + i as u64, entry);
+            while let Some(cp) = next_cp.next_if(|c| c.size <= v.size()) {
+                v.checkpoint(&cp, &registered);
+            }
         }
         if v.failed() {
             break;

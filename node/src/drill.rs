@@ -501,7 +501,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         final_checks(&d, &acked).await.unwrap_or_else(|e| json!({"error": e.to_string()}))
     };
     let healthy = d.healthy().await;
-    let rpo = if scenario == "full-restore" { checks["rpo_records"].as_u64() } else { checks["rpo_records"].as_u64() };
+    let rpo = checks["rpo_records"].as_u64();
     let target_ms = match scenario.as_str() {
         "leader-loss" => Some(RTO_TARGET_LEADER_MS),
         "site-loss" | "partition" => Some(RTO_TARGET_SITE_MS),

@@ -216,6 +216,33 @@ impl StateReader {
         Ok(())
     }
 
+    /// Like `for_each_checked`, from the first key at or after `start` (which starts with `prefix`).
+    pub fn for_each_checked_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        mut visit: impl FnMut(&[u8], Result<Vec<u8>, StoreError>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        for kv in self.tree.raw.range(start.to_vec()..) {
+            let (k, v) = kv?;
+            if !k.starts_with(prefix) || !visit(&k, self.tree.cipher.open(&k, &v))? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last pair whose key starts with `prefix` and is at most `key` (opened), if any.
+    pub fn last_at_or_before(&self, prefix: &[u8], key: &[u8]) -> Result<Option<Pair>, StoreError> {
+        match self.tree.range(prefix.to_vec()..=key.to_vec()).next_back() {
+            None => Ok(None),
+            Some(kv) => {
+                let (k, v) = kv?;
+                Ok(k.starts_with(prefix).then(|| (k.to_vec(), v)))
+            }
+        }
+    }
+
     /// Visits, in key order, every pair whose key starts with `prefix`, opening each value on its
     /// own: a value that does not open (damaged, moved, another key) is handed over as an error
     /// with its key instead of ending the scan, so a verifier can name it. `visit` returns false to

@@ -39,7 +39,17 @@ fn entry_key(seq: u64) -> Vec<u8> {
     k
 }
 
-/// Changes the state-machine tree of a stopped node's store, with sled and nothing of DTM's.
+/// The stored block holding entry `seq` (entries are stored one block per command): its key and
+/// the position of its first entry.
+fn block_of(t: &sled::Tree, seq: u64) -> anyhow::Result<(Vec<u8>, u64)> {
+    let (k, _) = t
+        .range(b"aud/".to_vec()..=entry_key(seq))
+        .next_back()
+        .ok_or_else(|| anyhow::anyhow!("no block holds entry {seq}"))??;
+    let first = u64::from_be_bytes(k[4..12].try_into()?);
+    Ok((k.to_vec(), first))
+}
+
 fn tamper(data_dir: &Path, change: impl FnOnce(&sled::Tree) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let db = sled::open(data_dir.join("store"))?;
     let sm = db.open_tree("sm")?;
@@ -156,43 +166,51 @@ async fn run(c: &mut TestCluster) -> anyhow::Result<()> {
     let (code, text) = verify_text(&["--tls-dir", &tls], &untouched)?;
     assert!(code == 0 && text.contains("OK") && text.contains(&format!("entries checked:    {entries}")), "{text}");
 
-    // (b) One byte of entry 3's stored value flipped.
+    // (b) One byte of the stored block holding entry 3 flipped: its first entry is named.
     let flipped = copy("flipped")?;
+    let mut named = 0;
     tamper(&flipped, |t| {
-        let mut v = t.get(entry_key(3))?.ok_or_else(|| anyhow::anyhow!("entry 3 is stored"))?.to_vec();
+        let (key, first) = block_of(t, 3)?;
+        named = first;
+        let mut v = t.get(&key)?.ok_or_else(|| anyhow::anyhow!("block stored"))?.to_vec();
         let mid = v.len() / 2;
         v[mid] ^= 0x01;
-        t.insert(entry_key(3), v)?;
+        t.insert(key, v)?;
         Ok(())
     })?;
     let (out, v) = verify(&["--tls-dir", &tls], Some(&flipped))?;
     assert_eq!(out.status.code(), Some(1), "flipped: {v}");
-    assert_eq!(problem(&v), (3, "changed".into()), "{v}");
+    assert_eq!(problem(&v), (named, "changed".into()), "{v}");
     let (code, text) = verify_text(&["--tls-dir", &tls], &flipped)?;
-    assert!(code == 1 && text.contains("FAILED: entry 3 (changed)"), "{text}");
+    assert!(code == 1 && text.contains(&format!("FAILED: entry {named} (changed)")), "{text}");
 
-    // (c) Entry 5 deleted.
+    // (c) The block holding entry 5 deleted: its first entry is named as missing.
     let deleted = copy("deleted")?;
     tamper(&deleted, |t| {
-        t.remove(entry_key(5))?.ok_or_else(|| anyhow::anyhow!("entry 5 is stored"))?;
+        let (key, first) = block_of(t, 5)?;
+        named = first;
+        t.remove(key)?;
         Ok(())
     })?;
     let (out, v) = verify(&["--tls-dir", &tls], Some(&deleted))?;
     assert_eq!(out.status.code(), Some(1), "deleted: {v}");
-    assert_eq!(problem(&v), (5, "removed".into()), "{v}");
+    assert_eq!(problem(&v), (named, "removed".into()), "{v}");
 
-    // (d) Entries 2 and 4 swapped: the first of them is named.
+    // (d) Two stored blocks swapped: the first of them is named.
     let swapped = copy("swapped")?;
     tamper(&swapped, |t| {
-        let a = t.get(entry_key(2))?.ok_or_else(|| anyhow::anyhow!("entry 2"))?;
-        let b = t.get(entry_key(4))?.ok_or_else(|| anyhow::anyhow!("entry 4"))?;
-        t.insert(entry_key(2), b)?;
-        t.insert(entry_key(4), a)?;
+        let (ka, first) = block_of(t, 2)?;
+        let after = t.range(ka.clone()..).keys().nth(1).ok_or_else(|| anyhow::anyhow!("a second block"))??;
+        named = first;
+        let a = t.get(&ka)?.ok_or_else(|| anyhow::anyhow!("block a"))?;
+        let b = t.get(&after)?.ok_or_else(|| anyhow::anyhow!("block b"))?;
+        t.insert(ka, b)?;
+        t.insert(after, a)?;
         Ok(())
     })?;
     let (out, v) = verify(&["--tls-dir", &tls], Some(&swapped))?;
     assert_eq!(out.status.code(), Some(1), "swapped: {v}");
-    assert_eq!(problem(&v).0, 2, "{v}");
+    assert_eq!(problem(&v).0, named, "{v}");
 
     // Acceptance point 3: pinned keys. The cluster's own keys verify; keys lacking the signer make
     // the first signed checkpoint fail, named.
@@ -227,17 +245,20 @@ async fn run(c: &mut TestCluster) -> anyhow::Result<()> {
     assert!(out.status.code() == Some(2) && err.contains("backup"), "{err}");
 
     // Node 3 started again on a damaged trail finds the damage by itself.
+    let mut damaged = 0;
     tamper(&stopped, |t| {
-        let mut v = t.get(entry_key(7))?.ok_or_else(|| anyhow::anyhow!("entry 7 is stored"))?.to_vec();
+        let (key, first) = block_of(t, 7)?;
+        damaged = first;
+        let mut v = t.get(&key)?.ok_or_else(|| anyhow::anyhow!("block stored"))?.to_vec();
         let last = v.len() - 1;
         v[last] ^= 0x80;
-        t.insert(entry_key(7), v)?;
+        t.insert(key, v)?;
         Ok(())
     })?;
     c.restart(3)?;
-    let status = eventually("node 3's verification to find entry 7", Duration::from_secs(30), || async {
+    let status = eventually("node 3's verification to find the damaged block", Duration::from_secs(30), || async {
         let (s, v) = c.admin(Method::GET, 3, "/api/v1/audit/status", None).await.ok()?;
-        (s == 200 && v["problem"]["seq"].as_u64() == Some(7)).then_some(v)
+        (s == 200 && v["problem"]["seq"].as_u64() == Some(damaged)).then_some(v)
     })
     .await?;
     assert_eq!(status["problem"]["kind"], "changed", "{status}");

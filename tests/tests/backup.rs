@@ -37,7 +37,7 @@ fn dtm(args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_taken_under_writes_restores_a_cluster_that_holds_what_was_acknowledged() -> anyhow::Result<()> {
-    let mut c = TestCluster::start(3, &["--audit-checkpoint-interval-ms", "200"]).await?;
+    let c = TestCluster::start(3, &["--audit-checkpoint-interval-ms", "200"]).await?;
     let key = c.create_source(1, "moh").await?;
     c.create_dataset(1, "fixed").await?;
     c.create_dataset(1, "live").await?;

@@ -357,8 +357,7 @@ fn load(
     reader: &dtm_storage::StateReader,
     seq: u64,
 ) -> Result<(state::AuditEntry, state::AuditEvent), dtm_storage::StoreError> {
-    let entry = reader
-        .get_msg::<state::AuditEntry>(&tables::audit_entry(seq))?
+    let entry = dtm_cluster::audit::entry_at(reader, seq)?
         .ok_or_else(|| dtm_storage::StoreError::Invalid(format!("audit entry {seq} is not stored")))?;
     let event = prost::Message::decode(entry.body.as_slice())?;
     Ok((entry, event))

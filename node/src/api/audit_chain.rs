@@ -62,13 +62,19 @@ pub async fn chain(
     let limit = q.limit.unwrap_or(CHAIN_PAGE_MAX).clamp(1, CHAIN_PAGE_MAX);
     let last = head.size.min(after.saturating_add(limit));
     let mut entries = Vec::new();
-    for seq in after.saturating_add(1)..=last {
-        match reader.get(&tables::audit_entry(seq)) {
-            Ok(Some(v)) => entries.push(json!({"seq": seq, "entry": b64(&v)})),
-            Ok(None) => {}
-            Err(e) => entries.push(json!({"seq": seq, "error": format!("the stored entry does not open: {e}")})),
+    // Entries are stored in blocks (one per command); each is served on its own, as the encoded
+    // `AuditEntry`. A block that does not open is one `error` at its first entry's position.
+    dtm_cluster::audit::for_each_entry_from(reader, after.saturating_add(1), |seq, entry| {
+        if seq > last {
+            return false;
         }
-    }
+        entries.push(match entry {
+            Ok(e) => json!({"seq": seq, "entry": b64(&prost::Message::encode_to_vec(&e))}),
+            Err(e) => json!({"seq": seq, "error": format!("the stored entries do not open: {e}")}),
+        });
+        true
+    })
+    .map_err(ApiError::internal)?;
     crate::audit::note_records(entries.len() as u64);
     let next = (last < head.size).then_some(last);
     Ok(Json(json!({
