@@ -35,6 +35,7 @@ pub enum ViolationKind {
     LinearizableRegression,
     Divergence,
     DigestMismatch,
+    AuditMismatch,
     Unreadable,
 }
 
@@ -47,6 +48,7 @@ impl ViolationKind {
             ViolationKind::LinearizableRegression => "linearizable_regression",
             ViolationKind::Divergence => "divergence",
             ViolationKind::DigestMismatch => "digest_mismatch",
+            ViolationKind::AuditMismatch => "audit_mismatch",
             ViolationKind::Unreadable => "unreadable",
         }
     }
@@ -165,6 +167,7 @@ pub fn check(events: &[Event]) -> Verdict {
     let mut reads: BTreeMap<u64, ReadStart> = BTreeMap::new();
     let mut finals: BTreeMap<String, NodeStates> = BTreeMap::new();
     let mut unreadable: BTreeMap<u64, String> = BTreeMap::new();
+    let mut audits: BTreeMap<u64, (u64, String, Option<String>)> = BTreeMap::new();
     let mut nodes: BTreeSet<u64> = BTreeSet::new();
 
     for e in events {
@@ -234,8 +237,12 @@ pub fn check(events: &[Event]) -> Verdict {
                 nodes.insert(*node);
                 unreadable.insert(*node, error.clone());
             }
+            EventKind::FinalAudit { node, common, hash_at_common, verification_problem, .. } => {
+                audits.insert(*node, (*common, hash_at_common.clone(), verification_problem.clone()));
+            }
         }
     }
+    check_audit(&mut verdict, &audits);
 
     verdict.submissions = subs.len();
     verdict.acknowledged = subs.values().filter(|s| s.ack.is_some()).count();
@@ -404,6 +411,33 @@ fn check_dataset(verdict: &mut Verdict, ds: &str, subs: &BTreeMap<u64, Submissio
             })
             .collect();
         push(ViolationKind::DigestMismatch, None, format!("aggregate digests differ: {}", shown.join("; ")));
+    }
+}
+
+/// Every node's audit chain must be the same: the entry at the length all of them reached has the
+/// same hash everywhere (each hash commits to every entry before it), and no node's own
+/// verification may report a problem.
+fn check_audit(verdict: &mut Verdict, audits: &BTreeMap<u64, (u64, String, Option<String>)>) {
+    for (node, (_, _, problem)) in audits {
+        if let Some(p) = problem {
+            verdict.violations.push(Violation {
+                kind: ViolationKind::AuditMismatch,
+                node: Some(*node),
+                dataset: None,
+                evidence: format!("the node's own audit verification failed: {p}"),
+            });
+        }
+    }
+    let distinct: BTreeSet<(u64, &str)> = audits.values().map(|(c, h, _)| (*c, h.as_str())).collect();
+    if distinct.len() > 1 {
+        let shown: Vec<String> =
+            audits.iter().map(|(n, (c, h, _))| format!("node {n}: entry {c} has hash {h}")).collect();
+        verdict.violations.push(Violation {
+            kind: ViolationKind::AuditMismatch,
+            node: None,
+            dataset: None,
+            evidence: format!("audit chains differ: {}", shown.join("; ")),
+        });
     }
 }
 
@@ -596,5 +630,29 @@ mod tests {
         h.push(EventKind::FinalUnreadable { node: 2, error: "connection refused".into() });
         let v = h.check();
         assert_eq!(v.count(ViolationKind::Unreadable), 1, "{}", v.render());
+    }
+
+    fn audit(node: u64, hash: &str, problem: Option<&str>) -> EventKind {
+        EventKind::FinalAudit {
+            node,
+            size: 40 + node,
+            common: 40,
+            hash_at_common: hash.into(),
+            verification_problem: problem.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn audit_chains_that_differ_or_fail_their_own_verification_are_reported() {
+        let mut h = H::default();
+        h.invoke(1).ok(1, 5).final_state(1, vec![rec(1)], "d").final_state(2, vec![rec(1)], "d");
+        h.push(audit(1, "aa", None)).push(audit(2, "aa", None));
+        assert!(h.check().passed(), "{}", h.check().render());
+        h.push(audit(3, "bb", None));
+        assert_eq!(h.check().count(ViolationKind::AuditMismatch), 1, "{}", h.check().render());
+        let mut h = H::default();
+        h.invoke(1).ok(1, 5).final_state(1, vec![rec(1)], "d");
+        h.push(audit(1, "aa", Some("entry 7 (changed)")));
+        assert_eq!(h.check().count(ViolationKind::AuditMismatch), 1);
     }
 }

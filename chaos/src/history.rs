@@ -94,6 +94,15 @@ pub enum EventKind {
         records: Vec<StoredRecord>,
         digest: Option<Digest>,
     },
+    /// Each node's audit chain after healing: its length, the hash of the entry at the length all
+    /// nodes have (`common`), and the problem its own periodic verification reported, if any.
+    FinalAudit {
+        node: u64,
+        size: u64,
+        common: u64,
+        hash_at_common: String,
+        verification_problem: Option<String>,
+    },
     /// A node whose final state could not be read at all.
     FinalUnreadable {
         node: u64,

@@ -393,6 +393,7 @@ async fn final_state(c: &Cluster, h: &History) {
         }
         tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
     }
+    let readable: Vec<u64> = last.iter().filter(|(_, s)| s.is_ok()).map(|(n, _)| *n).collect();
     for (node, state) in last {
         match state {
             Ok(datasets) => {
@@ -402,6 +403,34 @@ async fn final_state(c: &Cluster, h: &History) {
             }
             Err(error) => h.record(EventKind::FinalUnreadable { node, error }),
         }
+    }
+    final_audit(c, h, &readable).await;
+}
+
+/// Records every readable node's audit chain at the length all of them reached (the trail keeps
+/// growing while it is read: reads are audited too), and its own verification's verdict.
+async fn final_audit(c: &Cluster, h: &History, nodes: &[u64]) {
+    let mut sizes = BTreeMap::new();
+    for &id in nodes {
+        if let Ok((200, v)) = c.admin(reqwest::Method::GET, id, "/api/v1/audit/head", None).await
+            && let Some(size) = v["size"].as_u64()
+        {
+            sizes.insert(id, size);
+        }
+    }
+    let Some(common) = sizes.values().min().copied().filter(|c| *c > 0) else { return };
+    for (&node, &size) in &sizes {
+        let path = format!("/api/v1/audit?after={}&limit=1", common - 1);
+        let hash = match c.admin(reqwest::Method::GET, node, &path, None).await {
+            Ok((200, v)) => v["entries"][0]["hash"].as_str().unwrap_or_default().to_string(),
+            Ok((s, v)) => format!("unreadable: {s} {v}"),
+            Err(e) => format!("unreadable: {e}"),
+        };
+        let verification_problem = match c.admin(reqwest::Method::GET, node, "/api/v1/audit/status", None).await {
+            Ok((200, v)) if !v["problem"].is_null() => Some(v["problem"].to_string()),
+            _ => None,
+        };
+        h.record(EventKind::FinalAudit { node, size, common, hash_at_common: hash, verification_problem });
     }
 }
 
