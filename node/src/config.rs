@@ -362,6 +362,27 @@ in_flight_max = 8
     }
 
     #[test]
+    fn every_example_configuration_in_deploy_is_accepted() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let mut files = Vec::new();
+        for dir in [root.clone(), root.join("three-sites")] {
+            for e in std::fs::read_dir(&dir).expect("deploy/examples") {
+                let p = e.expect("entry").path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    files.push(p);
+                }
+            }
+        }
+        assert!(files.len() >= 9, "{files:?}");
+        for f in files {
+            let (opts, _, _) = resolve(ServeArgs { config: Some(f.clone()), ..Default::default() })
+                .unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+            assert!(opts.node_id > 0 && !opts.site.is_empty(), "{}", f.display());
+            assert!(opts.audit.retention_days >= 365, "{}", f.display());
+        }
+    }
+
+    #[test]
     fn unsafe_or_unknown_settings_are_refused_at_start_up() {
         let base = |extra: &str| file(&format!("node_id = 1\ndata_dir = \"/d\"\ntls_dir = \"/t\"\n{extra}"));
         let refused = |extra: &str| {

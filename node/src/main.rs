@@ -259,7 +259,10 @@ async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
             }
             println!("leader: {}   term: {}", v["leader_id"], v["term"]);
             println!("{:<4} {:<10} {:<8} {:<22} {:<22} {:>10}", "ID", "SITE", "ROLE", "HTTPS", "GRPC", "APPLIED");
-            for m in v["members"].as_array().into_iter().flatten() {
+            // Grouped by site: the unit a disaster takes out.
+            let mut members: Vec<&serde_json::Value> = v["members"].as_array().into_iter().flatten().collect();
+            members.sort_by_key(|m| (m["site"].as_str().unwrap_or("").to_string(), m["id"].as_u64()));
+            for m in members {
                 let role = if m["voter"].as_bool().unwrap_or(false) { "voter" } else { "learner" };
                 let leader = if m["id"] == v["leader_id"] { "*" } else { "" };
                 let applied = m["applied_index"].as_u64().map(|i| i.to_string()).unwrap_or_else(|| "-".into());
@@ -272,6 +275,18 @@ async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
                     m["grpc"].as_str().unwrap_or(""),
                     applied
                 );
+            }
+            for site in v["sites"].as_array().into_iter().flatten() {
+                println!(
+                    "site {:<10} {} voter(s), {} learner(s), survives its loss: {}",
+                    site["site"].as_str().unwrap_or(""),
+                    site["voters"],
+                    site["learners"],
+                    if site["survives_loss"] == true { "yes" } else { "NO" }
+                );
+            }
+            for w in v["warnings"].as_array().into_iter().flatten() {
+                println!("WARNING: {}", w.as_str().unwrap_or(""));
             }
             Ok(())
         }

@@ -35,7 +35,48 @@ pub async fn ready(State(state): State<AppState>) -> ApiResult<Json<Value>> {
 pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     auth::require(&state, &headers, &auth::SIGNED_IN).await?;
     let s = state.node.status().await;
-    Ok(Json(serde_json::to_value(s).map_err(ApiError::internal)?))
+    let mut v = serde_json::to_value(s).map_err(ApiError::internal)?;
+    let (sites, warnings) = site_survival(v["members"].as_array().map(Vec::as_slice).unwrap_or_default());
+    v["sites"] = Value::Array(sites);
+    v["warnings"] = serde_json::json!(warnings);
+    Ok(Json(v))
+}
+
+/// Per site: its voters and learners, and whether the voters of the other sites still make a
+/// quorum when it is lost (A1.4: a whole site may be lost). A warning names each site whose loss
+/// would stop writes.
+pub fn site_survival(members: &[Value]) -> (Vec<Value>, Vec<String>) {
+    let mut sites: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
+    for m in members {
+        let site = m["site"].as_str().unwrap_or("default").to_string();
+        let e = sites.entry(site).or_default();
+        if m["voter"].as_bool().unwrap_or(false) {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+    let voters: u64 = sites.values().map(|(v, _)| v).sum();
+    let quorum = voters / 2 + 1;
+    let mut warnings = Vec::new();
+    if sites.len() < 2 {
+        warnings.push("all members are in one site: losing it loses the cluster".to_string());
+    }
+    let out = sites
+        .iter()
+        .map(|(site, (v, l))| {
+            let left = voters - v;
+            let survives = left >= quorum;
+            if !survives && sites.len() > 1 {
+                warnings.push(format!(
+                    "losing site {site} ({v} of {voters} voters) leaves {left}, fewer than the quorum of {quorum}: \
+                     writes would stop"
+                ));
+            }
+            serde_json::json!({"site": site, "voters": v, "learners": l, "survives_loss": survives})
+        })
+        .collect();
+    (out, warnings)
 }
 
 pub async fn add_node(
@@ -88,4 +129,26 @@ pub async fn remove_node(
     }
     let index = state.node.remove(id).await?;
     Ok(Json(json!({"id": id, "removed": true, "commit_index": index})))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::site_survival;
+
+    #[test]
+    fn a_site_whose_loss_leaves_no_quorum_is_named() {
+        let m = |id: u64, site: &str, voter: bool| json!({"id": id, "site": site, "voter": voter});
+        let (_, w) = site_survival(&[m(1, "hanoi", true), m(2, "danang", true), m(3, "hcmc", true)]);
+        assert!(w.is_empty(), "{w:?}");
+        let (sites, w) =
+            site_survival(&[m(1, "hanoi", true), m(2, "hanoi", true), m(3, "hcmc", true), m(4, "hcmc", false)]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("hanoi"), "{w:?}");
+        assert_eq!(sites[1]["learners"], 1);
+        assert_eq!(sites[1]["survives_loss"], true);
+        let (_, w) = site_survival(&[m(1, "x", true), m(2, "x", true), m(3, "x", true)]);
+        assert!(w[0].contains("one site"), "{w:?}");
+    }
 }
