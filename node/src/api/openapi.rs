@@ -447,6 +447,8 @@ fn schema_ref(name: &str) -> Value {
 }
 
 /// The media types an export can answer in, besides JSON.
+/// The audit export's JSON lines.
+const AUDIT_LINES: &str = "application/x-ndjson";
 const EXPORT_TYPES: [&str; 4] = [
     "text/csv",
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
@@ -479,8 +481,15 @@ fn operation(o: &Op) -> Value {
         let media = if s == "BackupStream" { "application/vnd.dtm.backup-stream" } else { JSON };
         content.insert(media.into(), json!({"schema": schema_ref(s)}));
         if o.query.contains(&"format") {
-            for t in EXPORT_TYPES {
-                content.insert(t.into(), json!({"schema": {"type": "string", "format": "binary"}}));
+            // The audit trail's exports and reports have formats of their own (no XML; JSON lines).
+            let audit: &[&str] = if o.path.ends_with("/audit/export") {
+                &[AUDIT_LINES, EXPORT_TYPES[0], EXPORT_TYPES[1], EXPORT_TYPES[3]]
+            } else {
+                &[EXPORT_TYPES[0], EXPORT_TYPES[1], EXPORT_TYPES[3]]
+            };
+            let types: &[&str] = if o.path.starts_with("/api/v1/audit/") { audit } else { &EXPORT_TYPES };
+            for t in types {
+                content.insert((*t).into(), json!({"schema": {"type": "string", "format": "binary"}}));
             }
         }
         ok["content"] = Value::Object(content);
@@ -579,7 +588,10 @@ fn components() -> Value {
             "Health": obj(json!({"status": string, "node_id": int}), &["status"]),
             "ClusterStatus": obj(json!({"leader_id": {"type": "integer", "nullable": true}, "term": int,
                 "members": {"type": "array", "items": obj(json!({"id": int, "site": string, "http": string,
-                    "grpc": string, "voter": {"type": "boolean"}}), &["id"])}}), &["members"]),
+                    "grpc": string, "voter": {"type": "boolean"}}), &["id"])},
+                "sites": {"type": "array", "items": obj(json!({"site": string, "voters": int, "learners": int,
+                    "survives_loss": {"type": "boolean"}}), &["site"])},
+                "warnings": strings}), &["members"]),
             "AddNode": obj(json!({"id": int, "http_addr": string, "grpc_addr": string, "site": string,
                 "voter": {"type": "boolean"}}), &["id", "http_addr", "grpc_addr"]),
             "SourceDefinition": obj(json!({"id": string, "name": string, "agency": string, "form": string,
@@ -614,7 +626,7 @@ fn components() -> Value {
             "BackupStream": {"type": "string", "format": "binary", "description": "frames of a length (4 bytes, big-endian) and bytes: a JSON header, the snapshot meta, the tables in parts, then an empty frame (docs/operations.md)"},
             "DrillReport": {"type": "object", "required": ["scenario"], "properties": {
                 "scenario": {"type": "string", "enum": ["leader-loss", "site-loss", "partition", "full-restore"]},
-                "rto_ms": {"type": ["integer", "null"]}, "rpo_records": {"type": ["integer", "null"]},
+                "rto_ms": {"type": "integer", "nullable": true}, "rpo_records": {"type": "integer", "nullable": true},
                 "passed": {"type": "boolean"}}},
             "BatchFile": {"type": "string", "format": "binary", "description": "the file; its format follows Content-Type; X-Batch-Count and X-Batch-SHA256 optional"},
             "BatchReceipt": obj(json!({"batch_id": string, "status": string, "accepted": int, "rejected": int,
