@@ -164,6 +164,7 @@ fn bounded(mut e: state::AuditEvent) -> state::AuditEvent {
     e.client_ip = cut(&e.client_ip, 64);
     e.request_id = cut(&e.request_id, 128);
     e.channel = cut(&e.channel, 64);
+    e.source = cut(&e.source, 128);
     if e.detail_json.len() > EVENT_DETAIL_BYTES_MAX {
         e.detail_json = serde_json::to_vec(&serde_json::json!({"truncated": true})).unwrap_or_default();
     }
@@ -231,6 +232,7 @@ pub fn derive(cmd: &state::Command, resp: &state::CommandResponse) -> Vec<state:
                 let mut e = base("batch.receipt", format!("batch/{}", rc.batch_id));
                 e.principal =
                     if actor.principal.is_empty() { format!("source:{}", rc.source) } else { principal.clone() };
+                e.source = rc.source.clone();
                 e.channel = format!("batch:{}", rc.format);
                 e.records = rc.accepted;
                 e.bytes_in = rc.content_bytes;
@@ -349,6 +351,7 @@ fn ingest_events(
             };
             state::AuditEvent {
                 principal,
+                source: s.source.clone(),
                 organisation: s.organisation.clone(),
                 client_ip: s.client_ip.clone(),
                 request_id: s.request_id.clone(),
@@ -507,7 +510,8 @@ struct ConnectionDays {
 
 impl ConnectionDays {
     fn add(&mut self, txn: &Txn<'_>, e: &state::AuditEvent) -> Result<(), StoreError> {
-        let Some(source) = source_of(&e.principal) else { return Ok(()) };
+        let source = if e.source.is_empty() { source_of(&e.principal) } else { Some(e.source.as_str()) };
+        let Some(source) = source else { return Ok(()) };
         let key = tables::connection_day(source, vietnam_day(e.at_ms));
         let day = match self.days.entry(key) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),

@@ -185,3 +185,40 @@ async fn a_continuing_verification_agrees_with_a_full_one() {
     assert_eq!((next.entries, next.signed_checkpoints, next.unsigned_tail), (13, 2, 4));
     assert_eq!((&next.head_hash, &next.merkle_root), (&full.head_hash, &full.merkle_root));
 }
+
+/// The connection log (C4) counts a submission under the source it was made for, whoever made it:
+/// a source key, an OAuth client or a data-entry user; a refused one as a failure with its cause.
+#[tokio::test]
+async fn the_connection_log_counts_submissions_under_their_source() {
+    let mut s = Store::open();
+    let submission = |principal: &str, key_id: &str| state::Submission {
+        dataset: "etx".into(),
+        source: "moj".into(),
+        principal: principal.into(),
+        key_id: key_id.into(),
+        request_bytes: 100,
+        received_at_ms: 1_000,
+        ..Default::default()
+    };
+    let ingest = state::IngestBatch {
+        submissions: vec![
+            submission("source:moj/k1", "k1"),
+            submission("client:portal", ""),
+            submission("user:an", ""),
+        ],
+    };
+    s.apply(Kind::Ingest(ingest)).await;
+    let day: state::ConnectionDay = s
+        .reader
+        .get_msg(&tables::connection_day("moj", dtm_cluster::audit::vietnam_day(1_000)))
+        .expect("read")
+        .expect("the day is counted");
+    assert_eq!((day.requests, day.bytes_in), (3, 300), "{day:?}");
+    // The dataset is unknown, so each submission failed, and the cause is named.
+    assert_eq!(day.failures, 3, "{day:?}");
+    assert_eq!(day.causes.values().sum::<u64>(), 3, "{day:?}");
+    // The three entries were stored as one block and verify.
+    let r = dtm_cluster::audit::verify_reader(&s.reader, TrustedKeys::default(), |_| {}).expect("verify");
+    assert!(r.ok() && r.entries == 3, "{r:?}");
+    assert_eq!(s.reader.scan(tables::AUDIT_ENTRY, None, 10).expect("scan").len(), 1, "one block");
+}

@@ -178,6 +178,7 @@ impl Context {
             new_connection: self.new_connection,
             detail_json: self.detail.map(|d| serde_json::to_vec(&d).unwrap_or_default()).unwrap_or_default(),
             log_index: 0,
+            source: String::new(),
         })
     }
 }

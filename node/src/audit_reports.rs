@@ -271,7 +271,7 @@ pub fn entry_json(entry: &state::AuditEntry, e: &state::AuditEvent) -> Value {
     };
     json!({
         "seq": entry.seq, "at": crate::api::export::rfc3339(e.at_ms), "at_ms": e.at_ms,
-        "principal": e.principal, "organisation": e.organisation, "client_ip": e.client_ip,
+        "principal": e.principal, "source": e.source, "organisation": e.organisation, "client_ip": e.client_ip,
         "operation": e.operation, "target": e.target, "outcome": e.outcome, "status": e.status,
         "channel": e.channel, "node_id": e.node_id, "request_id": e.request_id, "records": e.records,
         "bytes_in": e.bytes_in, "count": e.count, "new_connection": e.new_connection, "detail": detail,
