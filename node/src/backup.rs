@@ -187,9 +187,19 @@ fn summarise(meta: &dtm_model::SnapshotMeta, pairs: &[dtm_storage::Pair], node_i
         "pairs": pairs.len(),
         "counts": counts,
         "records": counts.get("rec").copied().unwrap_or(0),
-        "audit_entries": counts.get("aud").copied().unwrap_or(0),
+        "audit_entries": audit_entries(pairs),
         "digests": digests(pairs),
     })
+}
+
+/// The audit entries in the copy (they are stored a block per command).
+fn audit_entries(pairs: &[dtm_storage::Pair]) -> u64 {
+    pairs
+        .iter()
+        .filter(|(k, _)| k.starts_with(tables::AUDIT_ENTRY))
+        .filter_map(|(_, v)| state::AuditBlock::decode(v.as_slice()).ok())
+        .map(|b| b.entries.len() as u64)
+        .sum()
 }
 
 /// Each dataset's aggregate digest computed from the copied cells, the way
@@ -683,10 +693,16 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         last_membership: openraft::StoredMembership::new(Some(last), membership),
         snapshot_id: format!("restore-{}-{}", last.leader_id.term, last.index),
     };
-    std::fs::create_dir_all(&args.data_dir)?;
+    // Built beside the target and renamed into place at the end: an interrupted restore never
+    // leaves a directory that `dtm serve` would take for a node's state.
+    let staging = args.data_dir.with_extension("restoring");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
     let store_opts = dtm_storage::StoreOptions { master_key: Some(master), ..dtm_storage::StoreOptions::default() };
     let applier: Arc<dyn dtm_storage::Applier> = Arc::new(dtm_cluster::DtmApplier::default());
-    let (mut log, sm, _reader) = dtm_storage::open(&args.data_dir.join("store"), &store_opts, applier)?;
+    let (mut log, sm, _reader) = dtm_storage::open(&staging.join("store"), &store_opts, applier)?;
     let pairs = opened.pairs;
     let records = opened.manifest["stream"]["records"].clone();
     let sm2 = sm.clone();
@@ -696,6 +712,11 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     // backup holds, as Raft requires of a new leader.
     let vote = openraft::Vote::new_committed(last.leader_id.term, args.node_id);
     openraft::storage::RaftLogStorage::save_vote(&mut log, &vote).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop((log, sm, _reader));
+    if args.data_dir.exists() {
+        std::fs::remove_dir(&args.data_dir)?;
+    }
+    std::fs::rename(&staging, &args.data_dir)?;
     println!(
         "{}",
         json!({"data_dir": args.data_dir.display().to_string(), "node_id": args.node_id, "log_index": last.index,

@@ -18,3 +18,7 @@ const _: () = assert!(LOG_READ_ENTRIES_MAX > 1024);
 /// openraft 0.9 allows each AppendEntries one heartbeat interval (100 ms by default): 1 MiB crosses
 /// TLS on loopback and is fsynced by a follower well within it, even on a busy 2-core machine.
 pub const APPEND_ENTRIES_BYTES_MAX: usize = 1024 * 1024;
+
+/// Pairs written per sled batch when a backup is restored into a new store (one batch of millions
+/// of pairs takes sled minutes; batches of this size go at disk speed).
+pub const RESTORE_BATCH_PAIRS: usize = 16 * 1024;

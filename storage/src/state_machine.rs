@@ -356,13 +356,35 @@ impl StateMachineStore {
         if self.inner.tree.raw.iter().next().is_some() {
             return Err(StoreError::Invalid("a restore needs an empty store".into()));
         }
+        // In bounded batches (one sled batch of millions of pairs takes sled minutes): the store is
+        // new and unused, and it becomes a state only with the applied log id, written last. The
+        // CLI restores into a directory of its own and renames it into place when this returns.
+        let tree = &self.inner.tree;
+        let mut batch = tree.batch();
+        let mut in_batch = 0usize;
+        for (k, v) in &pairs {
+            if k.first() == Some(&RESERVED_PREFIX) {
+                return Err(StoreError::Invalid("a backup carries a reserved key".into()));
+            }
+            batch.insert(k, v)?;
+            in_batch += 1;
+            if in_batch == crate::limits::RESTORE_BATCH_PAIRS {
+                tree.apply_batch(std::mem::replace(&mut batch, tree.batch()))?;
+                in_batch = 0;
+            }
+        }
+        if let Some(l) = &meta.last_log_id {
+            batch.insert(KEY_LAST_APPLIED, &dtm_model::log_id_to_pb(l).encode_to_vec())?;
+        }
+        batch.insert(KEY_MEMBERSHIP, &dtm_model::stored_membership_to_pb(&meta.last_membership).encode_to_vec())?;
+        tree.apply_batch(batch)?;
+        self.inner.applier.reset(&self.reader())?;
+        // The snapshot file, so that nodes that join receive the state at once.
         let body = pb::SnapshotBody {
             format_version: SNAPSHOT_FORMAT_VERSION,
             pairs: pairs.into_iter().map(|(key, value)| pb::SnapshotPair { key, value }).collect(),
         };
-        let data = body.encode_to_vec();
-        self.install(meta, &data)?;
-        self.store_snapshot(meta, &data)?;
+        self.store_snapshot(meta, &body.encode_to_vec())?;
         self.inner.db.flush()?;
         Ok(())
     }
