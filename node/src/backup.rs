@@ -708,9 +708,10 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let sm2 = sm.clone();
     let meta2 = meta.clone();
     tokio::task::spawn_blocking(move || sm2.restore(&meta2, pairs)).await??;
-    // A vote in the backup's last term: the node's first election then moves past every entry the
-    // backup holds, as Raft requires of a new leader.
-    let vote = openraft::Vote::new_committed(last.leader_id.term, args.node_id);
+    // A vote (not a leadership) in the backup's last term: the node starts by campaigning in the
+    // next term, so its first entry as leader comes after every entry the backup holds, whichever
+    // node led the term the backup ends in.
+    let vote = openraft::Vote::new(last.leader_id.term, args.node_id);
     openraft::storage::RaftLogStorage::save_vote(&mut log, &vote).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     drop((log, sm, _reader));
     if args.data_dir.exists() {

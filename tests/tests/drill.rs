@@ -1,5 +1,5 @@
 //! `dtm drill` on a `dtm demo` cluster (three nodes in three sites), as an operator runs it
-//! (issue 8, acceptance point 3): leader loss, site loss and a full restore each report RPO 0 and
+//! (issue 8, acceptance point 3): leader loss, site loss, a partition and a full restore each report RPO 0 and
 //! a measured RTO, leave the cluster healthy, write a JSON and a DOCX report, and are recorded in the
 //! audit trail. Stopping the demo afterwards also stops the nodes the drills started again.
 
@@ -57,7 +57,7 @@ async fn drills_on_a_demo_cluster_report_rpo_zero_and_leave_it_healthy() -> anyh
     .await?;
     let dj = demo_json.display().to_string();
 
-    for scenario in ["leader-loss", "site-loss", "full-restore"] {
+    for scenario in ["leader-loss", "site-loss", "partition", "full-restore"] {
         let report_path = dir.path().join(format!("{scenario}.json"));
         let (ok, r, stderr) = drill(&dj, scenario, &report_path);
         assert!(ok, "{scenario} drill failed: {stderr}\n{r:#}");
