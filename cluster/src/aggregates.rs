@@ -270,15 +270,21 @@ impl AggregateView {
             for (k, c) in cells.into_iter().flatten() {
                 let mut pb = cell_to_pb(&c.cell);
                 pb.extrema_approximate = approximate.is_some_and(|a| a.contains(k));
-                let v = pb.encode_to_vec();
-                h.update((k.len() as u64).to_be_bytes());
-                h.update(k);
-                h.update((v.len() as u64).to_be_bytes());
-                h.update(&v);
+                digest_cell(&mut h, k, &pb);
             }
             (index, h.finalize().into())
         })
     }
+}
+
+/// Adds one cell to a dataset's digest (its key and its encoding, length-prefixed). A dataset's
+/// digest is this over its cells in key order; a backup computes it the same way from the tables.
+pub fn digest_cell(h: &mut Sha256, key: &[u8], cell: &state::AggCell) {
+    let v = cell.encode_to_vec();
+    h.update((key.len() as u64).to_be_bytes());
+    h.update(key);
+    h.update((v.len() as u64).to_be_bytes());
+    h.update(&v);
 }
 
 #[cfg(test)]

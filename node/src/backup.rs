@@ -211,12 +211,7 @@ fn digests(pairs: &[dtm_storage::Pair]) -> BTreeMap<String, String> {
         let Some(sep) = rest.iter().position(|b| *b == 0) else { continue };
         let (dataset, cell_key) = (String::from_utf8_lossy(&rest[..sep]).into_owned(), &rest[sep + 1..]);
         let Ok(cell) = state::AggCell::decode(v.as_slice()) else { continue };
-        let v = cell.encode_to_vec();
-        let h = by_dataset.entry(dataset).or_default();
-        h.update((cell_key.len() as u64).to_be_bytes());
-        h.update(cell_key);
-        h.update((v.len() as u64).to_be_bytes());
-        h.update(&v);
+        dtm_cluster::aggregates::digest_cell(by_dataset.entry(dataset).or_default(), cell_key, &cell);
     }
     by_dataset.into_iter().map(|(d, h)| (d, hex::encode(h.finalize()))).collect()
 }

@@ -340,6 +340,11 @@ fn rto_ms(probes: &[Probe], fault_ms: u64) -> Option<u64> {
 
 /// Every record of the probe dataset on one node (linearizable reads), as ids.
 async fn node_records(d: &Drill, http: &str) -> anyhow::Result<BTreeSet<String>> {
+    records_up_to(d, http, u64::MAX).await
+}
+
+/// The probe records a node holds with a commit index up to `index` (linearizable reads).
+async fn records_up_to(d: &Drill, http: &str, index: u64) -> anyhow::Result<BTreeSet<String>> {
     let mut ids = BTreeSet::new();
     let mut after: Option<String> = None;
     loop {
@@ -350,7 +355,9 @@ async fn node_records(d: &Drill, http: &str) -> anyhow::Result<BTreeSet<String>>
         let (s, v) = d.admin(http, Method::GET, &path, None).await?;
         anyhow::ensure!(s == 200, "reading records from {http}: {s} {v}");
         for r in v["records"].as_array().into_iter().flatten() {
-            if let Some(id) = r["id"].as_str() {
+            if r["commit_index"].as_u64().is_some_and(|c| c <= index)
+                && let Some(id) = r["id"].as_str()
+            {
                 ids.insert(id.to_string());
             }
         }
@@ -737,31 +744,6 @@ async fn check_restored(d: &Drill, data_dir: &Path, index: u64, created: &Value,
                    "records_live": live.len(), "records_equal": rpo == 0, "digests_equal": digests_equal,
                    "audit": {"equal": audit_ok, "restored_head": head}},
     }))
-}
-
-/// The probe records a node holds with a commit index up to `index`.
-async fn records_up_to(d: &Drill, http: &str, index: u64) -> anyhow::Result<BTreeSet<String>> {
-    let mut ids = BTreeSet::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut path = format!("/api/v1/datasets/{PROBE_DATASET}/records?limit=1000");
-        if let Some(a) = &after {
-            path.push_str(&format!("&after={a}"));
-        }
-        let (s, v) = d.admin(http, Method::GET, &path, None).await?;
-        anyhow::ensure!(s == 200, "{s} {v}");
-        for r in v["records"].as_array().into_iter().flatten() {
-            if r["commit_index"].as_u64().is_some_and(|c| c <= index)
-                && let Some(id) = r["id"].as_str()
-            {
-                ids.insert(id.to_string());
-            }
-        }
-        match v["next"].as_str() {
-            Some(n) => after = Some(n.to_string()),
-            None => return Ok(ids),
-        }
-    }
 }
 
 fn report_docx(r: &Value) -> anyhow::Result<Vec<u8>> {

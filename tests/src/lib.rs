@@ -291,6 +291,17 @@ impl TestCluster {
 
     /// Signs a user in on `node`; returns the session cookie (`name=value`) to send as `Cookie`.
     pub async fn sign_in(&self, node: u64, username: &str, password: &str) -> anyhow::Result<String> {
+        Ok(self.sign_in_with_csrf(node, username, password).await?.0)
+    }
+
+    /// Signs a user in on `node`; returns the session cookie and the CSRF token that
+    /// state-changing requests of that session send as `X-CSRF-Token`.
+    pub async fn sign_in_with_csrf(
+        &self,
+        node: u64,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<(String, String)> {
         let resp = self
             .http
             .post(format!("{}/api/v1/auth/login", self.url(node)))
@@ -306,7 +317,9 @@ impl TestCluster {
             .and_then(|v| v.split(';').next())
             .map(str::to_string);
         let status = resp.status().as_u16();
-        cookie.with_context(|| format!("signing in as {username}: {status}"))
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let cookie = cookie.with_context(|| format!("signing in as {username}: {status} {body}"))?;
+        Ok((cookie, body["csrf_token"].as_str().unwrap_or_default().to_string()))
     }
 
     /// Every record of `dataset` on `node` (all pages), as (id, data).

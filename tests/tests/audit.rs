@@ -102,23 +102,8 @@ fn key_id(api_key: &str) -> String {
 }
 
 async fn login(c: &TestCluster, node: u64, username: &str, password: &str) -> anyhow::Result<Session> {
-    let resp = c
-        .http
-        .post(format!("{}/api/v1/auth/login", c.url(node)))
-        .json(&json!({"username": username, "password": password}))
-        .send()
-        .await?;
-    let cookie = resp
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|s| s.starts_with("__Host-dtm_session="))
-        .map(|s| s.split(';').next().unwrap_or_default().to_string());
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    let Some(cookie) = cookie else { anyhow::bail!("login {username}: {status} {body}") };
-    Ok(Session { cookie, csrf: body["csrf_token"].as_str().unwrap_or_default().to_string() })
+    let (cookie, csrf) = c.sign_in_with_csrf(node, username, password).await?;
+    Ok(Session { cookie, csrf })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
