@@ -70,6 +70,7 @@ impl Applier for DtmApplier {
                 None => Ok(applied()),
             },
             Kind::AuditControl(c) => crate::audit::apply_control(txn, log_id, cmd.proposed_at_ms, c),
+            Kind::Reporting(c) => crate::reporting::apply(txn, log_id, cmd.proposed_at_ms, c),
         }?;
         // Every command leaves its trace in the audit chain, in the same atomic batch.
         crate::audit::record(txn, log_id, cmd, &resp)?;

@@ -301,6 +301,7 @@ pub fn derive(cmd: &state::Command, resp: &state::CommandResponse) -> Vec<state:
             Some(G::UnblockAddress(b)) => one("gateway.address.unblock", format!("address/{}", b.address)),
             Some(G::Noop(_)) | None => Vec::new(),
         },
+        Kind::Reporting(r) => reporting_events(base, r),
         Kind::AuditControl(a) => match &a.kind {
             Some(A::RegisterNodeKey(k)) => {
                 one("cluster.node_key.register", format!("node/{}", k.key.as_ref().map_or(0, |k| k.node_id)))
@@ -311,6 +312,51 @@ pub fn derive(cmd: &state::Command, resp: &state::CommandResponse) -> Vec<state:
             // Checkpoints and their signatures are about the chain itself, not events in it.
             Some(A::CloseCheckpoint(_)) | Some(A::SignCheckpoints(_)) | None => Vec::new(),
         },
+    }
+}
+
+/// The audit entries of a reporting-regime command (issue 9): who set an obligation, saved a draft
+/// or submitted a report, for which dataset, agency and period, and how it went.
+fn reporting_events(
+    base: impl Fn(&str, String) -> state::AuditEvent,
+    r: &state::ReportingCommand,
+) -> Vec<state::AuditEvent> {
+    use state::reporting_command::Kind as R;
+    let detail = |v: serde_json::Value| serde_json::to_vec(&v).unwrap_or_default();
+    match &r.kind {
+        Some(R::SetObligation(c)) => {
+            let Some(o) = &c.obligation else { return Vec::new() };
+            let mut e = base("reporting.obligation.set", format!("dataset/{}", o.dataset));
+            e.detail_json = detail(serde_json::json!({
+                "period_type": o.period_type, "deadline_days": o.deadline_days, "reminder_days": o.reminder_days,
+                "first_period": o.first_period, "agencies": o.agencies.len(), "active": o.active,
+            }));
+            vec![e]
+        }
+        Some(R::SaveDraft(c)) => {
+            let Some(d) = &c.draft else { return Vec::new() };
+            let mut e = base("reporting.draft.save", format!("report/{}/{}/{}", d.dataset, d.agency, d.period));
+            e.channel = "web".into();
+            e.organisation = d.agency.clone();
+            e.bytes_in = d.values_json.len() as u64;
+            vec![e]
+        }
+        Some(R::RecordReport(c)) => {
+            let Some(s) = &c.submission else { return Vec::new() };
+            let op = if s.version > 1 { "reporting.report.correct" } else { "reporting.report.submit" };
+            let mut e = base(op, format!("report/{}/{}/{}", s.dataset, s.agency, s.period));
+            e.channel = "web".into();
+            e.organisation = s.agency.clone();
+            e.source = s.source.clone();
+            e.records = s.record_ids.len() as u64;
+            e.detail_json = detail(serde_json::json!({
+                "version": s.version, "record_ids": s.record_ids, "commit_index": s.commit_index,
+                "late": s.deadline_ms != 0 && s.submitted_at_ms > s.deadline_ms,
+                "correction_reason": s.correction_reason,
+            }));
+            vec![e]
+        }
+        None => Vec::new(),
     }
 }
 

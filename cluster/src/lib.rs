@@ -24,6 +24,7 @@ pub mod limits;
 pub mod lineage;
 mod network;
 mod node;
+pub mod reporting;
 pub mod security;
 mod service;
 pub mod tables;
