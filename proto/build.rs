@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/dtm/state/v1/gateway.proto",
         "proto/dtm/state/v1/batch.proto",
         "proto/dtm/state/v1/audit.proto",
+        "proto/dtm/state/v1/monitoring.proto",
         "proto/dtm/state/v1/reporting.proto",
         "proto/dtm/v1/ingest.proto",
     ];

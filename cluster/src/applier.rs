@@ -71,6 +71,7 @@ impl Applier for DtmApplier {
             },
             Kind::AuditControl(c) => crate::audit::apply_control(txn, log_id, cmd.proposed_at_ms, c),
             Kind::Reporting(c) => crate::reporting::apply(txn, log_id, cmd.proposed_at_ms, c),
+            Kind::Monitoring(c) => crate::monitoring::apply(txn, log_id, cmd.proposed_at_ms, cmd.origin_node, c),
         }?;
         // Every command leaves its trace in the audit chain, in the same atomic batch.
         crate::audit::record(txn, log_id, cmd, &resp)?;

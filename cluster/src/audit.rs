@@ -302,6 +302,7 @@ pub fn derive(cmd: &state::Command, resp: &state::CommandResponse) -> Vec<state:
             Some(G::Noop(_)) | None => Vec::new(),
         },
         Kind::Reporting(r) => reporting_events(base, r),
+        Kind::Monitoring(m) => monitoring_events(base, m, resp),
         Kind::AuditControl(a) => match &a.kind {
             Some(A::RegisterNodeKey(k)) => {
                 one("cluster.node_key.register", format!("node/{}", k.key.as_ref().map_or(0, |k| k.node_id)))
@@ -357,6 +358,46 @@ fn reporting_events(
             vec![e]
         }
         None => Vec::new(),
+    }
+}
+
+/// The audit entries of an alerting command (issue 10, A5.2): rule and channel changes by whom,
+/// alerts that started or stopped firing, history prunes. Notification results are about delivery,
+/// not events of their own, and a transition that changed nothing (`unchanged`) is not one either.
+fn monitoring_events(
+    base: impl Fn(&str, String) -> state::AuditEvent,
+    m: &state::MonitoringCommand,
+    resp: &state::CommandResponse,
+) -> Vec<state::AuditEvent> {
+    use state::monitoring_command::Kind as M;
+    let detail = |v: serde_json::Value| serde_json::to_vec(&v).unwrap_or_default();
+    match &m.kind {
+        Some(M::PutRule(c)) => {
+            vec![base("alert.rule.put", format!("alert-rule/{}", c.rule.as_ref().map_or("", |r| r.id.as_str())))]
+        }
+        Some(M::DeleteRule(c)) => vec![base("alert.rule.delete", format!("alert-rule/{}", c.id))],
+        Some(M::PutChannel(c)) => {
+            let (id, kind) = c.channel.as_ref().map_or(("", ""), |c| (c.id.as_str(), c.kind.as_str()));
+            let mut e = base("alert.channel.put", format!("alert-channel/{id}"));
+            e.detail_json = detail(serde_json::json!({ "kind": kind }));
+            vec![e]
+        }
+        Some(M::DeleteChannel(c)) => vec![base("alert.channel.delete", format!("alert-channel/{}", c.id))],
+        Some(M::Transition(t)) => {
+            if matches!(&resp.result, Some(Reply::Rejected(r)) if r.code == "unchanged") {
+                return Vec::new();
+            }
+            let op = if t.firing { "alert.fire" } else { "alert.resolve" };
+            let mut e = base(op, format!("alert/{}/{}", t.rule_id, t.subject));
+            e.detail_json = detail(serde_json::json!({ "value": t.value, "severity": t.severity, "node": t.node_id }));
+            vec![e]
+        }
+        Some(M::Prune(c)) => {
+            let mut e = base("alert.history.prune", "alert-history".into());
+            e.detail_json = detail(serde_json::json!({ "before_ms": c.before_ms }));
+            vec![e]
+        }
+        Some(M::Notifications(_)) | None => Vec::new(),
     }
 }
 

@@ -22,6 +22,7 @@ pub mod gateway;
 mod ingest;
 pub mod limits;
 pub mod lineage;
+pub mod monitoring;
 mod network;
 mod node;
 pub mod reporting;
