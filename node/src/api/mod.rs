@@ -19,6 +19,7 @@ mod oauth;
 mod openapi;
 mod receipts;
 pub mod records;
+pub mod reporting;
 mod sessions;
 mod users;
 mod versions;
@@ -162,7 +163,17 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/export", get(audit::export_trail))
         .route("/audit/reports", post(audit::create_report).get(audit::list_reports))
         .route("/audit/reports/{id}", get(audit::get_report))
-        .route("/sources/{id}/connections", get(audit::connections));
+        .route("/sources/{id}/connections", get(audit::connections))
+        // Reporting regime (issue 9, C2(b)): `reporting/api.rs`.
+        .route("/datasets/{id}/obligation", get(reporting::api::get_obligation).put(reporting::api::put_obligation))
+        .route("/reporting/due", get(reporting::api::get_due))
+        .route("/reporting/status", get(reporting::api::get_status))
+        .route("/reporting/forms/{dataset}/{period}", get(reporting::api::get_form))
+        .route("/reporting/drafts/{dataset}/{period}", get(reporting::api::get_draft).put(reporting::api::put_draft))
+        .route(
+            "/reporting/submissions/{dataset}/{period}",
+            get(reporting::api::get_submission).post(reporting::api::post_submission),
+        );
     Router::new()
         .nest("/api/v1", api)
         .route("/oauth2/token", post(oauth::token))
