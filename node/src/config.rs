@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// Requests handled at once on this node; more are shed with 503 and Retry-After.
     #[arg(long, env = "DTM_REQUESTS_IN_FLIGHT_MAX")]
     pub requests_in_flight_max: Option<usize>,
+    /// F5: record metrics and serve /metrics and the live statistics (`[metrics] enabled`).
+    #[arg(long, env = "DTM_METRICS")]
+    pub metrics: Option<bool>,
+    /// F5: run the synthetic probes (`[probes] enabled`).
+    #[arg(long, env = "DTM_PROBES")]
+    pub probes: Option<bool>,
     /// Milliseconds between audit checkpoints when entries are pending (the leader closes and signs one).
     #[arg(long, env = "DTM_AUDIT_CHECKPOINT_INTERVAL_MS")]
     pub audit_checkpoint_interval_ms: Option<u64>,
@@ -115,6 +121,11 @@ struct FileConfig {
     oidc: crate::api::identity::OidcFile,
     /// The audit trail: retention, checkpoints, verification, reports (`docs/audit.md`).
     #[serde(default)]
+    /// F5: metrics and who may read them, and the synthetic probes (`docs/monitoring.md`).
+    #[serde(default)]
+    metrics: crate::metrics::MetricsFile,
+    #[serde(default)]
+    probes: crate::probes::ProbesFile,
     audit: crate::audit::AuditFile,
     /// Scheduled backups (`docs/operations.md`, "Backup and restore").
     #[serde(default)]
@@ -262,6 +273,8 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileGateway {
+        metrics: crate::metrics::resolve(file.metrics, args.metrics)?, // F5
+        probes: crate::probes::resolve(file.probes, args.probes)?,
     requests_in_flight_max: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
     geoip_db: Option<PathBuf>,

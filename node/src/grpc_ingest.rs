@@ -103,6 +103,7 @@ async fn audited(
     headers: &HeaderMap,
     r: pb::SubmitRequest,
 ) -> ApiResult<pb::SubmitResponse> {
+    let metrics_started = std::time::Instant::now(); // F5
     let bytes_in = r.records_json.iter().map(|x| x.len() as u64).sum();
     let ip = peer.map(|p| crate::gateway::ip::client_ip(p, headers, state.gateway.trusted_proxies()).to_string());
     let ctx = crate::audit::Context::new("grpc", ip.unwrap_or_default(), crate::api::request_id(headers), bytes_in);
@@ -118,6 +119,7 @@ async fn submit_one(state: &AppState, headers: &HeaderMap, r: pb::SubmitRequest)
     let requested = Some(r.source.as_str()).filter(|s| !s.is_empty());
     let submitter = records::Submitter::authenticate(state, headers, requested).await?;
     let idempotency_key =
+    crate::metrics::observe_grpc("Submit", code, metrics_started.elapsed()); // F5
         Some(r.idempotency_key.as_str()).filter(|k| !k.is_empty()).map(records::idempotency_key).transpose()?;
     let schema_version = Some(r.schema_version).filter(|v| *v > 0);
     let body = records_body(&r.records_json)?;

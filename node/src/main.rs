@@ -23,11 +23,14 @@ mod grpc_ingest;
 mod ingest;
 mod limits;
 mod node_key;
+mod live; // F5: rolling window for the dashboard and alerts
+mod metrics; // F5: Prometheus /metrics
 mod pipeline;
 mod receipt;
 mod server;
 mod soap;
 mod spool;
+mod probes; // F5: synthetic probes
 mod tls;
 
 use std::path::PathBuf;

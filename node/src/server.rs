@@ -48,6 +48,9 @@ pub struct ServeOptions {
     pub group_commit: dtm_cluster::GroupCommitOptions,
     pub pipeline: dtm_actors::PipelineOptions,
     pub gateway: crate::gateway::GatewayOptions,
+    /// F5: `[metrics]` and `[probes]` (`docs/monitoring.md`).
+    pub metrics: crate::metrics::MetricsOptions,
+    pub probes: crate::probes::ProbeOptions,
     /// Lockout, session lifetimes and OIDC issuers (`[identity]`, `[oidc]`).
     pub identity: crate::api::identity::IdentityOptions,
     /// Audit retention, checkpoint and verification intervals (`[audit]`).
@@ -75,6 +78,7 @@ pub async fn serve(
     let node_tls = opts.tls.read()?;
     let https_cert = crate::tls::ReloadingCert::load(&opts.tls)?;
     let https_cfg = crate::tls::https_server_config(https_cert.clone());
+    crate::metrics::install(&opts.metrics); // F5: before anything records a metric
     let http_addr = http.local_addr()?;
     let grpc_addr = grpc.local_addr()?;
     let info = NodeInfo {
@@ -184,6 +188,12 @@ pub async fn serve(
     let _ = grpc_task.await;
     pipeline.shutdown().await;
     node.shutdown().await;
+    // F5: gauges sampler, live statistics, and the probes against this node's own HTTPS address.
+    let sampled = (opts.data_dir.clone(), opts.metrics.sample_interval);
+    crate::metrics::start_sampler(node.clone(), pipeline.clone(), sampled.0, sampled.1, stop_rx.clone());
+    crate::live::start(&node, &node_tls.ca_pem);
+    let own_url = format!("https://{}", info.http_addr);
+    crate::probes::start(opts.probes.clone(), opts.node_id, own_url, node_tls.ca_pem.clone(), stop_rx.clone());
     if let Some(e) = fatal.get() {
         anyhow::bail!("the node stopped because its Raft core failed: {e}");
     }

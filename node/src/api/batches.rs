@@ -947,6 +947,7 @@ fn receipt(
 }
 
 async fn record(ctx: &Ctx, r: &state::BatchReceipt) -> ApiResult<()> {
+    crate::metrics::batch_outcome(r); // F5: ingestion counts by source, dataset and reason
     let cmd = super::command(
         &ctx.state,
         state::command::Kind::Batch(state::BatchCommand {

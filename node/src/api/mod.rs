@@ -139,6 +139,10 @@ pub fn router(state: AppState) -> Router {
         .route("/batches/{batch_id}", get(batches::get_batch))
         .route("/lineage/records/{id}", get(lineage::get_record_lineage))
         .route("/lineage/openlineage", get(lineage::get_openlineage))
+        // F5: live statistics and probe results (`crate::live`, `crate::probes`).
+        .route("/monitoring/live", get(crate::live::get_live))
+        .route("/monitoring/nodes", get(crate::live::get_nodes))
+        .route("/monitoring/probes", get(crate::probes::get_probes))
         .route("/datasets/{id}/aggregates/lineage", get(lineage::get_cell_lineage))
         .route("/datasets/{id}/records/{record_id}/corrections", post(versions::post_correction))
         .route("/audit/chain", get(audit_chain::chain))
@@ -195,6 +199,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(axum::middleware::from_fn_with_state(state.clone(), crate::gateway::protect))
                 // `REQUEST_TIMEOUT`, or `BATCH_REQUEST_TIMEOUT` for batch uploads.
+        .route("/metrics", get(crate::metrics::get_metrics)) // F5: Prometheus text format
                 .layer(axum::middleware::from_fn(batches::deadline)),
         )
         // Outermost but for the request id: every request is audited, refusals included.
@@ -221,6 +226,8 @@ async fn json_rejections(req: Request<Body>, next: axum::middleware::Next) -> ax
     let code = match status.as_u16() {
         404 => "not_found",
         405 => "method_not_allowed",
+        // F5: outside the gateway and the audit layer, so their refusals are counted and timed too.
+        .layer(axum::middleware::from_fn(crate::metrics::http_layer))
         413 => "payload_too_large",
         415 => "unsupported_media_type",
         422 => "unprocessable",

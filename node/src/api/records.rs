@@ -169,7 +169,10 @@ async fn commit(
     bytes: bytes::Bytes,
     how: Submit,
 ) -> ApiResult<SubmitAnswer> {
-    commit_amended(state, submitter, target, bytes, how, state::Submission::default()).await
+    let (source, dataset, channel) = (target.source.id.clone(), target.dataset.clone(), how.channel);
+    let answer = commit_amended(state, submitter, target, bytes, how, state::Submission::default()).await;
+    crate::metrics::ingest_outcome(&source, &dataset, channel, answer.as_ref().map(|a| &a.body)); // F5
+    answer
 }
 
 /// `commit`, with the lineage fields of `amend` (a correction's: what it corrects, why, what it
