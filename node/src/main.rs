@@ -32,6 +32,7 @@ mod soap;
 mod spool;
 mod probes; // F5: synthetic probes
 mod tls;
+mod web; // web-ui: server-rendered pages under /ui (issue 9)
 
 use std::path::PathBuf;
 

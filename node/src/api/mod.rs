@@ -25,6 +25,17 @@ mod users;
 mod versions;
 mod xsd;
 
+/// The handlers the web pages (`crate::web`) call in-process, so a page shows what the JSON API
+/// answers, with the same checks (web-ui).
+pub(crate) mod for_web {
+    pub(crate) use super::aggregates::get_pipeline;
+    pub(crate) use super::audit::connections;
+    pub(crate) use super::catalog::get_dataset;
+    pub(crate) use super::cluster::status as cluster_status;
+    pub(crate) use super::sessions::{authenticate_session, csrf_token, login, logout, session_cookie};
+    pub(crate) use super::sessions::{totp_confirm, totp_enroll, totp_for};
+}
+
 use std::sync::Arc;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
@@ -182,6 +193,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .route("/oauth2/token", post(oauth::token))
         .merge(crate::soap::routes())
+        .merge(crate::web::router())
         .route("/api/docs", get(openapi::swagger_ui_root))
         .route("/api/docs/", get(openapi::swagger_ui_root))
         .route("/api/docs/{*file}", get(openapi::swagger_ui))
