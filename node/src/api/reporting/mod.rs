@@ -450,13 +450,11 @@ pub async fn form_view(state: &AppState, who: &Principal, dataset: &str, period_
     let mut values = BTreeMap::new();
     if let Some(d) = &draft {
         values = serde_json::from_slice(&d.values_json).unwrap_or_default();
-    } else if let Some(s) = &sub {
-        if let Some(id) = s.record_ids.first() {
-            if let Some(found) = super::versions::find(state, id).await? {
-                let latest = latest_version(state, &found.record)?;
-                values = texts_of_record(&serde_json::from_slice::<Value>(&latest.payload_json).unwrap_or(Value::Null));
-            }
-        }
+    } else if let Some(id) = sub.as_ref().and_then(|s| s.record_ids.first())
+        && let Some(found) = super::versions::find(state, id).await?
+    {
+        let latest = latest_version(state, &found.record)?;
+        values = texts_of_record(&serde_json::from_slice::<Value>(&latest.payload_json).unwrap_or(Value::Null));
     }
     Ok(FormView { form, row, values, submission: sub.as_ref().map(submission_json) })
 }

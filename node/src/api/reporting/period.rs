@@ -106,6 +106,7 @@ impl Period {
         Period { kind, year, number }
     }
 
+    #[cfg(test)]
     pub fn next(&self) -> Period {
         if self.number < self.kind.per_year() {
             Period { number: self.number + 1, ..*self }
