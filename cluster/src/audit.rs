@@ -397,6 +397,14 @@ fn monitoring_events(
             e.detail_json = detail(serde_json::json!({ "before_ms": c.before_ms }));
             vec![e]
         }
+        Some(M::Seed(c)) => {
+            if matches!(&resp.result, Some(Reply::Rejected(r)) if r.code == "unchanged") {
+                return Vec::new();
+            }
+            let mut e = base("alert.rule.seed", "alert-rules".into());
+            e.detail_json = detail(serde_json::json!({ "version": c.version, "rules": c.rules.len() }));
+            vec![e]
+        }
         Some(M::Notifications(_)) | None => Vec::new(),
     }
 }

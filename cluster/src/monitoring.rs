@@ -128,6 +128,7 @@ pub fn apply(
         Some(Kind::Transition(t)) => transition(txn, log_id, t),
         Some(Kind::Notifications(c)) => notifications(txn, c),
         Some(Kind::Prune(c)) => prune(txn, now_ms, c),
+        Some(Kind::Seed(c)) => seed(txn, c),
         None => Ok(rejected("unsupported_command", "monitoring command of an unknown kind")),
     }
 }
@@ -376,5 +377,31 @@ fn prune(txn: &mut Txn<'_>, now_ms: u64, c: &state::PruneAlertHistory) -> Result
     for (k, _) in page {
         txn.remove(k);
     }
+    Ok(applied())
+}
+
+/// Puts the built-in rules of a newer version that do not exist yet; an older or equal version
+/// changes nothing (every leader may propose it once it sees the tables behind).
+fn seed(txn: &mut Txn<'_>, c: &state::SeedAlertRules) -> Result<state::CommandResponse, StoreError> {
+    let mut meta = txn.get_msg::<state::AlertMeta>(META)?.unwrap_or_default();
+    if c.version <= meta.defaults_version {
+        return Ok(rejected("unchanged", "the built-in rules of this version were seeded already"));
+    }
+    if c.rules.len() > RULES_MAX {
+        return Ok(rejected("invalid_command", "too many rules"));
+    }
+    for r in &c.rules {
+        if let Some(problem) = rule_problem(r) {
+            return Ok(rejected("invalid_command", problem));
+        }
+    }
+    for r in &c.rules {
+        let key = rule(&r.id);
+        if txn.get(&key)?.is_none() && count(txn, RULE, RULES_MAX)? < RULES_MAX {
+            txn.put_msg(key, r);
+        }
+    }
+    meta.defaults_version = c.version;
+    txn.put_msg(META.to_vec(), &meta);
     Ok(applied())
 }

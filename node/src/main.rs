@@ -4,6 +4,7 @@
 //! (`dtm-actors`, with the stages in `pipeline.rs` built on `dtm-dataset`) and is proposed through
 //! `dtm-cluster`, which replicates it and applies it into `dtm-storage`.
 
+mod alerts; // A5.2, F5: alert rules, evaluation, notifications
 mod api;
 mod audit;
 mod audit_reports;

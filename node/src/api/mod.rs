@@ -161,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/status", get(audit_chain::status))
         .route("/audit/keys", get(receipts::get_keys))
         .nest("/gateway", crate::gateway::api::routes())
+        .nest("/alerts", crate::alerts::api::routes()) // A5.2
         .route("/auth/login", post(sessions::login))
         .route("/auth/logout", post(sessions::logout))
         .route("/auth/me", get(sessions::me))
@@ -217,6 +218,8 @@ pub fn router(state: AppState) -> Router {
         // Outermost but for the request id: every request is audited, refusals included.
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // A5.2/F5: response times and errors for the alert rules (and the fault-injection delay).
+        .layer(axum::middleware::from_fn(crate::alerts::observe))
 }
 
 /// axum's extractors refuse a malformed query string, path or body with a plain-text answer; the

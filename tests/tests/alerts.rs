@@ -1,0 +1,417 @@
+//! Alerts over several channels (issue 10 point 1; A5.2, F5): a local SMTP sink and a webhook
+//! receiver, both in this test on loopback, get an alert when a node is killed and a resolve
+//! message when it returns; a slow-response rule fires when the test delays a node's responses
+//! (feature `fault-injection`); the history shows both transitions with their deliveries.
+//!
+//! The time from the kill to each message is printed (`alert latency`); with `ALERTS_ROUNDS=N`
+//! the node-loss round is repeated N times and p50/max are printed (docs/benchmarks.md).
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use dtm_tests::TestCluster;
+use dtm_tests::eventually;
+use reqwest::Method;
+use serde_json::Value;
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::io::BufReader;
+use tokio::net::TcpListener;
+
+const WEBHOOK_SECRET: &str = "test-webhook-signing-secret";
+
+/// What a sink received, and when.
+#[derive(Clone, Debug)]
+struct Received {
+    at: Instant,
+    /// Mail: the message (headers and body). Webhook: the JSON body.
+    text: String,
+    /// Webhook: the `x-dtm-signature` header.
+    signature: Option<String>,
+}
+
+type Inbox = Arc<Mutex<Vec<Received>>>;
+
+fn inbox_items(inbox: &Inbox) -> Vec<Received> {
+    inbox.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// A minimal SMTP server (RFC 5321 without extensions): accepts every message and keeps it.
+async fn smtp_sink() -> anyhow::Result<(u16, Inbox)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let inbox: Inbox = Arc::default();
+    let store = inbox.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = BufReader::new(r).lines();
+                let _ = w.write_all(b"220 sink ESMTP\r\n").await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+                        "DATA" => {
+                            let _ = w.write_all(b"354 go ahead\r\n").await;
+                            let mut text = String::new();
+                            while let Ok(Some(l)) = lines.next_line().await {
+                                if l == "." {
+                                    break;
+                                }
+                                text.push_str(&l);
+                                text.push('\n');
+                            }
+                            store.lock().unwrap_or_else(|p| p.into_inner()).push(Received {
+                                at: Instant::now(),
+                                text,
+                                signature: None,
+                            });
+                            b"250 queued\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => b"250 OK\r\n",
+                    };
+                    if w.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((port, inbox))
+}
+
+/// A minimal HTTP/1.1 server that keeps every POST body and answers 200.
+async fn webhook_receiver() -> anyhow::Result<(u16, Inbox)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let inbox: Inbox = Arc::default();
+    let store = inbox.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Head, then as much body as Content-Length says (bounded).
+                let head_end = loop {
+                    let Ok(n) = stream.read(&mut chunk).await else { return };
+                    if n == 0 || buf.len() > 1 << 20 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let header = |name: &str| {
+                    head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                    })
+                };
+                let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0).min(1 << 20);
+                while buf.len() < head_end + len {
+                    let Ok(n) = stream.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = String::from_utf8_lossy(&buf[head_end..(head_end + len).min(buf.len())]).to_string();
+                store.lock().unwrap_or_else(|p| p.into_inner()).push(Received {
+                    at: Instant::now(),
+                    text: body,
+                    signature: header("x-dtm-signature"),
+                });
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            });
+        }
+    });
+    Ok((port, inbox))
+}
+
+async fn admin_ok(
+    c: &TestCluster,
+    method: Method,
+    node: u64,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let (status, v) = c.admin(method.clone(), node, path, body).await?;
+    anyhow::ensure!((200..300).contains(&status), "{method} {path}: {status} {v}");
+    Ok(v)
+}
+
+/// Registers an e-mail channel to the sink and a signed webhook channel to the receiver.
+async fn add_channels(c: &TestCluster, smtp_port: u16, hook_port: u16) -> anyhow::Result<()> {
+    let email = json!({"kind": "email", "email": {"host": "127.0.0.1", "port": smtp_port, "security": "plain",
+        "from": "dtm-alerts@example.test", "to": ["ops@example.test", "oncall@example.test"]}});
+    admin_ok(c, Method::PUT, 1, "/api/v1/alerts/channels/ops-mail", Some(email)).await?;
+    let hook = json!({"kind": "webhook", "webhook": {"url": format!("http://127.0.0.1:{hook_port}/hook"), "secret_ref": "hook"}});
+    let v = admin_ok(c, Method::PUT, 1, "/api/v1/alerts/channels/ops-hook", Some(hook)).await?;
+    anyhow::ensure!(
+        v["channel"]["webhook"]["secret_set_here"] == true,
+        "the node does not see the webhook secret: {v}"
+    );
+    Ok(())
+}
+
+/// The webhook bodies for `rule` on `subject` with `status`, signature checked.
+fn hooks(inbox: &Inbox, rule: &str, subject: &str, status: &str) -> Vec<(Instant, Value)> {
+    inbox_items(inbox)
+        .into_iter()
+        .filter_map(|r| {
+            let v: Value = serde_json::from_str(&r.text).ok()?;
+            let matches = v["rule"]["id"] == rule && v["subject"] == subject && v["status"] == status;
+            if !matches {
+                return None;
+            }
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, WEBHOOK_SECRET.as_bytes());
+            let expected = format!("sha256={}", hex::encode(ring::hmac::sign(&key, r.text.as_bytes()).as_ref()));
+            assert_eq!(r.signature.as_deref(), Some(expected.as_str()), "webhook signature");
+            Some((r.at, v))
+        })
+        .collect()
+}
+
+fn mails(inbox: &Inbox, rule: &str, subject: &str, status: &str) -> Vec<(Instant, String)> {
+    let word = if status == "firing" { "FIRING" } else { "RESOLVED" };
+    inbox_items(inbox)
+        .into_iter()
+        .filter(|r| {
+            r.text.lines().any(|l| {
+                l.starts_with("Subject:") && l.contains(word) && l.contains(rule) && l.contains(&format!(" {subject}"))
+            })
+        })
+        .map(|r| (r.at, r.text))
+        .collect()
+}
+
+async fn wait_both(
+    what: &str,
+    mail: &Inbox,
+    hook: &Inbox,
+    rule: &str,
+    subject: &str,
+    status: &str,
+    timeout: Duration,
+) -> anyhow::Result<(Instant, Instant)> {
+    eventually(what, timeout, || async {
+        let m = mails(mail, rule, subject, status);
+        let h = hooks(hook, rule, subject, status);
+        Some((m.first()?.0, h.first()?.0))
+    })
+    .await
+}
+
+fn set_webhook_secret() {
+    // SAFETY: set before any node is spawned and before other threads read the environment; the
+    // nodes inherit it (each node reads DTM_ALERT_SECRET_HOOK from its own environment).
+    unsafe { std::env::set_var("DTM_ALERT_SECRET_HOOK", WEBHOOK_SECRET) };
+}
+
+fn percentile(mut v: Vec<Duration>, q: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v.get(i).copied().unwrap_or_default()
+}
+
+/// A5.2, F5: a killed node is notified by e-mail and webhook within 10 s, once per channel, and
+/// its return is notified as resolved; history keeps both transitions with their deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a5_2_node_loss_alerts_by_email_and_webhook_and_resolves() -> anyhow::Result<()> {
+    set_webhook_secret();
+    let (smtp_port, mail) = smtp_sink().await?;
+    let (hook_port, hook) = webhook_receiver().await?;
+    let c = TestCluster::start(3, &[]).await?;
+    let result = node_loss_rounds(&c, smtp_port, hook_port, &mail, &hook).await;
+    if result.is_err() {
+        c.dump_logs();
+    }
+    result
+}
+
+async fn node_loss_rounds(
+    c: &TestCluster,
+    smtp_port: u16,
+    hook_port: u16,
+    mail: &Inbox,
+    hook: &Inbox,
+) -> anyhow::Result<()> {
+    add_channels(c, smtp_port, hook_port).await?;
+    // The built-in rules are seeded by the leader.
+    eventually("built-in alert rules", Duration::from_secs(30), || async {
+        let v = c.admin(Method::GET, 1, "/api/v1/alerts/rules/node-down", None).await.ok()?;
+        (v.0 == 200 && v.1["builtin"] == true).then_some(())
+    })
+    .await?;
+    let rounds: usize = std::env::var("ALERTS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let (mut to_mail, mut to_hook) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let leader = c.leader().await?;
+        let victim = c.nodes.keys().copied().find(|id| *id != leader).context("a follower")?;
+        let subject = format!("node/{victim}");
+        let fired_before = hooks(hook, "node-down", &subject, "firing").len();
+        let mails_before = mails(mail, "node-down", &subject, "firing").len();
+        let resolved_before = hooks(hook, "node-down", &subject, "resolved").len();
+        let resolved_mails_before = mails(mail, "node-down", &subject, "resolved").len();
+
+        let killed_at = Instant::now();
+        c.kill(victim);
+        eventually("node-down alert by e-mail and webhook", Duration::from_secs(30), || async {
+            (mails(mail, "node-down", &subject, "firing").len() > mails_before
+                && hooks(hook, "node-down", &subject, "firing").len() > fired_before)
+                .then_some(())
+        })
+        .await?;
+        let m = mails(mail, "node-down", &subject, "firing")[mails_before].0.duration_since(killed_at);
+        let h = hooks(hook, "node-down", &subject, "firing")[fired_before].0.duration_since(killed_at);
+        eprintln!("alert latency round {round}: kill of node {victim} -> e-mail {m:?}, webhook {h:?}");
+        to_mail.push(m);
+        to_hook.push(h);
+        assert!(m <= Duration::from_secs(10) && h <= Duration::from_secs(10), "alert later than 10 s: {m:?} {h:?}");
+
+        // The dashboard channel: the alert is active on every running node.
+        for id in c.running() {
+            let v = admin_ok(c, Method::GET, id, "/api/v1/alerts", None).await?;
+            let active = v["alerts"].as_array().cloned().unwrap_or_default();
+            assert!(
+                active.iter().any(|a| a["rule_id"] == "node-down" && a["subject"] == subject.as_str()),
+                "node {id} does not show the alert: {v}"
+            );
+        }
+
+        c.restart(victim)?;
+        eventually("the resolve message on both channels", Duration::from_secs(30), || async {
+            (mails(mail, "node-down", &subject, "resolved").len() > resolved_mails_before
+                && hooks(hook, "node-down", &subject, "resolved").len() > resolved_before)
+                .then_some(())
+        })
+        .await?;
+        // Exactly one firing message per channel for this transition (de-duplicated).
+        assert_eq!(hooks(hook, "node-down", &subject, "firing").len(), fired_before + 1, "duplicate webhook");
+        assert_eq!(mails(mail, "node-down", &subject, "firing").len(), mails_before + 1, "duplicate e-mail");
+        let firing = hooks(hook, "node-down", &subject, "firing");
+        let payload = &firing[fired_before].1;
+        assert_eq!(payload["severity"], "critical");
+        assert!(payload["event_id"].as_str().is_some_and(|s| !s.is_empty()));
+
+        // History: the firing and the resolution, each delivered to both channels.
+        let path = format!("/api/v1/alerts/history?rule=node-down&subject={subject}");
+        let events = eventually("history with deliveries", Duration::from_secs(30), || async {
+            let v = c.admin(Method::GET, leader, &path, None).await.ok()?.1;
+            let events = v["events"].as_array()?.clone();
+            let tail: Vec<Value> = events.iter().rev().take(2).rev().cloned().collect();
+            let delivered = |e: &Value| {
+                ["ops-mail", "ops-hook"].iter().all(|ch| {
+                    e["notifications"]
+                        .as_array()
+                        .is_some_and(|n| n.iter().any(|x| x["channel_id"] == *ch && x["result"] == "sent"))
+                })
+            };
+            (tail.len() == 2 && tail.iter().all(delivered)).then_some(tail)
+        })
+        .await?;
+        assert_eq!(events[0]["status"], "firing");
+        assert_eq!(events[1]["status"], "resolved");
+        assert!(events[0]["at_ms"].as_u64() <= events[1]["at_ms"].as_u64());
+        // Back among the members before the next round.
+        eventually("the node back", Duration::from_secs(30), || async {
+            let v = admin_ok(c, Method::GET, leader, "/api/v1/alerts", None).await.ok()?;
+            let active = v["alerts"].as_array()?.clone();
+            (!active.iter().any(|a| a["subject"] == subject.as_str())).then_some(())
+        })
+        .await?;
+    }
+    if rounds > 1 {
+        eprintln!(
+            "alert latency over {rounds} rounds: e-mail p50 {:?} max {:?}; webhook p50 {:?} max {:?}",
+            percentile(to_mail.clone(), 0.5),
+            percentile(to_mail, 1.0),
+            percentile(to_hook.clone(), 0.5),
+            percentile(to_hook, 1.0)
+        );
+    }
+    Ok(())
+}
+
+/// F5, P4: a response-time rule (the built-in one, overridden to a short window) fires when the
+/// test delays a node's API responses past 0.6 s, and resolves when they are fast again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn f5_slow_responses_fire_the_p95_rule_and_resolve() -> anyhow::Result<()> {
+    set_webhook_secret();
+    let (smtp_port, mail) = smtp_sink().await?;
+    let (hook_port, hook) = webhook_receiver().await?;
+    let c = TestCluster::start(1, &[]).await?;
+    let result = slow_responses(&c, smtp_port, hook_port, &mail, &hook).await;
+    if result.is_err() {
+        c.dump_logs();
+    }
+    result
+}
+
+async fn slow_responses(
+    c: &TestCluster,
+    smtp_port: u16,
+    hook_port: u16,
+    mail: &Inbox,
+    hook: &Inbox,
+) -> anyhow::Result<()> {
+    add_channels(c, smtp_port, hook_port).await?;
+    eventually("built-in alert rules", Duration::from_secs(30), || async {
+        let v = c.admin(Method::GET, 1, "/api/v1/alerts/rules/p95-response-time", None).await.ok()?;
+        (v.0 == 200).then_some(())
+    })
+    .await?;
+    // Bad rules are refused with a JSON error.
+    let (s, v) = c
+        .admin(Method::PUT, 1, "/api/v1/alerts/rules/bad", Some(json!({"metric": "no_such_metric", "threshold": 1})))
+        .await?;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")), "{v}");
+    let rule = json!({"metric": "http_request_p95_seconds", "op": ">", "threshold": 0.6, "for_ms": 2000,
+                      "window_ms": 10000, "severity": "warning", "description": "P4 in a short window"});
+    let v = admin_ok(c, Method::PUT, 1, "/api/v1/alerts/rules/p95-response-time", Some(rule)).await?;
+    assert_eq!(v["rule"]["builtin"], true, "an overridden built-in rule stays built-in: {v}");
+
+    admin_ok(c, Method::PUT, 1, "/api/v1/alerts/fault/delay", Some(json!({"ms": 700}))).await?;
+    let slow_from = Instant::now();
+    // Requests keep coming while the rule's `for` runs (each waits 0.7 s).
+    let traffic = async {
+        for _ in 0..20 {
+            let reqs = (0..4).map(|_| c.admin(Method::GET, 1, "/api/v1/cluster", None));
+            futures::future::join_all(reqs).await;
+            if !hooks(hook, "p95-response-time", "node/1", "firing").is_empty() {
+                break;
+            }
+        }
+    };
+    traffic.await;
+    let (m, h) =
+        wait_both("slow-response alert", mail, hook, "p95-response-time", "node/1", "firing", Duration::from_secs(30))
+            .await?;
+    eprintln!("slow-response alert after {:?} (e-mail) / {:?} (webhook)", m - slow_from, h - slow_from);
+    let payload = &hooks(hook, "p95-response-time", "node/1", "firing")[0].1;
+    assert!(payload["value"].as_f64().is_some_and(|v| v > 0.6), "p95 above the limit: {payload}");
+
+    admin_ok(c, Method::PUT, 1, "/api/v1/alerts/fault/delay", Some(json!({"ms": 0}))).await?;
+    // Fast requests; the slow ones leave the 10 s window.
+    wait_both("slow-response resolved", mail, hook, "p95-response-time", "node/1", "resolved", Duration::from_secs(40))
+        .await?;
+    let v = admin_ok(c, Method::GET, 1, "/api/v1/alerts/history?rule=p95-response-time", None).await?;
+    let statuses: Vec<&str> =
+        v["events"].as_array().context("events")?.iter().filter_map(|e| e["status"].as_str()).collect();
+    assert_eq!(statuses, ["firing", "resolved"], "{v}");
+    Ok(())
+}
