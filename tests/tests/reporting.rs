@@ -328,3 +328,139 @@ async fn reporting_regime_c2b_obligation_drafts_submission_status_audit_lineage(
     }
     r
 }
+
+/// The reporting pages without JavaScript (issue 9; C2(b), A1.9): the due list, the form generated
+/// from the schema, the validator's messages next to each field with a summary linking to them
+/// (nothing stored), a draft, a submission that ends on the receipt page, and the admin's status
+/// page with its CSV link. Sessions made on one node are used on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reporting_pages_c2b_form_errors_draft_submit_receipt_status() -> anyhow::Result<()> {
+    let c = TestCluster::start(3, &[]).await?;
+    let r = async {
+        let (s, v, _) =
+            send(&c, 1, Method::POST, "/api/v1/datasets", Auth::Admin, Some(report_definition("dvc_monthly"))).await?;
+        anyhow::ensure!(s == 201, "define: {s} {v}");
+        let body = json!({"id": "dvc-dn", "name": "DVC Đà Nẵng", "agency": "ubnd-dn"});
+        let (s, v, _) = send(&c, 1, Method::POST, "/api/v1/sources", Auth::Admin, Some(body)).await?;
+        anyhow::ensure!(s == 201, "source: {s} {v}");
+        let body = json!({"username": "dn-entry", "role": "data-entry", "agency": "ubnd-dn", "password": "paper kite orange river"});
+        let (s, v, _) = send(&c, 1, Method::POST, "/api/v1/users", Auth::Admin, Some(body)).await?;
+        anyhow::ensure!(s == 201, "user: {s} {v}");
+        let ob = json!({"agencies": ["ubnd-dn"], "period_type": "month", "deadline_days": 366, "reminder_days": 3,
+                        "agency_field": "agency", "period_field": "period"});
+        let (s, v, _) = send(&c, 1, Method::PUT, "/api/v1/datasets/dvc_monthly/obligation", Auth::Admin, Some(ob)).await?;
+        anyhow::ensure!(s == 200, "obligation: {s} {v}");
+        let period = v["first_period"].as_str().unwrap_or_default().to_string();
+
+        let dn = sign_in(&c, 2, "dn-entry", "paper kite orange river").await?;
+        let page = |node: u64, path: String| {
+            let req = c.http.get(format!("{}{path}", c.url(node))).header("cookie", &dn.cookie);
+            async move {
+                let resp = req.send().await?;
+                let status = resp.status().as_u16();
+                let url = resp.url().path().to_string();
+                anyhow::Ok((status, url, resp.text().await?))
+            }
+        };
+        let post = |node: u64, path: String, form: Vec<(&'static str, String)>| {
+            let mut form = form;
+            form.push(("csrf", dn.csrf.clone()));
+            let req = c.http.post(format!("{}{path}", c.url(node))).header("cookie", &dn.cookie).form(&form);
+            async move {
+                let resp = req.send().await?;
+                let status = resp.status().as_u16();
+                let url = resp.url().path().to_string();
+                anyhow::Ok((status, url, resp.text().await?))
+            }
+        };
+
+        // The due list on node 3 (the session was opened on node 2), in English.
+        let (s, _, html) = page(3, "/ui/reporting/due?lang=en".into()).await?;
+        anyhow::ensure!(s == 200 && html.contains("Reports due") && html.contains(&period), "due page: {s} {html}");
+        let form_path = format!("/ui/reporting/report/dvc_monthly/{period}");
+        anyhow::ensure!(html.contains(&form_path), "the due list links to the form: {html}");
+
+        // The form: a labelled input per property, unit and required mark, the agency filled in.
+        let (s, _, html) = page(2, format!("{form_path}?lang=en")).await?;
+        anyhow::ensure!(s == 200, "form page: {s} {html}");
+        for needle in [
+            "<fieldset>",
+            "Applications received <span class=\"muted\">(applications)</span>",
+            "name=\"v.received\"",
+            "inputmode=\"numeric\"",
+            "<select id=",
+            "<option value=\"kiosk\"",
+            "ubnd-dn",
+            "name=\"csrf\"",
+        ] {
+            anyhow::ensure!(html.contains(needle), "the form lacks {needle}: {html}");
+        }
+        anyhow::ensure!(!html.contains("name=\"v.agency\""), "the agency is not an input: {html}");
+
+        // Invalid values: 422, the form again with the validator's messages and a linked summary.
+        let invalid = vec![("v.received", "-5".to_string()), ("v.on_time", "3".into()), ("action", "submit".into())];
+        let (s, _, html) = post(2, format!("{form_path}?lang=en"), invalid).await?;
+        anyhow::ensure!(s == 422, "invalid form: {s}");
+        anyhow::ensure!(html.contains("id=\"error-summary\"") && html.contains("aria-invalid=\"true\""), "{html}");
+        anyhow::ensure!(html.contains("value=\"-5\""), "the typed value stays: {html}");
+        // The summary links to the input, whose message stands next to it.
+        let field_id = html
+            .split(" name=\"v.received\"")
+            .next()
+            .and_then(|before| before.rsplit("<input id=\"").next())
+            .map(|id| id.split('"').next().unwrap_or("").to_string())
+            .ok_or_else(|| anyhow::anyhow!("no received input: {html}"))?;
+        let summary = html.split("id=\"error-summary\"").nth(1).and_then(|rest| rest.split("</div>").next()).unwrap_or("");
+        anyhow::ensure!(
+            summary.contains(&format!("href=\"#{field_id}\">Applications received: ")),
+            "the summary links to the field {field_id}: {html}"
+        );
+        anyhow::ensure!(summary.contains("on-time cannot exceed received"), "the business rule's message: {html}");
+        anyhow::ensure!(html.contains(&format!("id=\"{field_id}-error\"")), "message next to the field: {html}");
+        anyhow::ensure!(c.records(1, "dvc_monthly").await?.is_empty(), "an invalid form stored something");
+
+        // A draft, then the submission on another node, which ends on the receipt.
+        let draft = vec![("v.received", "80".to_string()), ("action", "draft".into())];
+        let (s, url, html) = post(2, form_path.clone(), draft).await?;
+        anyhow::ensure!(s == 200 && url == form_path && html.contains("value=\"80\""), "draft: {s} {url} {html}");
+        let values = vec![
+            ("v.received", "80".to_string()),
+            ("v.on_time", "75".into()),
+            ("v.satisfaction", "92,5".into()),
+            ("v.channel", "kiosk".into()),
+            ("action", "submit".into()),
+        ];
+        let (s, url, html) = post(3, format!("{form_path}?lang=en"), values).await?;
+        anyhow::ensure!(s == 200 && url.ends_with("/receipt"), "submit: {s} {url}");
+        anyhow::ensure!(html.contains("Report received") && html.contains("Signature") && html.contains("dtm-receipt-v1"), "{html}");
+        let stored = c.records(1, "dvc_monthly").await?;
+        anyhow::ensure!(stored.len() == 1 && stored[0].1["satisfaction"] == 92.5 && stored[0].1["channel"] == "kiosk", "{stored:?}");
+        let (s, _, text) = page(1, format!("{form_path}/receipt.json")).await?;
+        let answer: Value = serde_json::from_str(&text)?;
+        anyhow::ensure!(s == 200 && answer["receipt"]["signature"].is_string(), "receipt file: {s} {text}");
+
+        // The admin's status page (a session of the admin role is not needed: an admin user).
+        let body = json!({"username": "boss", "role": "auditor", "password": "paper kite orange river"});
+        let (s, v, _) = send(&c, 1, Method::POST, "/api/v1/users", Auth::Admin, Some(body)).await?;
+        anyhow::ensure!(s == 201, "auditor: {s} {v}");
+        let aud = sign_in(&c, 1, "boss", "paper kite orange river").await?;
+        let resp = c
+            .http
+            .get(format!("{}/ui/reporting/status?lang=en&dataset=dvc_monthly", c.url(2)))
+            .header("cookie", &aud.cookie)
+            .send()
+            .await?;
+        let (s, html) = (resp.status().as_u16(), resp.text().await?);
+        anyhow::ensure!(s == 200 && html.contains("Reporting status") && html.contains("Submitted") && html.contains("dn-entry"), "{s} {html}");
+        anyhow::ensure!(html.contains("/api/v1/reporting/status?format=csv&#38;dataset=dvc_monthly"), "CSV link: {html}");
+        // A data-entry user may not see it.
+        let (s, _, _) = page(2, "/ui/reporting/status".into()).await?;
+        anyhow::ensure!(s == 403, "status page as data-entry: {s}");
+        Ok(())
+    }
+    .await;
+    if r.is_err() {
+        c.dump_logs();
+    }
+    r
+}

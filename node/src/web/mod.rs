@@ -32,6 +32,7 @@ mod dashboard;
 pub mod i18n;
 mod signin;
 
+mod reporting;
 use std::time::Instant;
 
 use askama::Template;
@@ -86,6 +87,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/catalog", get(catalog::list))
         .route("/ui/catalog/{id}", get(catalog::dataset))
         .route("/ui/sources", get(catalog::sources))
+        .merge(reporting::routes())
         .route("/ui/sources/{id}", get(catalog::source))
         .route("/ui/dashboard", get(dashboard::page))
         .route("/ui/{*rest}", get(not_found))

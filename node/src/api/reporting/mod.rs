@@ -111,6 +111,9 @@ pub struct ReportRow {
     pub draft_saved_by: Option<String>,
     pub submitted_at: Option<String>,
     pub submitted_by: Option<String>,
+    /// The same times in milliseconds (0: none), for pages that format them per language.
+    pub draft_saved_at_ms: u64,
+    pub submitted_at_ms: u64,
     pub version: u32,
 }
 
@@ -241,6 +244,8 @@ pub fn report_row(
         draft_saved_by: draft.as_ref().map(|d| d.username.clone()),
         submitted_at: sub.as_ref().map(|s| rfc3339(s.submitted_at_ms)),
         submitted_by: sub.as_ref().map(|s| s.username.clone()),
+        draft_saved_at_ms: draft.as_ref().map_or(0, |d| d.saved_at_ms),
+        submitted_at_ms: sub.as_ref().map_or(0, |s| s.submitted_at_ms),
         version: sub.as_ref().map_or(0, |s| s.version),
     })
 }
