@@ -24,6 +24,12 @@ if ! need_cmd ip || ! need_cmd iptables || ! need_cmd faketime; then
   echo "installing iproute2, iptables and faketime…"
   apt-get update -qq && apt-get install -y -qq iproute2 iptables faketime >/dev/null
 fi
+# promtool (Debian `prometheus`): tests/tests/metrics.rs checks every node's /metrics with
+# `promtool check metrics` (F5-metrics).
+if ! need_cmd promtool; then
+  echo "installing prometheus (promtool)…"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest from crates.io…"
   cargo install --locked cargo-nextest

@@ -113,6 +113,11 @@ struct FileConfig {
     pipeline: FilePipeline,
     #[serde(default)]
     gateway: FileGateway,
+    /// F5: metrics and who may read them, and the synthetic probes (`docs/monitoring.md`).
+    #[serde(default)]
+    metrics: crate::metrics::MetricsFile,
+    #[serde(default)]
+    probes: crate::probes::ProbesFile,
     /// Lockout and session lifetimes (`docs/security.md`).
     #[serde(default)]
     identity: crate::api::identity::IdentityFile,
@@ -121,11 +126,6 @@ struct FileConfig {
     oidc: crate::api::identity::OidcFile,
     /// The audit trail: retention, checkpoints, verification, reports (`docs/audit.md`).
     #[serde(default)]
-    /// F5: metrics and who may read them, and the synthetic probes (`docs/monitoring.md`).
-    #[serde(default)]
-    metrics: crate::metrics::MetricsFile,
-    #[serde(default)]
-    probes: crate::probes::ProbesFile,
     audit: crate::audit::AuditFile,
     /// Scheduled backups (`docs/operations.md`, "Backup and restore").
     #[serde(default)]
@@ -262,6 +262,8 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
         group_commit,
         pipeline,
         gateway: gateway_options(file.gateway, args.requests_in_flight_max)?,
+        metrics: crate::metrics::resolve(file.metrics, args.metrics)?, // F5
+        probes: crate::probes::resolve(file.probes, args.probes)?,
         identity: crate::api::identity::resolve(file.identity, file.oidc)?,
         backup: crate::backup::resolve(file.backup)?,
         audit: crate::audit::resolve(file.audit, args.audit_checkpoint_interval_ms, args.audit_verify_interval_s)?,
@@ -273,8 +275,6 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileGateway {
-        metrics: crate::metrics::resolve(file.metrics, args.metrics)?, // F5
-        probes: crate::probes::resolve(file.probes, args.probes)?,
     requests_in_flight_max: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
     geoip_db: Option<PathBuf>,

@@ -112,6 +112,7 @@ async fn audited(
     if let Some(event) = ctx.event(state.node.id, crate::api::now_ms(), "POST", "dtm.v1.Ingest/Submit", code) {
         state.audit.push(event);
     }
+    crate::metrics::observe_grpc("Submit", code, metrics_started.elapsed()); // F5
     answer
 }
 
@@ -119,7 +120,6 @@ async fn submit_one(state: &AppState, headers: &HeaderMap, r: pb::SubmitRequest)
     let requested = Some(r.source.as_str()).filter(|s| !s.is_empty());
     let submitter = records::Submitter::authenticate(state, headers, requested).await?;
     let idempotency_key =
-    crate::metrics::observe_grpc("Submit", code, metrics_started.elapsed()); // F5
         Some(r.idempotency_key.as_str()).filter(|k| !k.is_empty()).map(records::idempotency_key).transpose()?;
     let schema_version = Some(r.schema_version).filter(|v| *v > 0);
     let body = records_body(&r.records_json)?;

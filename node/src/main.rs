@@ -23,15 +23,15 @@ mod gateway;
 mod grpc_ingest;
 mod ingest;
 mod limits;
-mod node_key;
 mod live; // F5: rolling window for the dashboard and alerts
 mod metrics; // F5: Prometheus /metrics
+mod node_key;
 mod pipeline;
+mod probes; // F5: synthetic probes
 mod receipt;
 mod server;
 mod soap;
 mod spool;
-mod probes; // F5: synthetic probes
 mod tls;
 mod web; // web-ui: server-rendered pages under /ui (issue 9)
 

@@ -62,7 +62,8 @@ pub struct ProbesFile {
     pub credential_file: Option<PathBuf>,
     /// The authenticated read (default `/api/v1/cluster`).
     pub read_path: Option<String>,
-    /// Web pages to load (default `/api/docs/`); each must answer 2xx after redirects.
+    /// Web pages to load (default `/ui/`, `/ui/login`, `/api/docs/`); each must answer 2xx after
+    /// redirects.
     pub pages: Option<Vec<String>>,
     /// Parallel requests of the concurrency check (default 8, at most 64; 0 turns it off).
     pub concurrency: Option<usize>,
@@ -91,7 +92,7 @@ impl Default for ProbeOptions {
             timeout: TIMEOUT_DEFAULT,
             credential_file: None,
             read_path: "/api/v1/cluster".into(),
-            pages: vec!["/api/docs/".into()],
+            pages: vec!["/ui/".into(), "/ui/login".into(), "/api/docs/".into()],
             concurrency: CONCURRENCY_DEFAULT,
             concurrency_path: "/api/v1/health".into(),
         }
@@ -417,7 +418,7 @@ mod tests {
         let d = resolve(ProbesFile::default(), None).expect("defaults");
         assert!(d.enabled);
         assert_eq!(d.interval, INTERVAL_DEFAULT);
-        assert_eq!(d.pages, vec!["/api/docs/".to_string()]);
+        assert_eq!(d.pages, vec!["/ui/".to_string(), "/ui/login".to_string(), "/api/docs/".to_string()]);
         assert!(!resolve(ProbesFile::default(), Some(false)).expect("off").enabled);
         let bad_page = ProbesFile { pages: Some(vec!["ui".into()]), ..ProbesFile::default() };
         assert!(resolve(bad_page, None).is_err());

@@ -184,17 +184,17 @@ pub async fn serve(
         events.record("audit_verification_failed", &format!("audit entry {}", p.seq), &p.message)
     });
     let _ = ingest_state.set(state.clone());
-    tokio::spawn(https_cert.watch(stop_rx.clone()));
-    serve_https(api::router(state), http, TlsAcceptor::from(https_cfg), stop_rx.clone()).await;
-    let _ = grpc_task.await;
-    pipeline.shutdown().await;
-    node.shutdown().await;
     // F5: gauges sampler, live statistics, and the probes against this node's own HTTPS address.
     let sampled = (opts.data_dir.clone(), opts.metrics.sample_interval);
     crate::metrics::start_sampler(node.clone(), pipeline.clone(), sampled.0, sampled.1, stop_rx.clone());
     crate::live::start(&node, &node_tls.ca_pem);
     let own_url = format!("https://{}", info.http_addr);
     crate::probes::start(opts.probes.clone(), opts.node_id, own_url, node_tls.ca_pem.clone(), stop_rx.clone());
+    tokio::spawn(https_cert.watch(stop_rx.clone()));
+    serve_https(api::router(state), http, TlsAcceptor::from(https_cfg), stop_rx.clone()).await;
+    let _ = grpc_task.await;
+    pipeline.shutdown().await;
+    node.shutdown().await;
     if let Some(e) = fatal.get() {
         anyhow::bail!("the node stopped because its Raft core failed: {e}");
     }

@@ -192,6 +192,7 @@ pub fn router(state: AppState) -> Router {
         );
     Router::new()
         .nest("/api/v1", api)
+        .route("/metrics", get(crate::metrics::get_metrics)) // F5: Prometheus text format
         .route("/oauth2/token", post(oauth::token))
         .merge(crate::soap::routes())
         .merge(crate::web::router())
@@ -212,11 +213,12 @@ pub fn router(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(axum::middleware::from_fn_with_state(state.clone(), crate::gateway::protect))
                 // `REQUEST_TIMEOUT`, or `BATCH_REQUEST_TIMEOUT` for batch uploads.
-        .route("/metrics", get(crate::metrics::get_metrics)) // F5: Prometheus text format
                 .layer(axum::middleware::from_fn(batches::deadline)),
         )
         // Outermost but for the request id: every request is audited, refusals included.
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
+        // F5: outside the gateway and the audit layer, so their refusals are counted and timed too.
+        .layer(axum::middleware::from_fn(crate::metrics::http_layer))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         // A5.2/F5: response times and errors for the alert rules (and the fault-injection delay).
         .layer(axum::middleware::from_fn(crate::alerts::observe))
@@ -241,8 +243,6 @@ async fn json_rejections(req: Request<Body>, next: axum::middleware::Next) -> ax
     let code = match status.as_u16() {
         404 => "not_found",
         405 => "method_not_allowed",
-        // F5: outside the gateway and the audit layer, so their refusals are counted and timed too.
-        .layer(axum::middleware::from_fn(crate::metrics::http_layer))
         413 => "payload_too_large",
         415 => "unsupported_media_type",
         422 => "unprocessable",
