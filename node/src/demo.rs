@@ -234,6 +234,11 @@ async fn drive(
             setup_catalog(&client).await?
         }
     };
+    // The reporting regime (issue 9): a monthly report, an agency that owes it and its data-entry user.
+    let reporting = match previous.as_ref().map(|p| p["reporting"].clone()).filter(|r| r.is_object()) {
+        Some(r) => r,
+        None => setup_reporting(&client).await?,
+    };
     let cluster = json!({
         "ca_cert": dir.join("tls/ca.pem").display().to_string(),
         "admin_token": token,
@@ -243,6 +248,7 @@ async fn drive(
         })).collect::<Vec<_>>(),
         "sources": sources,
         "datasets": datasets,
+        "reporting": reporting,
     });
     crate::server::write_private(&dir.join("demo.json"), &serde_json::to_string_pretty(&cluster)?, 0o600)?;
 
@@ -259,6 +265,14 @@ async fn drive(
     for s in &sources {
         println!("  source {:<14} API key {}", s["id"].as_str().unwrap_or(""), s["api_key"].as_str().unwrap_or(""));
     }
+    println!(
+        "  reporting:      sign in at https://{}/ui/ as {} / {} (data entry, agency {}): report `{}` is due",
+        nodes[0].http,
+        reporting["username"].as_str().unwrap_or(""),
+        reporting["password"].as_str().unwrap_or(""),
+        reporting["agency"].as_str().unwrap_or(""),
+        reporting["dataset"].as_str().unwrap_or(""),
+    );
     println!(
         "  cluster file:   {}   (try: dtm cluster status --cluster {})",
         dir.join("demo.json").display(),
@@ -338,6 +352,52 @@ async fn setup_catalog(client: &Client) -> anyhow::Result<(Vec<Value>, Vec<Value
         sources.push(json!({"id": id, "agency": agency, "province": province, "api_key": v["api_key"]}));
     }
     Ok((sources, vec![json!("provinces"), json!("etx_monthly"), json!("etx_events")]))
+}
+
+/// The reporting-regime demo (issue 9, C2(b)): a monthly report on online public services that the
+/// Đà Nẵng people's committee owes from last month on (due 15 days after each month, marked 5 days
+/// before), its source system and a data-entry user, whose password is generated and printed.
+async fn setup_reporting(client: &Client) -> anyhow::Result<Value> {
+    let report = json!({
+        "id": "dvc_monthly", "title": "Dịch vụ công trực tuyến – báo cáo tháng / Online public services, monthly report",
+        "description": "Số hồ sơ trực tuyến theo cơ quan và tháng (Thông tư 12/2025, C2(b)) / Online applications per agency and month",
+        "owner": "Bộ Khoa học và Công nghệ",
+        "schema": {
+            "type": "object", "required": ["agency", "period", "received", "on_time"],
+            "x-order": ["agency", "period", "received", "on_time", "late", "satisfaction", "channel", "note"],
+            "properties": {
+                "agency": {"type": "string", "title": "Cơ quan / Agency"},
+                "period": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$", "title": "Kỳ / Period"},
+                "received": {"type": "integer", "minimum": 0, "title": "Hồ sơ tiếp nhận / Applications received", "x-unit": "hồ sơ"},
+                "on_time": {"type": "integer", "minimum": 0, "title": "Giải quyết đúng hạn / Processed on time", "x-unit": "hồ sơ"},
+                "late": {"type": "integer", "minimum": 0, "title": "Giải quyết trễ hạn / Processed late", "x-unit": "hồ sơ"},
+                "satisfaction": {"type": "number", "minimum": 0, "maximum": 100, "title": "Mức độ hài lòng / Satisfaction", "x-unit": "%"},
+                "channel": {"type": "string", "enum": ["portal", "mobile", "kiosk"], "title": "Kênh chính / Main channel"},
+                "note": {"type": "string", "maxLength": 500, "title": "Ghi chú / Note"}
+            }
+        },
+        "key": ["agency", "period"], "time_field": "period", "dimensions": ["agency", "channel"],
+        "measures": {"received": "sum", "on_time": "sum", "late": "sum"},
+        "rules": [{"field": "on_time", "op": "<=", "other": "received", "message": "on-time cannot exceed received"}],
+        "classification": "internal", "priority": "normal"
+    });
+    let (status, v) = client.call(Method::POST, "/api/v1/datasets", Some(&report)).await?;
+    anyhow::ensure!(status == 201 || status == 409, "defining dvc_monthly: HTTP {status}: {v}");
+    let agency = "ubnd-danang";
+    let source = json!({"id": "dvc-danang", "name": "Cổng dịch vụ công Đà Nẵng", "agency": agency, "contact": "cntt@danang.gov.vn"});
+    let (status, v) = client.call(Method::POST, "/api/v1/sources", Some(&source)).await?;
+    anyhow::ensure!(status == 201 || status == 409, "registering dvc-danang: HTTP {status}: {v}");
+    let password = format!("nhaplieu-{}", crate::api::auth::random_secret().get(..12).unwrap_or("danang-2026"));
+    let username = "nhaplieu.danang";
+    let user = json!({"username": username, "role": "data-entry", "agency": agency, "password": password});
+    client.expect(Method::POST, "/api/v1/users", Some(&user)).await.context("creating the data-entry user")?;
+    let obligation = json!({"agencies": [{"agency": agency, "source": "dvc-danang"}], "period_type": "month",
+                            "deadline_days": 15, "reminder_days": 5, "agency_field": "agency", "period_field": "period"});
+    client
+        .expect(Method::PUT, "/api/v1/datasets/dvc_monthly/obligation", Some(&obligation))
+        .await
+        .context("setting the reporting obligation")?;
+    Ok(json!({"dataset": "dvc_monthly", "agency": agency, "username": username, "password": password}))
 }
 
 const PROVINCES: [(&str, &str, &str); 5] = [
