@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/dtm/state/v1/audit.proto",
         "proto/dtm/state/v1/monitoring.proto",
         "proto/dtm/state/v1/reporting.proto",
+        "proto/dtm/state/v1/performance.proto",
         "proto/dtm/v1/ingest.proto",
     ];
     tonic_prost_build::configure()

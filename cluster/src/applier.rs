@@ -70,6 +70,7 @@ impl Applier for DtmApplier {
                 None => Ok(applied()),
             },
             Kind::AuditControl(c) => crate::audit::apply_control(txn, log_id, cmd.proposed_at_ms, c),
+            Kind::Performance(c) => crate::performance::apply(txn, c),
             Kind::Reporting(c) => crate::reporting::apply(txn, log_id, cmd.proposed_at_ms, c),
             Kind::Monitoring(c) => crate::monitoring::apply(txn, log_id, cmd.proposed_at_ms, cmd.origin_node, c),
         }?;

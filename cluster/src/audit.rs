@@ -313,6 +313,14 @@ pub fn derive(cmd: &state::Command, resp: &state::CommandResponse) -> Vec<state:
             // Checkpoints and their signatures are about the chain itself, not events in it.
             Some(A::CloseCheckpoint(_)) | Some(A::SignCheckpoints(_)) | None => Vec::new(),
         },
+        // Performance samples are measurements, not actions (like checkpoints); a stored report is.
+        Kind::Performance(p) => match &p.kind {
+            Some(state::performance_command::Kind::StoreReport(r)) => {
+                let (id, kind) = r.report.as_ref().map_or(("", ""), |r| (r.id.as_str(), r.kind.as_str()));
+                one(&format!("{kind}.report.store"), format!("report/{id}"))
+            }
+            Some(state::performance_command::Kind::Sample(_)) | None => Vec::new(),
+        },
     }
 }
 

@@ -25,6 +25,7 @@ pub mod lineage;
 pub mod monitoring;
 mod network;
 mod node;
+pub mod performance;
 pub mod reporting;
 pub mod security;
 mod service;

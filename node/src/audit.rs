@@ -224,7 +224,13 @@ pub async fn layer(State(state): State<AppState>, req: Request<Body>, next: Next
     ctx.connection = req.extensions().get::<ConnectionSeen>().cloned();
     let cell = Arc::new(Mutex::new(ctx));
     let resp = CONTEXT.scope(cell.clone(), next.run(req)).await;
-    let ctx = cell.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut ctx = cell.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // A5.3: the error's stable code is the failure cause the performance reports count.
+    if ctx.detail.is_none()
+        && let Some(code) = resp.extensions().get::<crate::api::error::ErrorCode>()
+    {
+        ctx.detail = Some(serde_json::json!({"error": code.0}));
+    }
     if let Some(event) = ctx.event(state.node.id, crate::api::now_ms(), &method, &path, resp.status().as_u16()) {
         state.audit.push(event);
     }

@@ -89,6 +89,14 @@ pub struct ServeArgs {
     /// Seconds between this node's own verifications of the audit chain.
     #[arg(long, env = "DTM_AUDIT_VERIFY_INTERVAL_S")]
     pub audit_verify_interval_s: Option<u64>,
+    /// Seconds between this node's performance samples (`[performance]`, docs/reports.md).
+    #[arg(long, env = "DTM_PERF_SAMPLE_INTERVAL_S")]
+    pub perf_sample_interval_s: Option<u64>,
+    /// Test builds only (feature `fault-injection`): runs the node with an audit retention under
+    /// the 365-day floor, so that `dtm compliance` can be shown to fail; the node's facts name it.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long)]
+    pub unsafe_audit_retention_days: Option<u32>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -130,6 +138,9 @@ struct FileConfig {
     /// Scheduled backups (`docs/operations.md`, "Backup and restore").
     #[serde(default)]
     backup: crate::backup::BackupFile,
+    /// Performance samples for the reports (`docs/reports.md`).
+    #[serde(default)]
+    performance: crate::perf::PerfFile,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -267,6 +278,16 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
         identity: crate::api::identity::resolve(file.identity, file.oidc)?,
         backup: crate::backup::resolve(file.backup)?,
         audit: crate::audit::resolve(file.audit, args.audit_checkpoint_interval_ms, args.audit_verify_interval_s)?,
+        performance: crate::perf::resolve(file.performance, args.perf_sample_interval_s)?,
+    };
+    #[cfg(feature = "fault-injection")]
+    let opts = {
+        let mut opts = opts;
+        if let Some(days) = args.unsafe_audit_retention_days {
+            opts.audit.retention_days = days;
+            opts.performance.unsafe_overrides.push(format!("unsafe_audit_retention_days={days}"));
+        }
+        opts
     };
     Ok((opts, http_addr, grpc_addr))
 }

@@ -107,8 +107,15 @@ async fn audited(
     let bytes_in = r.records_json.iter().map(|x| x.len() as u64).sum();
     let ip = peer.map(|p| crate::gateway::ip::client_ip(p, headers, state.gateway.trusted_proxies()).to_string());
     let ctx = crate::audit::Context::new("grpc", ip.unwrap_or_default(), crate::api::request_id(headers), bytes_in);
-    let (answer, ctx) = crate::audit::scope(ctx, submit_one(state, headers, r)).await;
+    let started = std::time::Instant::now();
+    let (answer, mut ctx) = crate::audit::scope(ctx, submit_one(state, headers, r)).await;
     let code = answer.as_ref().err().map_or(200, |e| e.status.as_u16());
+    crate::perf::record("grpc", crate::perf::class_of(code), started.elapsed()); // A5.3 response times
+    if let Err(e) = &answer
+        && ctx.detail.is_none()
+    {
+        ctx.detail = Some(serde_json::json!({"error": e.code})); // A5.3 failure cause
+    }
     if let Some(event) = ctx.event(state.node.id, crate::api::now_ms(), "POST", "dtm.v1.Ingest/Submit", code) {
         state.audit.push(event);
     }

@@ -26,6 +26,9 @@ mod limits;
 mod live; // F5: rolling window for the dashboard and alerts
 mod metrics; // F5: Prometheus /metrics
 mod node_key;
+mod perf;
+mod reports;
+mod compliance;
 mod pipeline;
 mod probes; // F5: synthetic probes
 mod receipt;
@@ -101,6 +104,9 @@ enum Command {
         #[command(subcommand)]
         command: receipt::ReceiptCommand,
     },
+    /// Checks a live cluster against the checkable requirements (S2, A1.10); JSON report, exit != 0
+    /// when any fails.
+    Compliance(compliance::ComplianceArgs),
 }
 
 #[derive(Subcommand)]
@@ -224,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { command: KeysCommand::Rotate { target } } => keys_rotate(target).await,
         Command::Audit { command } => audit_verify::run(command).await,
         Command::Receipt { command } => receipt::run(command).await,
+        Command::Compliance(args) => compliance::run(args).await,
     }
 }
 

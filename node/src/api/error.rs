@@ -104,10 +104,16 @@ pub fn rejected(code: &str, message: String) -> ApiError {
     }
 }
 
+/// The stable code of an error answer, kept on the response for the audit layer, so the trail
+/// (and the performance reports made from it, A5.3) name the cause of a refusal.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
         let mut resp = (self.status, Json(body)).into_response();
+        resp.extensions_mut().insert(ErrorCode(self.code));
         if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(self.retry_after_seconds.unwrap_or(RETRY_AFTER_SECONDS)));

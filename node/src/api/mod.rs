@@ -3,7 +3,7 @@
 //! `cluster.rs` (health, readiness, membership).
 
 mod aggregates;
-mod audit;
+pub(crate) mod audit;
 mod audit_chain;
 pub mod auth;
 pub mod batches;
@@ -143,6 +143,13 @@ pub fn router(state: AppState) -> Router {
         .route("/keys/rotate", post(keys::rotate))
         .route("/backup", get(crate::backup::get_backup))
         .route("/drills", post(crate::drill::post_drill))
+        // A5.3, F4, C8-C9: performance and connection reports; S2: the compliance check.
+        .route("/reports", get(crate::reports::api::list))
+        .route("/reports/performance", get(crate::reports::api::performance_now).post(crate::reports::api::create_performance))
+        .route("/reports/connections", get(crate::reports::api::connections_now).post(crate::reports::api::create_connections))
+        .route("/reports/{id}", get(crate::reports::api::get))
+        .route("/compliance", get(crate::compliance::get_compliance))
+        .route("/compliance/facts", get(crate::compliance::get_facts))
         .route("/keys/reencrypt", post(keys::reencrypt_now))
         .route("/datasets/{id}/records", post(records::post_records).get(export::get_records))
         .route("/openapi.json", get(openapi::get_openapi))
@@ -215,6 +222,8 @@ pub fn router(state: AppState) -> Router {
                 // `REQUEST_TIMEOUT`, or `BATCH_REQUEST_TIMEOUT` for batch uploads.
                 .layer(axum::middleware::from_fn(batches::deadline)),
         )
+        // A5.3: response times per channel for the performance reports, refusals included.
+        .layer(axum::middleware::from_fn(crate::perf::layer))
         // Outermost but for the request id: every request is audited, refusals included.
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
         // F5: outside the gateway and the audit layer, so their refusals are counted and timed too.
