@@ -386,6 +386,51 @@ const OPERATIONS: &[Op] = &[
         query: &["from", "to", "consistency"],
         ..op("get", "/api/v1/sources/{id}/connections", "audit", "A source's connection log per day (C4)")
     },
+    // Reporting regime (issue 9, C2(b)): `reporting/api.rs`, docs/reporting.md.
+    Op {
+        who: ADMIN,
+        body: Some(("Object", JSON)),
+        errors: &[413, 415],
+        ..op("put", "/api/v1/datasets/{id}/obligation", "reporting", "Set a dataset's reporting obligation")
+    },
+    Op {
+        who: "admin, operator, auditor, data-entry of a listed agency",
+        ..op("get", "/api/v1/datasets/{id}/obligation", "reporting", "A dataset's reporting obligation")
+    },
+    Op { who: "data-entry", ..op("get", "/api/v1/reporting/due", "reporting", "The reports due for the user's agency") },
+    Op {
+        who: "admin, operator, auditor",
+        query: &["dataset", "period", "format"],
+        ..op("get", "/api/v1/reporting/status", "reporting", "Submitted, draft, missing and late reports (JSON or CSV)")
+    },
+    Op {
+        who: "data-entry",
+        errors: &[422],
+        ..op("get", "/api/v1/reporting/forms/{dataset}/{period}", "reporting", "The report form generated from the schema")
+    },
+    Op {
+        who: "data-entry",
+        errors: &[422],
+        ..op("get", "/api/v1/reporting/drafts/{dataset}/{period}", "reporting", "A report's saved draft")
+    },
+    Op {
+        who: "data-entry",
+        body: Some(("Object", JSON)),
+        errors: &[409, 413, 415, 422],
+        ..op("put", "/api/v1/reporting/drafts/{dataset}/{period}", "reporting", "Save a report's draft")
+    },
+    Op {
+        who: "data-entry (own agency), admin, operator, auditor",
+        query: &["agency"],
+        ..op("get", "/api/v1/reporting/submissions/{dataset}/{period}", "reporting", "A submitted report and its versions")
+    },
+    Op {
+        who: "data-entry",
+        body: Some(("Object", JSON)),
+        ok: (201, Some("Object")),
+        errors: &[409, 413, 415, 422],
+        ..op("post", "/api/v1/reporting/submissions/{dataset}/{period}", "reporting", "Submit or correct a report")
+    },
     Op {
         body: Some(("TokenRequest", "application/x-www-form-urlencoded")),
         ok: (200, Some("Token")),
@@ -406,6 +451,9 @@ fn query_param(name: &str) -> Value {
             json!({"type": "string", "enum": ["local", "linearizable"]}),
             "`linearizable`: answer once this node has caught up with the leader",
         ),
+        "dataset" => (json!({"type": "string"}), "a dataset id"),
+        "period" => (json!({"type": "string"}), "a reporting period (2026-03, 2026-Q1, 2026)"),
+        "agency" => (json!({"type": "string"}), "an agency id"),
         "format" => (
             json!({"type": "string", "enum": ["json", "csv", "xlsx", "xml", "docx"]}),
             "an export of everything (records: up to the export limit) in this format",
