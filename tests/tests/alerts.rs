@@ -258,10 +258,18 @@ async fn node_loss_rounds(
     })
     .await?;
     let rounds: usize = std::env::var("ALERTS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let kill_leader = std::env::var("ALERTS_KILL_LEADER").is_ok_and(|v| v == "1");
     let (mut to_mail, mut to_hook) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let leader = c.leader().await?;
-        let victim = c.nodes.keys().copied().find(|id| *id != leader).context("a follower")?;
+        // ALERTS_KILL_LEADER=1 (benchmark): the leader itself dies, so a new leader must first be
+        // elected and then see the member missing.
+        let victim = if kill_leader {
+            leader
+        } else {
+            c.nodes.keys().copied().find(|id| *id != leader).context("a follower")?
+        };
+        let reader = c.nodes.keys().copied().find(|id| *id != victim).context("another node")?;
         let subject = format!("node/{victim}");
         let fired_before = hooks(hook, "node-down", &subject, "firing").len();
         let mails_before = mails(mail, "node-down", &subject, "firing").len();
@@ -278,7 +286,8 @@ async fn node_loss_rounds(
         .await?;
         let m = mails(mail, "node-down", &subject, "firing")[mails_before].0.duration_since(killed_at);
         let h = hooks(hook, "node-down", &subject, "firing")[fired_before].0.duration_since(killed_at);
-        eprintln!("alert latency round {round}: kill of node {victim} -> e-mail {m:?}, webhook {h:?}");
+        let role = if victim == leader { "leader" } else { "follower" };
+        eprintln!("alert latency round {round}: kill of {role} node {victim} -> e-mail {m:?}, webhook {h:?}");
         to_mail.push(m);
         to_hook.push(h);
         assert!(m <= Duration::from_secs(10) && h <= Duration::from_secs(10), "alert later than 10 s: {m:?} {h:?}");
@@ -311,7 +320,7 @@ async fn node_loss_rounds(
         // History: the firing and the resolution, each delivered to both channels.
         let path = format!("/api/v1/alerts/history?rule=node-down&subject={subject}");
         let events = eventually("history with deliveries", Duration::from_secs(30), || async {
-            let v = c.admin(Method::GET, leader, &path, None).await.ok()?.1;
+            let v = c.admin(Method::GET, reader, &path, None).await.ok()?.1;
             let events = v["events"].as_array()?.clone();
             let tail: Vec<Value> = events.iter().rev().take(2).rev().cloned().collect();
             let delivered = |e: &Value| {
@@ -329,7 +338,7 @@ async fn node_loss_rounds(
         assert!(events[0]["at_ms"].as_u64() <= events[1]["at_ms"].as_u64());
         // Back among the members before the next round.
         eventually("the node back", Duration::from_secs(30), || async {
-            let v = admin_ok(c, Method::GET, leader, "/api/v1/alerts", None).await.ok()?;
+            let v = admin_ok(c, Method::GET, reader, "/api/v1/alerts", None).await.ok()?;
             let active = v["alerts"].as_array()?.clone();
             (!active.iter().any(|a| a["subject"] == subject.as_str())).then_some(())
         })

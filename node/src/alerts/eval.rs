@@ -509,7 +509,11 @@ impl Evaluator {
             {
                 continue;
             }
+            // A rule without enabled channels has nothing to deliver, so no result either.
             let Some(rule) = rules.get(&t.rule_id) else { continue };
+            if super::notify::channels_for(&self.node, rule).is_empty() {
+                continue;
+            }
             tracing::warn!(event = %ev.id, recorder = t.node_id, "alert transition never reported delivered; the leader notifies it");
             self.taken_over.insert(ev.id.clone());
             self.notifier.enqueue(Job { event_id: ev.id, transition: t, rule: rule.clone() });

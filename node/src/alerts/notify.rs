@@ -90,7 +90,7 @@ async fn run(node: Arc<ClusterNode>, mut rx: mpsc::Receiver<Job>, http: Option<r
 }
 
 /// The channels a rule notifies: the ones it names, or every enabled channel.
-fn channels_for(node: &ClusterNode, rule: &state::AlertRule) -> Vec<state::AlertChannel> {
+pub fn channels_for(node: &ClusterNode, rule: &state::AlertRule) -> Vec<state::AlertChannel> {
     let all: Vec<state::AlertChannel> = match node.reader.scan(monitoring::CHANNEL, None, monitoring::CHANNELS_MAX) {
         Ok(pairs) => pairs.iter().filter_map(|(_, v)| prost::Message::decode(v.as_slice()).ok()).collect(),
         Err(e) => {
