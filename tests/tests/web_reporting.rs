@@ -148,6 +148,7 @@ async fn browser_reporting_with_totp_pointer_and_keyboard_only_issue9_tests_1_an
             "browser test failed: {result}\nstdout: {stdout}\nstderr: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        eprintln!("reporting pages in Chromium: {}", result["timings_ms"]);
         anyhow::ensure!(result["focus_checks"].as_u64() >= Some(10), "too few focus checks: {result}");
         // axe-core ran on the due list, the form (clean, with errors, at 360 px) and the receipt.
         anyhow::ensure!(result["axe_checked"].as_array().map(Vec::len) >= Some(8), "axe did not run everywhere: {result}");

@@ -85,6 +85,18 @@ async function inVietnamese(page, label) {
   await page.goto(url.toString());
 }
 
+// Page-load timings (ms) of the reporting pages, as Chromium measured them: time to first byte,
+// first contentful paint, load; for the receipt the whole POST → redirect → page.
+const timings = {};
+async function timing(page, label) {
+  timings[label] = await page.evaluate(() => {
+    const n = performance.getEntriesByType("navigation")[0];
+    const fcp = performance.getEntriesByName("first-contentful-paint")[0];
+    const r = (x) => Math.round(x * 10) / 10;
+    return { ttfb: r(n.responseStart - n.startTime), fcp: fcp ? r(fcp.startTime) : null, load: r(n.loadEventEnd - n.startTime) };
+  });
+}
+
 function check(cond, what) {
   if (!cond) throw new Error(what);
 }
@@ -108,11 +120,14 @@ async function pointerFlow(browser, period, values) {
   await page.waitForURL((u) => !u.pathname.startsWith("/ui/login"));
   // The reports due, on another node (the session is replicated).
   await page.goto(`${cfg.urls[1]}/ui/reporting/due?lang=en`);
+  await timing(page, "reports due");
   await axeCheck(page, "reports due");
   await inVietnamese(page, "reports due");
   const formHref = `/ui/reporting/report/${cfg.dataset}/${period}`;
   await page.click(`a[href="${formHref}"]`);
   await page.waitForURL((u) => u.pathname === formHref);
+  await page.waitForLoadState("load");
+  await timing(page, "report form");
   await axeCheck(page, "report form");
   // A value the validator refuses: the form comes back with the message next to the field.
   await page.getByLabel("Applications received").fill("-5");
@@ -133,6 +148,8 @@ async function pointerFlow(browser, period, values) {
   check((await page.getByLabel("Applications received").inputValue()) === values.received, "the draft keeps the value");
   await page.click("button[value=submit]");
   await page.waitForURL((u) => u.pathname === `${formHref}/receipt`);
+  await page.waitForLoadState("load");
+  await timing(page, "submit to receipt");
   const receipt = await text(page);
   check(receipt.includes("Report received"), "the receipt page is shown");
   check(/Signature\s+\S{40,}/.test(receipt), "the receipt shows its signature");
@@ -256,6 +273,7 @@ async function analysis(browser, periods, expected) {
   } finally {
     result.focus_checks = focusChecks;
     result.axe_checked = axeChecked;
+    result.timings_ms = timings;
     await browser.close();
   }
   console.log(JSON.stringify(result));
