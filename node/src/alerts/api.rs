@@ -107,10 +107,10 @@ async fn active(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
-    /// Milliseconds since the epoch, inclusive (default: 0).
-    from: Option<u64>,
-    /// Milliseconds since the epoch, exclusive (default: now).
-    to: Option<u64>,
+    /// Milliseconds since the epoch or RFC 3339, inclusive (default: the beginning).
+    from: Option<String>,
+    /// Milliseconds since the epoch or RFC 3339, exclusive (default: now).
+    to: Option<String>,
     /// An event id: continue after it.
     after: Option<String>,
     limit: Option<usize>,
@@ -136,6 +136,17 @@ pub fn event_json(ev: &state::AlertEvent) -> Value {
     })
 }
 
+/// A time as milliseconds since the epoch or RFC 3339.
+fn time_ms(text: &str, what: &str) -> ApiResult<u64> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| ApiError::bad_request(format!("`{what}` is neither milliseconds since the epoch nor RFC 3339")))?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| ApiError::bad_request(format!("`{what}` is before 1970")))
+}
+
 /// Transitions in time order between `from` and `to`, paged (`after`, `limit`).
 async fn history(
     State(state): State<AppState>,
@@ -143,8 +154,14 @@ async fn history(
     Query(q): Query<HistoryQuery>,
 ) -> ApiResult<Json<Value>> {
     auth::require(&state, &headers, &ALERTS_READ).await?;
-    let to = q.to.unwrap_or_else(|| crate::api::now_ms().saturating_add(1));
-    let from = q.from.unwrap_or(0);
+    let to = match &q.to {
+        Some(t) => time_ms(t, "to")?,
+        None => crate::api::now_ms().saturating_add(1),
+    };
+    let from = match &q.from {
+        Some(t) => time_ms(t, "from")?,
+        None => 0,
+    };
     if from > to {
         return Err(ApiError::bad_request("`from` is after `to`"));
     }

@@ -43,6 +43,8 @@ struct Op {
 const COMMON_ERRORS: [u16; 8] = [400, 401, 403, 404, 414, 429, 431, 503];
 const JSON: &str = "application/json";
 const ADMIN: &str = "admin";
+const ALERTS_READ_WHO: &str = "admin, operator or auditor";
+const ALERTS_CHANGE_WHO: &str = "admin or operator";
 
 const fn op(method: &'static str, path: &'static str, tag: &'static str, summary: &'static str) -> Op {
     Op { method, path, tag, summary, who: "", query: &[], body: None, ok: (200, Some("Object")), errors: &[] }
@@ -270,6 +272,35 @@ const OPERATIONS: &[Op] = &[
     },
     Op { who: ADMIN, ..op("get", "/api/v1/gateway/blocks", "gateway", "Automatically blocked addresses") },
     Op { who: ADMIN, ..op("delete", "/api/v1/gateway/blocks/{ip}", "gateway", "Lift a block") },
+    // Alerts (issue 10, A5.2, F5; docs/alerts.md).
+    Op { who: ALERTS_READ_WHO, ..op("get", "/api/v1/alerts", "alerts", "Alerts firing now") },
+    Op {
+        who: ALERTS_READ_WHO,
+        query: &["from", "to", "rule", "subject", "after", "limit"],
+        ..op("get", "/api/v1/alerts/history", "alerts", "Alert transitions and their notifications, in time order")
+    },
+    Op { who: ALERTS_READ_WHO, ..op("get", "/api/v1/alerts/metrics", "alerts", "Metrics alert rules can name") },
+    Op { who: ALERTS_READ_WHO, ..op("get", "/api/v1/alerts/rules", "alerts", "Alert rules") },
+    Op { who: ALERTS_READ_WHO, ..op("get", "/api/v1/alerts/rules/{id}", "alerts", "An alert rule") },
+    Op {
+        who: ALERTS_CHANGE_WHO,
+        body: Some(("Object", JSON)),
+        errors: &[409, 413, 415],
+        ..op("put", "/api/v1/alerts/rules/{id}", "alerts", "Create or replace an alert rule")
+    },
+    Op { who: ALERTS_CHANGE_WHO, ..op("delete", "/api/v1/alerts/rules/{id}", "alerts", "Delete an alert rule") },
+    Op { who: ALERTS_READ_WHO, ..op("get", "/api/v1/alerts/channels", "alerts", "Notification channels") },
+    Op { who: ALERTS_READ_WHO, ..op("get", "/api/v1/alerts/channels/{id}", "alerts", "A notification channel") },
+    Op {
+        who: ALERTS_CHANGE_WHO,
+        body: Some(("Object", JSON)),
+        errors: &[409, 413, 415],
+        ..op("put", "/api/v1/alerts/channels/{id}", "alerts", "Create or replace an e-mail or webhook channel")
+    },
+    Op {
+        who: ALERTS_CHANGE_WHO,
+        ..op("delete", "/api/v1/alerts/channels/{id}", "alerts", "Delete a notification channel")
+    },
     Op {
         body: Some(("Login", JSON)),
         errors: &[413, 415, 422],
