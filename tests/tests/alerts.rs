@@ -168,6 +168,15 @@ async fn add_channels(c: &TestCluster, smtp_port: u16, hook_port: u16) -> anyhow
     Ok(())
 }
 
+/// A webhook channel to a port nobody listens on: its deliveries fail (after bounded retries)
+/// without delaying the other channels.
+async fn add_dead_channel(c: &TestCluster) -> anyhow::Result<()> {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let hook = json!({"kind": "webhook", "webhook": {"url": format!("http://127.0.0.1:{closed}/nobody")}});
+    admin_ok(c, Method::PUT, 1, "/api/v1/alerts/channels/dead-hook", Some(hook)).await?;
+    Ok(())
+}
+
 /// The webhook bodies for `rule` on `subject` with `status`, signature checked.
 fn hooks(inbox: &Inbox, rule: &str, subject: &str, status: &str) -> Vec<(Instant, Value)> {
     inbox_items(inbox)
@@ -251,6 +260,7 @@ async fn node_loss_rounds(
     hook: &Inbox,
 ) -> anyhow::Result<()> {
     add_channels(c, smtp_port, hook_port).await?;
+    add_dead_channel(c).await?;
     // The built-in rules are seeded by the leader.
     eventually("built-in alert rules", Duration::from_secs(30), || async {
         let v = c.admin(Method::GET, 1, "/api/v1/alerts/rules/node-down", None).await.ok()?;
@@ -323,16 +333,29 @@ async fn node_loss_rounds(
             let v = c.admin(Method::GET, reader, &path, None).await.ok()?.1;
             let events = v["events"].as_array()?.clone();
             let tail: Vec<Value> = events.iter().rev().take(2).rev().cloned().collect();
+            let result_of = |e: &Value, ch: &str| {
+                e["notifications"].as_array().and_then(|n| n.iter().find(|x| x["channel_id"] == ch).cloned())
+            };
             let delivered = |e: &Value| {
-                ["ops-mail", "ops-hook"].iter().all(|ch| {
-                    e["notifications"]
-                        .as_array()
-                        .is_some_and(|n| n.iter().any(|x| x["channel_id"] == *ch && x["result"] == "sent"))
-                })
+                ["ops-mail", "ops-hook"].iter().all(|ch| result_of(e, ch).is_some_and(|x| x["result"] == "sent"))
+                    && result_of(e, "dead-hook").is_some_and(|x| x["result"] == "failed" && x["attempts"] == 4)
             };
             (tail.len() == 2 && tail.iter().all(delivered)).then_some(tail)
         })
         .await?;
+        // Attempts are visible as a metric too (A5.2), on the node that notified.
+        let notifier = events[0]["node_id"].as_u64().context("node_id")?;
+        let metrics = c.http.get(format!("{}/metrics", c.url(notifier))).send().await?.text().await?;
+        for series in [
+            r#"channel="webhook",result="sent""#,
+            r#"channel="webhook",result="failed""#,
+            r#"channel="email",result="sent""#,
+        ] {
+            assert!(
+                metrics.lines().any(|l| l.starts_with("dtm_alert_notifications_total") && l.contains(series)),
+                "dtm_alert_notifications_total{{{series}}} missing on node {notifier}"
+            );
+        }
         assert_eq!(events[0]["status"], "firing");
         assert_eq!(events[1]["status"], "resolved");
         assert!(events[0]["at_ms"].as_u64() <= events[1]["at_ms"].as_u64());
@@ -418,7 +441,9 @@ async fn slow_responses(
     // Fast requests; the slow ones leave the 10 s window.
     wait_both("slow-response resolved", mail, hook, "p95-response-time", "node/1", "resolved", Duration::from_secs(40))
         .await?;
-    let v = admin_ok(c, Method::GET, 1, "/api/v1/alerts/history?rule=p95-response-time&from=2020-01-01T00:00:00Z", None).await?;
+    let v =
+        admin_ok(c, Method::GET, 1, "/api/v1/alerts/history?rule=p95-response-time&from=2020-01-01T00:00:00Z", None)
+            .await?;
     let statuses: Vec<&str> =
         v["events"].as_array().context("events")?.iter().filter_map(|e| e["status"].as_str()).collect();
     assert_eq!(statuses, ["firing", "resolved"], "{v}");
