@@ -456,6 +456,73 @@ async fn reporting_pages_c2b_form_errors_draft_submit_receipt_status() -> anyhow
         // A data-entry user may not see it.
         let (s, _, _) = page(2, "/ui/reporting/status".into()).await?;
         anyhow::ensure!(s == 403, "status page as data-entry: {s}");
+
+        // An admin (TOTP enrolled through the API; the confirming session is a full one) changes
+        // the obligation on its page; a refused change comes back with the reason.
+        let body = json!({"username": "chief", "role": "admin", "password": "paper kite orange river"});
+        let (s, v, _) = send(&c, 1, Method::POST, "/api/v1/users", Auth::Admin, Some(body)).await?;
+        anyhow::ensure!(s == 201, "admin user: {s} {v}");
+        let chief = sign_in(&c, 1, "chief", "paper kite orange river").await?;
+        let (s, e, _) = send(&c, 1, Method::POST, "/api/v1/auth/totp/enroll", Auth::User(&chief), None).await?;
+        anyhow::ensure!(s == 200, "enroll: {s} {e}");
+        let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let totp = totp_rs::Builder::new().with_secret(secret).build_noncompliant();
+        let code = totp.generate(now).to_string();
+        let (s, v, _) =
+            send(&c, 1, Method::POST, "/api/v1/auth/totp/confirm", Auth::User(&chief), Some(json!({"code": code}))).await?;
+        anyhow::ensure!(s == 200, "confirm: {s} {v}");
+        // Signed in again with password and the next step's code: a full session for the pages.
+        let login = json!({"username": "chief", "password": "paper kite orange river", "totp": totp.generate(now + 30).to_string()});
+        let resp = c.http.post(format!("{}/api/v1/auth/login", c.url(1))).json(&login).send().await?;
+        let cookie = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("__Host-dtm_session="))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string);
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let chief = Session {
+            cookie: cookie.ok_or_else(|| anyhow::anyhow!("admin sign-in with TOTP: {body}"))?,
+            csrf: body["csrf_token"].as_str().unwrap_or_default().to_string(),
+        };
+        let admin_page = |method: Method, path: &str, form: Option<Vec<(&'static str, String)>>| {
+            let mut req = c.http.request(method, format!("{}{path}", c.url(3))).header("cookie", &chief.cookie);
+            if let Some(mut f) = form {
+                f.push(("csrf", chief.csrf.clone()));
+                req = req.form(&f);
+            }
+            async move {
+                let resp = req.send().await?;
+                let status = resp.status().as_u16();
+                let url = resp.url().clone();
+                anyhow::Ok((status, url, resp.text().await?))
+            }
+        };
+        let (s, _, html) = admin_page(Method::GET, "/ui/reporting/obligations?lang=en", None).await?;
+        anyhow::ensure!(s == 200 && html.contains("Reporting obligations") && html.contains("ubnd-dn (dvc-dn)"), "{s} {html}");
+        let form = |agencies: &str, deadline: &str| {
+            vec![
+                ("dataset", "dvc_monthly".to_string()),
+                ("agencies", agencies.to_string()),
+                ("period_type", "month".into()),
+                ("deadline_days", deadline.to_string()),
+                ("reminder_days", "3".into()),
+                ("first_period", period.clone()),
+                ("agency_field", "agency".into()),
+                ("period_field", "period".into()),
+            ]
+        };
+        let (s, _, html) =
+            admin_page(Method::POST, "/ui/reporting/obligations?lang=en", Some(form("ubnd-nowhere", "10"))).await?;
+        anyhow::ensure!(s == 422 && html.contains("id=\"error-summary\"") && html.contains("ubnd-nowhere"), "{s} {html}");
+        let (s, url, _) = admin_page(Method::POST, "/ui/reporting/obligations", Some(form("ubnd-dn", "10"))).await?;
+        anyhow::ensure!(s == 200 && url.path() == "/ui/reporting/status", "saved: {s} {url}");
+        let (s, v, _) = send(&c, 2, Method::GET, "/api/v1/datasets/dvc_monthly/obligation", Auth::Admin, None).await?;
+        anyhow::ensure!(s == 200 && v["deadline_days"] == 10 && v["updated_by"] == "user:chief", "{s} {v}");
         Ok(())
     }
     .await;

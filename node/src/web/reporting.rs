@@ -40,11 +40,15 @@ use crate::api::reporting::form::Field;
 
 const ENTRY: &[Role] = &[Role::DataEntry];
 const STATUS_ROLES: &[Role] = &[Role::Admin, Role::Operator, Role::Auditor];
+const ADMIN: &[Role] = &[Role::Admin];
+/// Datasets offered in the obligation form.
+const DATASETS_LISTED_MAX: usize = 1_000;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/ui/reporting/due", get(due))
         .route("/ui/reporting/status", get(status))
+        .route("/ui/reporting/obligations", get(obligations).post(obligation_post))
         .route("/ui/reporting/report/{dataset}/{period}", get(form_page).post(form_post))
         .route("/ui/reporting/report/{dataset}/{period}/receipt", get(receipt))
         .route("/ui/reporting/report/{dataset}/{period}/receipt.json", get(receipt_json))
@@ -445,4 +449,155 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
     let csv_href = format!("/api/v1/reporting/status?{}", serde_urlencoded::to_string(&q).unwrap_or_default());
     let rows = rows.into_iter().map(|r| row_view(&ctx, r)).collect();
     Ok(html(&StatusPage { ctx, datasets, dataset, period, rows, counts, csv_href, error }))
+}
+
+/// An obligation as the obligations page lists it.
+pub struct ObligationRow {
+    pub dataset: String,
+    pub agencies: String,
+    pub period_type: String,
+    pub deadline_days: u32,
+    pub reminder_days: u32,
+    pub first_period: String,
+    pub active: bool,
+}
+
+/// The values of the obligation form (as typed, to show them again after a refusal).
+#[derive(serde::Deserialize, Default)]
+pub struct ObligationForm {
+    #[serde(default)]
+    dataset: String,
+    #[serde(default)]
+    agencies: String,
+    #[serde(default)]
+    period_type: String,
+    #[serde(default)]
+    deadline_days: String,
+    #[serde(default)]
+    reminder_days: String,
+    #[serde(default)]
+    first_period: String,
+    #[serde(default)]
+    agency_field: String,
+    #[serde(default)]
+    period_field: String,
+}
+
+#[derive(Template)]
+#[template(path = "reporting/obligations.html")]
+struct ObligationsPage {
+    ctx: Ctx,
+    rows: Vec<ObligationRow>,
+    datasets: Vec<String>,
+    form: ObligationForm,
+    error: Option<String>,
+}
+
+/// The obligations page, or the context back with the error (for an error page).
+fn obligations_page(
+    state: &AppState,
+    ctx: Ctx,
+    form: ObligationForm,
+    error: Option<String>,
+) -> Result<ObligationsPage, (Box<Ctx>, ApiError)> {
+    let listed = rep::obligations(state).and_then(|o| {
+        let ds = state
+            .node
+            .reader
+            .scan(dtm_cluster::tables::DATASET, None, DATASETS_LISTED_MAX)
+            .map_err(ApiError::internal)?;
+        Ok((o, ds))
+    });
+    let (obligations, datasets) = match listed {
+        Ok(x) => x,
+        Err(e) => return Err((Box::new(ctx), e)),
+    };
+    let rows = obligations
+        .into_iter()
+        .map(|o| ObligationRow {
+            agencies: o.agencies.iter().map(|a| format!("{} ({})", a.agency, a.source)).collect::<Vec<_>>().join(", "),
+            dataset: o.dataset,
+            period_type: o.period_type,
+            deadline_days: o.deadline_days,
+            reminder_days: o.reminder_days,
+            first_period: o.first_period,
+            active: o.active,
+        })
+        .collect();
+    let datasets = datasets
+        .into_iter()
+        .filter_map(|(_, v)| <dtm_model::state::Dataset as prost::Message>::decode(v.as_slice()).ok())
+        .map(|d| d.id)
+        .collect();
+    Ok(ObligationsPage { ctx, rows, datasets, form, error })
+}
+
+/// `GET /ui/reporting/obligations` (admin): every obligation and a form to set one.
+pub async fn obligations(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, PageError> {
+    let ctx = Ctx::load(&state, &headers, &uri, ADMIN).await?;
+    let form = ObligationForm {
+        dataset: ctx.param("dataset").unwrap_or_default(),
+        period_type: "month".into(),
+        deadline_days: "15".into(),
+        reminder_days: "5".into(),
+        ..Default::default()
+    };
+    obligations_page(&state, ctx, form, None).map(|page| html(&page)).map_err(|(ctx, e)| PageError::ApiIn(ctx, e))
+}
+
+/// `POST /ui/reporting/obligations` (admin): sets an obligation through the API's own function.
+pub async fn obligation_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, PageError> {
+    let ctx = Ctx::load(&state, &headers, &uri, ADMIN).await?;
+    let form: ObligationForm = ctx.form(&headers, body).await?;
+    let days = |t: &str| -> Value {
+        match t.trim().parse::<u64>() {
+            Ok(n) => Value::from(n),
+            Err(_) if t.trim().is_empty() => Value::Null,
+            Err(_) => Value::String(t.to_string()),
+        }
+    };
+    let text = |t: &str| if t.trim().is_empty() { Value::Null } else { Value::String(t.trim().to_string()) };
+    let agencies: Vec<Value> = form
+        .agencies
+        .split([',', ' ', '\n', '\r', ';'])
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| match a.split_once('=') {
+            Some((agency, source)) => serde_json::json!({"agency": agency, "source": source}),
+            None => Value::String(a.to_string()),
+        })
+        .collect();
+    let v = serde_json::json!({
+        "agencies": agencies, "period_type": form.period_type, "deadline_days": days(&form.deadline_days),
+        "reminder_days": days(&form.reminder_days), "first_period": text(&form.first_period),
+        "agency_field": text(&form.agency_field), "period_field": text(&form.period_field),
+    });
+    let result = match principal(&state, &ctx).await {
+        Ok(p) => rep::set_obligation(&state, &p, &form.dataset, &v).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => {
+            let q = serde_urlencoded::to_string([
+                ("dataset", form.dataset.as_str()),
+                ("m", "saved"),
+                ("lang", ctx.lang.code()),
+            ])
+            .unwrap_or_default();
+            Ok(Redirect::to(&format!("/ui/reporting/status?{q}")).into_response())
+        }
+        Err(e) => {
+            let message = refusal_text(&ctx, &e);
+            let page =
+                obligations_page(&state, ctx, form, Some(message)).map_err(|(ctx, e)| PageError::ApiIn(ctx, e))?;
+            let mut resp = html(&page);
+            *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(resp)
+        }
+    }
 }
