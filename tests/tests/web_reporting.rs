@@ -41,7 +41,11 @@ async fn admin(c: &TestCluster, method: Method, path: &str, body: Value) -> anyh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn browser_reporting_with_totp_pointer_and_keyboard_only_issue9_tests_1_and_3() -> anyhow::Result<()> {
-    let modules = workspace().join("target/web-tools/node_modules");
+    // Where scripts/ensure-tools.sh installs the npm packages (`DTM_WEB_TOOLS`, default target/web-tools).
+    let tools =
+        std::env::var("DTM_WEB_TOOLS").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target/web-tools"));
+    let tools = if tools.is_relative() { workspace().join(tools) } else { tools };
+    let modules = tools.join("node_modules");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     anyhow::ensure!(
         modules.join("playwright-core").exists() && PathBuf::from(&chromium).exists(),
