@@ -93,12 +93,28 @@ async fn smtp_sink() -> anyhow::Result<(u16, Inbox)> {
 
 /// A minimal HTTP/1.1 server that keeps every POST body and answers 200.
 async fn webhook_receiver() -> anyhow::Result<(u16, Inbox)> {
+    let (port, inbox, _) = webhook_receiver_hanging_first(false).await?;
+    Ok((port, inbox))
+}
+
+/// Like `webhook_receiver`; with `hang_first`, the first connection is accepted and then never
+/// read nor answered (a delivery that never completes); the returned flag is set when it came.
+async fn webhook_receiver_hanging_first(
+    hang_first: bool,
+) -> anyhow::Result<(u16, Inbox, Arc<std::sync::atomic::AtomicBool>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let inbox: Inbox = Arc::default();
     let store = inbox.clone();
+    let hung = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hung_flag = hung.clone();
     tokio::spawn(async move {
+        let mut held = Vec::new();
         while let Ok((mut stream, _)) = listener.accept().await {
+            if hang_first && !hung_flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                held.push(stream);
+                continue;
+            }
             let store = store.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -139,7 +155,7 @@ async fn webhook_receiver() -> anyhow::Result<(u16, Inbox)> {
             });
         }
     });
-    Ok((port, inbox))
+    Ok((port, inbox, hung))
 }
 
 async fn admin_ok(
@@ -447,5 +463,68 @@ async fn slow_responses(
     let statuses: Vec<&str> =
         v["events"].as_array().context("events")?.iter().filter_map(|e| e["status"].as_str()).collect();
     assert_eq!(statuses, ["firing", "resolved"], "{v}");
+    Ok(())
+}
+
+/// A5.2 (guarantee): a transition whose notifier dies before delivering is notified by the leader
+/// (`TAKEOVER_AFTER`, 60 s). A follower's own slow-response alert is recorded, its webhook delivery
+/// hangs, the follower is killed; the leader delivers it and records the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a5_2_a_transition_whose_notifier_dies_is_notified_by_the_leader() -> anyhow::Result<()> {
+    set_webhook_secret();
+    let (hook_port, hook, hung) = webhook_receiver_hanging_first(true).await?;
+    let c = TestCluster::start(3, &[]).await?;
+    let result = notifier_dies(&c, hook_port, &hook, &hung).await;
+    if result.is_err() {
+        c.dump_logs();
+    }
+    result
+}
+
+async fn notifier_dies(
+    c: &TestCluster,
+    hook_port: u16,
+    hook: &Inbox,
+    hung: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
+    let leader = c.leader().await?;
+    let victim = c.nodes.keys().copied().find(|id| *id != leader).context("a follower")?;
+    let subject = format!("node/{victim}");
+    let channel = json!({"kind": "webhook",
+        "webhook": {"url": format!("http://127.0.0.1:{hook_port}/hook"), "secret_ref": "hook"}});
+    admin_ok(c, Method::PUT, leader, "/api/v1/alerts/channels/slow-hook", Some(channel)).await?;
+    let rule = json!({"metric": "http_request_p95_seconds", "op": ">", "threshold": 0.6, "for_ms": 1000,
+        "window_ms": 10000, "labels": {"node": victim.to_string()}, "channels": ["slow-hook"]});
+    admin_ok(c, Method::PUT, leader, "/api/v1/alerts/rules/slow-victim", Some(rule)).await?;
+    admin_ok(c, Method::PUT, victim, "/api/v1/alerts/fault/delay", Some(json!({"ms": 700}))).await?;
+    for _ in 0..30 {
+        let reqs = (0..4).map(|_| c.admin(Method::GET, victim, "/api/v1/cluster", None));
+        futures::future::join_all(reqs).await;
+        if hung.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+    }
+    anyhow::ensure!(hung.load(std::sync::atomic::Ordering::SeqCst), "the victim never tried to notify");
+    // The victim's delivery is hanging; it dies before it can finish or record anything.
+    c.kill(victim);
+    let killed_at = Instant::now();
+    let delivered = eventually("the leader's takeover delivery", Duration::from_secs(120), || async {
+        hooks(hook, "slow-victim", &subject, "firing").into_iter().next()
+    })
+    .await?;
+    eprintln!("takeover delivery {:?} after the notifier died", delivered.0.duration_since(killed_at));
+    assert_eq!(delivered.1["node_id"], victim, "the transition is the victim's own");
+    let path = format!("/api/v1/alerts/history?rule=slow-victim&subject={subject}");
+    let event = eventually("the takeover recorded", Duration::from_secs(30), || async {
+        let v = c.admin(Method::GET, leader, &path, None).await.ok()?.1;
+        let e = v["events"].as_array()?.first()?.clone();
+        let sent =
+            e["notifications"].as_array()?.iter().any(|n| n["channel_id"] == "slow-hook" && n["result"] == "sent");
+        sent.then_some(e)
+    })
+    .await?;
+    let by = event["notifications"][0]["node_id"].as_u64();
+    assert!(by.is_some_and(|n| n != victim), "delivered by a surviving node: {event}");
+    assert_eq!(hooks(hook, "slow-victim", &subject, "firing").len(), 1, "delivered once");
     Ok(())
 }
