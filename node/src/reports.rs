@@ -89,8 +89,11 @@ impl Section {
     }
 }
 
+/// A section as read back from a stored report's JSON: name, title, columns, rows.
+type StoredSection = (String, String, Vec<String>, Vec<Vec<Value>>);
+
 /// The sections of a stored report's JSON, in the order its `sections` list names them.
-fn sections_of(content: &Value) -> Vec<(String, String, Vec<String>, Vec<Vec<Value>>)> {
+fn sections_of(content: &Value) -> Vec<StoredSection> {
     let mut out = Vec::new();
     for s in content["sections"].as_array().into_iter().flatten() {
         let name = s["name"].as_str().unwrap_or_default().to_string();
@@ -169,11 +172,9 @@ pub fn xlsx(content: &Value) -> Result<Vec<u8>, rust_xlsxwriter::XlsxError> {
     ws.set_name("summary")?;
     ws.write_string_with_format(0, 0, neutralise(content["title"].as_str().unwrap_or("Report")), &bold)?;
     ws.write_string(1, 0, neutralise(&period_text(content)))?;
-    let mut r = 3u32;
-    for (k, v) in content["summary"].as_object().into_iter().flatten() {
+    for (r, (k, v)) in (3u32..).zip(content["summary"].as_object().into_iter().flatten()) {
         ws.write_string_with_format(r, 0, neutralise(k), &bold)?;
         put(ws, r, 1, v)?;
-        r += 1;
     }
     for (name, _, columns, rows) in sections_of(content) {
         let ws = wb.add_worksheet();
@@ -502,8 +503,7 @@ fn transactions(reader: &StateReader, from_ms: u64, to_ms: u64) -> Result<Transa
 // ---- What the samples say about latency and availability ----
 
 struct Latency {
-    /// channel → (histogram of all requests, counts per class, max µs, sum µs).
-    channels: BTreeMap<String, (hdrhistogram::Histogram<u64>, BTreeMap<String, u64>, u64, u64)>,
+    channels: BTreeMap<String, ChannelTimes>,
     /// node → (covered ms, ready ms, samples, probes ok, probes failed, first from, last to).
     nodes: BTreeMap<u64, NodeTime>,
     /// Merged intervals during which at least one node was up and ready (approximately: the
@@ -511,6 +511,19 @@ struct Latency {
     any_ready: Vec<(u64, u64)>,
     samples: u64,
     truncated: bool,
+    /// The longest interval of a sample, and the latest end of one.
+    span_max_ms: u64,
+    latest_ms: u64,
+}
+
+/// One channel's requests over a period.
+struct ChannelTimes {
+    /// Every request's latency, merged from the samples.
+    histogram: hdrhistogram::Histogram<u64>,
+    /// Requests per outcome class.
+    classes: BTreeMap<String, u64>,
+    max_us: u64,
+    sum_us: u64,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -520,6 +533,9 @@ struct NodeTime {
     samples: u64,
     probes_ok: u64,
     probes_failed: u64,
+    /// The start of the node's first sample in the period (a node that joined during it is
+    /// counted from then).
+    first_ms: u64,
 }
 
 fn latency(reader: &StateReader, from_ms: u64, to_ms: u64) -> Result<Latency, StoreError> {
@@ -529,6 +545,8 @@ fn latency(reader: &StateReader, from_ms: u64, to_ms: u64) -> Result<Latency, St
         any_ready: Vec::new(),
         samples: 0,
         truncated: false,
+        span_max_ms: 0,
+        latest_ms: 0,
     };
     let start = perf_tables::sample_key(from_ms.saturating_add(1), 0);
     let mut intervals = Vec::new();
@@ -546,10 +564,13 @@ fn latency(reader: &StateReader, from_ms: u64, to_ms: u64) -> Result<Latency, St
         let (a, b) = (s.from_ms.max(from_ms), s.to_ms.min(to_ms));
         let span = s.to_ms.saturating_sub(s.from_ms).max(1);
         let part = b.saturating_sub(a);
+        l.span_max_ms = l.span_max_ms.max(span);
+        l.latest_ms = l.latest_ms.max(s.to_ms);
         let n = l.nodes.entry(s.node_id).or_default();
         n.covered_ms += part;
         // Ready time in proportion to the part of the interval inside the period.
         n.ready_ms += (s.ready_ms as u128 * part as u128 / span as u128) as u64;
+        n.first_ms = if n.samples == 0 { a } else { n.first_ms.min(a) };
         n.samples += 1;
         n.probes_ok += s.probes_ok;
         n.probes_failed += s.probes_failed;
@@ -557,15 +578,16 @@ fn latency(reader: &StateReader, from_ms: u64, to_ms: u64) -> Result<Latency, St
             intervals.push((a, b));
         }
         for c in &s.channels {
-            let ch = l
-                .channels
-                .entry(channel_name(&c.channel).to_string())
-                .or_insert_with(|| (crate::perf::histogram_of(std::iter::empty()), BTreeMap::new(), 0, 0));
-            let h = crate::perf::histogram_of(&c.buckets);
-            let _ = ch.0.add(&h);
-            *ch.1.entry(c.class.clone()).or_insert(0) += c.count;
-            ch.2 = ch.2.max(c.max_us);
-            ch.3 = ch.3.saturating_add(c.sum_us);
+            let ch = l.channels.entry(channel_name(&c.channel).to_string()).or_insert_with(|| ChannelTimes {
+                histogram: crate::perf::histogram_of(std::iter::empty()),
+                classes: BTreeMap::new(),
+                max_us: 0,
+                sum_us: 0,
+            });
+            let _ = ch.histogram.add(crate::perf::histogram_of(&c.buckets));
+            *ch.classes.entry(c.class.clone()).or_insert(0) += c.count;
+            ch.max_us = ch.max_us.max(c.max_us);
+            ch.sum_us = ch.sum_us.saturating_add(c.sum_us);
         }
         Ok(true)
     })?;
@@ -667,7 +689,7 @@ pub fn performance(reader: &StateReader, spec: &Spec) -> Result<state::Performan
     let mut all = crate::perf::histogram_of(std::iter::empty());
     let mut rt_rows = Vec::new();
     let mut p95_by_channel = serde_json::Map::new();
-    for (ch, (h, classes, max_us, sum_us)) in &l.channels {
+    for (ch, ChannelTimes { histogram: h, classes, max_us, sum_us }) in &l.channels {
         let _ = all.add(h);
         let n = h.len();
         let q = |x: f64| if n == 0 { 0.0 } else { ms(h.value_at_quantile(x)) };
@@ -678,7 +700,7 @@ pub fn performance(reader: &StateReader, spec: &Spec) -> Result<state::Performan
             json!(classes.get("ok").copied().unwrap_or(0)),
             json!(classes.get("client_error").copied().unwrap_or(0)),
             json!(classes.get("server_error").copied().unwrap_or(0)),
-            json!(if n == 0 { 0.0 } else { ms(sum_us / n) }),
+            json!(sum_us.checked_div(n).map_or(0.0, ms)),
             json!(q(0.5)),
             json!(q(0.95)),
             json!(q(0.99)),
@@ -703,23 +725,48 @@ pub fn performance(reader: &StateReader, spec: &Spec) -> Result<state::Performan
         rows: rt_rows,
     });
     // Availability: per node over the observed window, and of the cluster (some node ready).
+    // The last interval's samples are still on their way (a node proposes one per interval): the
+    // window ends at the newest sample, or two spans before now when samples stopped coming, so
+    // an outage of every node still counts once it is older than that.
     let now = spec.created_at_ms.max(spec.from_ms + 1);
-    let window_to = spec.to_ms.min(now);
+    let settled = now.saturating_sub(l.span_max_ms.saturating_mul(2)).max(l.latest_ms);
+    let window_to = spec.to_ms.min(now).min(settled.max(spec.from_ms + 1));
     let first = l.any_ready.first().map_or(window_to, |x| x.0);
     let window_from = spec.from_ms.max(first.min(window_to));
     let window = window_to.saturating_sub(window_from).max(1);
     let pct = |x: u64| round2((x.min(window) as f64) * 100.0 / window as f64);
     let mut av_rows = Vec::new();
     for (node, n) in &l.nodes {
+        // Counted from the node's first sample in the period (it may have joined during it).
+        let since = n.first_ms.clamp(window_from, window_to);
+        let node_window = window_to.saturating_sub(since).max(1);
+        let percent = round2((n.ready_ms.min(node_window) as f64) * 100.0 / node_window as f64);
         av_rows.push(vec![
             json!(node),
+            json!(rfc3339(since)),
             json!(n.samples),
             json!(n.covered_ms),
             json!(n.ready_ms),
-            json!(pct(n.ready_ms)),
+            json!(percent),
             json!(n.probes_ok),
             json!(n.probes_failed),
         ]);
+    }
+    // Nodes that reported facts before the period and no sample in it were down throughout.
+    for (_, v) in reader.scan(perf_tables::FACTS, None, 10_000)? {
+        let f = state::NodeFacts::decode(v.as_slice())?;
+        if !l.nodes.contains_key(&f.node_id) && f.reported_at_ms < spec.from_ms {
+            av_rows.push(vec![
+                json!(f.node_id),
+                json!(rfc3339(window_from)),
+                json!(0),
+                json!(0),
+                json!(0),
+                json!(0.0),
+                json!(0),
+                json!(0),
+            ]);
+        }
     }
     let any_ready_ms: u64 =
         l.any_ready.iter().map(|(a, b)| b.min(&window_to).saturating_sub(*a.max(&window_from))).sum();
@@ -729,6 +776,7 @@ pub fn performance(reader: &StateReader, spec: &Spec) -> Result<state::Performan
         title: "Availability by node",
         columns: vec![
             "node",
+            "counted_from",
             "samples",
             "covered_ms",
             "ready_ms",

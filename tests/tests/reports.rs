@@ -123,7 +123,11 @@ async fn performance_report_counts_successes_and_failures_with_causes() -> anyho
     .await?;
     let batch_row = row(&report, "by_channel", "channel", "batch").cloned().unwrap_or_default();
     assert_eq!(
-        (batch_row["transactions"].as_u64(), batch_row["records_accepted"].as_u64(), batch_row["records_rejected"].as_u64()),
+        (
+            batch_row["transactions"].as_u64(),
+            batch_row["records_accepted"].as_u64(),
+            batch_row["records_rejected"].as_u64()
+        ),
         (Some(1), Some(7), Some(3)),
         "{report}"
     );
@@ -135,7 +139,9 @@ async fn performance_report_counts_successes_and_failures_with_causes() -> anyho
     assert_eq!(cause("invalid row: /n"), Some(3), "{}", report["failure_causes"]);
     let detail = report["failure_causes_detail"].as_array().cloned().unwrap_or_default();
     assert!(
-        detail.iter().any(|d| d["cause"] == "422 invalid_records" && d["source"] == "perf-src" && d["channel"] == "rest"),
+        detail
+            .iter()
+            .any(|d| d["cause"] == "422 invalid_records" && d["source"] == "perf-src" && d["channel"] == "rest"),
         "{detail:?}"
     );
     // Response times per channel: every timed request, percentiles in order.
@@ -178,11 +184,16 @@ async fn performance_report_counts_successes_and_failures_with_causes() -> anyho
         .output()
         .context("running report_check.py")?;
     anyhow::ensure!(out.status.success(), "report_check.py: {}", String::from_utf8_lossy(&out.stderr));
-    let read: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').find(|l| !l.is_empty()).unwrap_or(b"{}"))?;
+    let read: Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').find(|l| !l.is_empty()).unwrap_or(b"{}"))?;
     // DOCX: the channel table has rest with 10 transactions, 7 ok, 3 failed; causes are listed.
     let table = read["docx"]["tables"]["Transactions by channel"].as_array().cloned().unwrap_or_default();
     let rest_row = table.iter().find(|r| r[0] == "rest").cloned().unwrap_or_default();
-    assert_eq!((rest_row[1].as_str(), rest_row[2].as_str(), rest_row[3].as_str()), (Some("10"), Some("7"), Some("3")), "{read}");
+    assert_eq!(
+        (rest_row[1].as_str(), rest_row[2].as_str(), rest_row[3].as_str()),
+        (Some("10"), Some("7"), Some("3")),
+        "{read}"
+    );
     let causes = read["docx"]["tables"]["Causes of failures"].to_string();
     assert!(causes.contains("422 invalid_records") && causes.contains("invalid row: /n"), "{causes}");
     // XLSX: a sheet per section with numbers as numbers.
