@@ -208,6 +208,14 @@ pub async fn layer(State(state): State<AppState>, req: Request<Body>, next: Next
         .with_retry_after(1)
         .into_response();
     }
+    // F5: this node's own anonymous probes (health, web pages, the concurrency check) are not
+    // recorded, like anonymous reads of public endpoints: they change nothing, come every few
+    // seconds, and their results are the `dtm_probe_*` series. The probe's authenticated read is.
+    let headers = req.headers();
+    let anonymous = !headers.contains_key("authorization") && !headers.contains_key("x-api-key");
+    if anonymous && crate::probes::is_own_probe(headers) {
+        return next.run(req).await;
+    }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let client =
         peer.map(|p| crate::gateway::ip::client_ip(p, req.headers(), state.gateway.trusted_proxies()).to_string());
