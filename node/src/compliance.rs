@@ -414,12 +414,34 @@ pub fn table_checks(
     };
     out.push(per_node("A1.8", "Audit logs kept at least 1 year on every node", &facts, retention));
     out.push(per_node("C4", "Connection and sharing logs kept at least 1 year on every node", &facts, retention));
-    out.push(per_node("A5.2", "Monitoring data kept at least 1 year on every node", &facts, |f| {
-        (
-            f.monitoring_retention_days >= RETENTION_DAYS_MIN,
-            format!("monitoring retention {} days (minimum {RETENTION_DAYS_MIN})", f.monitoring_retention_days),
-        )
-    }));
+    let mut a52 = per_node(
+        "A5.2",
+        "Monitoring data kept at least 1 year on every node; alerts over e-mail or webhook besides the dashboard",
+        &facts,
+        |f| {
+            (
+                f.monitoring_retention_days >= RETENTION_DAYS_MIN,
+                format!("monitoring retention {} days (minimum {RETENTION_DAYS_MIN})", f.monitoring_retention_days),
+            )
+        },
+    );
+    // The alert channels (replicated; `crate::alerts`): at least one enabled e-mail or webhook.
+    let channels: Vec<state::AlertChannel> = reader
+        .scan(dtm_cluster::monitoring::CHANNEL, None, dtm_cluster::monitoring::CHANNELS_MAX + 1)
+        .map(|rows| rows.iter().filter_map(|(_, v)| prost::Message::decode(v.as_slice()).ok()).collect())
+        .unwrap_or_default();
+    let external: Vec<String> = channels
+        .iter()
+        .filter(|c| c.enabled && matches!(c.kind.as_str(), "email" | "webhook"))
+        .map(|c| format!("{} ({})", c.id, c.kind))
+        .collect();
+    a52.passed &= !external.is_empty();
+    a52.evidence.push(if external.is_empty() {
+        "no enabled e-mail or webhook alert channel: alerts reach only the dashboard".to_string()
+    } else {
+        format!("alert channels besides the dashboard: {}", external.join(", "))
+    });
+    out.push(a52);
     out.push(per_node("F9", "Automatic audit reports are made (monthly)", &facts, |f| {
         (f.monthly_reports, format!("monthly reports {}", if f.monthly_reports { "on" } else { "OFF" }))
     }));

@@ -15,8 +15,8 @@
 //!
 //! Availability is therefore measured by the node itself: an interval counts as available time of
 //! the node for the part of it during which the node was ready; a node that is down proposes no
-//! sample, so its down time is simply not covered. (When the synthetic probes of issue 10 record
-//! results, `probes_ok`/`probes_failed` carry them; today they are zero.)
+//! sample, so its down time is simply not covered. `probes_ok`/`probes_failed` carry the results of
+//! the node's latest synthetic-probe round (`crate::probes`) when one finished in the interval.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -283,6 +283,7 @@ async fn sampler(node: Weak<ClusterNode>, input: FactsInput) {
     let mut last_check = Instant::now();
     let mut next_sample = Instant::now() + interval.min(FIRST_SAMPLE_AFTER);
     let mut pending: std::collections::VecDeque<state::PerformanceSample> = Default::default();
+    let mut probe_rounds = 0u64;
     loop {
         tokio::time::sleep(READY_CHECK_INTERVAL.min(next_sample.saturating_duration_since(Instant::now()))).await;
         let Some(node) = node.upgrade() else { return };
@@ -297,7 +298,7 @@ async fn sampler(node: Weak<ClusterNode>, input: FactsInput) {
         }
         next_sample = now + interval;
         let to_ms = crate::api::now_ms().max(from_ms + 1);
-        let sample = state::PerformanceSample {
+        let mut sample = state::PerformanceSample {
             node_id: node.id,
             from_ms,
             to_ms,
@@ -307,6 +308,13 @@ async fn sampler(node: Weak<ClusterNode>, input: FactsInput) {
             probes_failed: 0,
             facts: Some(facts(&node, &input)),
         };
+        // The synthetic probes' latest round, when one finished in this interval (F5).
+        let probes = crate::probes::latest();
+        if probes.rounds > probe_rounds {
+            probe_rounds = probes.rounds;
+            sample.probes_ok = probes.results.iter().filter(|r| r.ok && !r.skipped).count() as u64;
+            sample.probes_failed = probes.results.iter().filter(|r| !r.ok && !r.skipped).count() as u64;
+        }
         from_ms = to_ms;
         ready_ms = 0;
         pending.push_back(sample);

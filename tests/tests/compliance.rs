@@ -90,6 +90,10 @@ async fn compliance_passes_when_configured_and_names_what_fails() -> anyhow::Res
                        "started_at": "2026-11-28T00:00:00Z", "cluster_healthy_after": true});
     let (s, v) = c.admin(Method::POST, 2, "/api/v1/drills", Some(drill)).await?;
     assert_eq!(s, 201, "{v}");
+    // An alert channel besides the dashboard (A5.2).
+    let hook = json!({"kind": "webhook", "webhook": {"url": "https://127.0.0.1:9/dtm-alerts"}});
+    let (s, v) = c.admin(Method::PUT, 1, "/api/v1/alerts/channels/ops-hook", Some(hook)).await?;
+    assert!(s == 200 || s == 201, "{s} {v}");
     // Some traffic, so response times exist (P5, P6).
     c.create_dataset(1, "cmp_ds").await?;
     let key = c.create_source(1, "cmp-src").await?;
