@@ -2,7 +2,7 @@
 // tests/tests/web_reporting.rs against a real 3-node cluster:
 //  1. a data-entry user signs in with password and TOTP, fills the report form (first with a value
 //     the validator refuses, whose message appears next to the field), submits, sees the receipt;
-//     an analyst finds the submitted values on the analysis page;
+//     an auditor finds the submitted values on the analysis page and both reports on the status page;
 //  2. the same with the keyboard only (Tab, Shift+Tab, arrows, typing, Enter; no mouse), asserting
 //     after every Tab that the focused element shows a visible focus indicator.
 // Contexts bypass the pages' Content-Security-Policy only so that axe-core can be injected.
@@ -234,7 +234,7 @@ async function keyboardFlow(browser, period, values) {
   await context.close();
 }
 
-// --- The analyst finds the values on the analysis page (by keyboard too) -------------------------
+// --- An auditor finds the values on the analysis page and the status page (signs in by keyboard) --
 async function analysis(browser, periods, expected) {
   const context = await browser.newContext({ ignoreHTTPSErrors: true, bypassCSP: true, viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
@@ -254,6 +254,12 @@ async function analysis(browser, periods, expected) {
   for (const v of expected) {
     check(table.includes(v), `the analysis table shows ${v}: ${table}`);
   }
+  // The same user sees both reports submitted on the status page (checked by axe as well).
+  await page.goto(`${cfg.urls[1]}/ui/reporting/status?lang=en&dataset=${cfg.dataset}`);
+  const status = await text(page);
+  check((status.match(/Submitted/g) || []).length >= 3 && status.includes(cfg.entry.username), `the status page: ${status}`);
+  await axeCheck(page, "reporting status");
+  await inVietnamese(page, "reporting status");
   await context.close();
 }
 
