@@ -132,6 +132,9 @@ async function pointerFlow(browser, period, values) {
   // A value the validator refuses: the form comes back with the message next to the field.
   await page.getByLabel("Applications received").fill("-5");
   await page.getByLabel("Processed on time").fill(values.on_time);
+  // The early check (reporting.js) speaks as soon as the field is left; the server still decides.
+  const early = await page.locator(".field-error[id$='-early']").first().innerText();
+  check(early.includes("smallest allowed value is 0"), `the early check's message: ${early}`);
   await page.click("button[value=submit]");
   await page.waitForSelector("#error-summary");
   const invalid = await page.getByLabel("Applications received").getAttribute("aria-invalid");

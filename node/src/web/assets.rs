@@ -25,6 +25,8 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("app.css", "text/css; charset=utf-8", include_bytes!("../../assets/app.css")),
     ("app.js", "text/javascript; charset=utf-8", include_bytes!("../../assets/app.js")),
     ("icon.svg", "image/svg+xml", include_bytes!("../../assets/icon.svg")),
+    // The report form's early checks (web/reporting.rs).
+    ("reporting.js", "text/javascript; charset=utf-8", include_bytes!("../../assets/reporting.js")),
 ];
 
 static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
