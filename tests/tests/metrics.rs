@@ -128,6 +128,29 @@ async fn get_as(c: &TestCluster, node: u64, path: &str, header: (&str, &str)) ->
     Ok((status, resp.json().await.unwrap_or(Value::Null)))
 }
 
+/// Submits one record over gRPC `dtm.v1.Ingest` to node 1.
+async fn grpc_submit(c: &TestCluster, key: &str, record: Value) -> anyhow::Result<()> {
+    use tonic::transport::Certificate;
+    use tonic::transport::ClientTlsConfig;
+    use tonic::transport::Endpoint;
+    let ca = Certificate::from_pem(std::fs::read(c.tls_dir.join("ca.pem"))?);
+    let channel = Endpoint::from_shared(format!("https://{}", c.nodes[&1].grpc_addr))?
+        .tls_config(ClientTlsConfig::new().ca_certificate(ca).domain_name("localhost"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let mut client = dtm_proto::v1::ingest_client::IngestClient::new(channel);
+    let mut req = tonic::Request::new(dtm_proto::v1::SubmitRequest {
+        dataset: DATASET.into(),
+        records_json: vec![record.to_string()],
+        ..Default::default()
+    });
+    req.metadata_mut().insert("x-api-key", key.parse()?);
+    let answer = client.submit(req).await?.into_inner();
+    anyhow::ensure!(answer.accepted == 1, "gRPC submit: {answer:?}");
+    Ok(())
+}
+
 const DATASET: &str = "metrics_ds";
 const SOURCE: &str = "metrics_src";
 const PAGES: [&str; 3] = ["/ui/", "/ui/login", "/api/docs/"];
@@ -177,6 +200,23 @@ async fn scenario(c: &TestCluster, credential: &Path) -> anyhow::Result<()> {
         anyhow::ensure!(s == 422, "invalid on node {n}: {s} {v}");
     }
 
+    // Node 1 also receives one record over SOAP and one over gRPC.
+    let envelope = "<?xml version=\"1.0\"?><soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+         xmlns:dtm=\"urn:dtm:soap:v1\"><soap:Body><dtm:SubmitRecords><dtm:Dataset>metrics_ds</dtm:Dataset>\
+         <dtm:RecordsJson>{&quot;k&quot;:&quot;1-soap&quot;,&quot;v&quot;:3}</dtm:RecordsJson></dtm:SubmitRecords>\
+         </soap:Body></soap:Envelope>";
+    let resp = c
+        .http
+        .post(format!("{}/soap/v1", c.url(1)))
+        .header("x-api-key", &key)
+        .header("content-type", "text/xml; charset=utf-8")
+        .body(envelope)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    anyhow::ensure!(status == 200, "SOAP submit: {status} {}", resp.text().await.unwrap_or_default());
+    grpc_submit(c, &key, json!({"k": "1-grpc", "v": 4})).await?;
+
     // The counts of every node are what it received (scraping is open by default).
     let mut leaders = 0;
     for n in 1..=3u64 {
@@ -211,6 +251,17 @@ async fn scenario(c: &TestCluster, credential: &Path) -> anyhow::Result<()> {
         assert_eq!(sum(&m, "dtm_http_requests_total", &[("route", "/api/v1/health")]), 0.0, "node {n}: probe traffic");
         assert!(sum(&m, "dtm_tls_certificate_expiry_seconds", &[]) > 86_400.0, "node {n}: certificate expiry");
         assert_eq!(sum(&m, "dtm_build_info", &[]), 1.0, "node {n}: build info");
+        if n == 1 {
+            for channel in ["soap", "grpc"] {
+                let stored = [("source", SOURCE), ("dataset", DATASET), ("channel", channel), ("outcome", "stored")];
+                assert_eq!(sum(&m, "dtm_ingest_records_total", &stored), 1.0, "node 1: {channel} records");
+            }
+            let soap = [("channel", "soap"), ("method", "POST"), ("route", "/soap/v1"), ("status", "200")];
+            assert_eq!(sum(&m, "dtm_http_requests_total", &soap), 1.0, "node 1: SOAP requests");
+            let grpc = [("method", "Submit"), ("status", "200")];
+            assert_eq!(sum(&m, "dtm_grpc_requests_total", &grpc), 1.0, "node 1: gRPC requests");
+            assert_eq!(sum(&m, "dtm_grpc_request_duration_seconds_count", &[("method", "Submit")]), 1.0);
+        }
         leaders += sum(&m, "dtm_raft_is_leader", &[]) as u32;
         promtool_check(&text).with_context(|| format!("node {n}"))?;
     }
@@ -275,7 +326,10 @@ async fn scenario(c: &TestCluster, credential: &Path) -> anyhow::Result<()> {
     assert_eq!(live["node_id"], 1);
     assert_eq!(live["enabled"], true);
     let src = &live["last_5_minutes"]["sources"][SOURCE];
-    assert_eq!(*src, json!({"accepted_records": 2, "duplicate_records": 1, "rejected_submissions": 1}), "{live}");
+    assert_eq!(*src, json!({"accepted_records": 4, "duplicate_records": 1, "rejected_submissions": 1}), "{live}");
+    for channel in ["soap", "grpc"] {
+        assert_eq!(live["last_5_minutes"]["channels"][channel]["requests"], 1, "{live}");
+    }
     let rest = &live["last_minute"]["channels"]["rest"];
     assert!(rest["requests"].as_u64().unwrap_or(0) >= 3, "{live}");
     assert!(rest["client_errors"].as_u64().unwrap_or(0) >= 1, "{live}");
