@@ -247,6 +247,50 @@ const OPERATIONS: &[Op] = &[
         ok: (201, Some("Object")),
         ..op("post", "/api/v1/drills", "cluster", "Record a disaster-recovery drill's report in the audit trail")
     },
+    // Performance and connection reports, compliance (issue 10; A5.3, F4, C8-C9, S2; docs/reports.md).
+    Op {
+        who: "admin, auditor",
+        query: &["kind", "after", "limit"],
+        ..op("get", "/api/v1/reports", "reports", "Stored performance and connection reports, paged")
+    },
+    Op {
+        who: "admin, auditor",
+        query: &["from", "to", "format"],
+        ..op("get", "/api/v1/reports/performance", "reports", "System-performance report of a period, computed now")
+    },
+    Op {
+        who: "admin, auditor (people, not OAuth clients)",
+        body: Some(("Object", JSON)),
+        ok: (201, Some("Object")),
+        errors: &[413, 415],
+        ..op("post", "/api/v1/reports/performance", "reports", "Compute and store a system-performance report")
+    },
+    Op {
+        who: "admin, auditor",
+        query: &["year", "from", "to", "format"],
+        ..op("get", "/api/v1/reports/connections", "reports", "Annual connection report (C8, C9), computed now")
+    },
+    Op {
+        who: "admin, auditor (people, not OAuth clients)",
+        body: Some(("Object", JSON)),
+        ok: (201, Some("Object")),
+        errors: &[413, 415],
+        ..op("post", "/api/v1/reports/connections", "reports", "Compute and store a connection report")
+    },
+    Op {
+        who: "admin, auditor",
+        query: &["format"],
+        ..op("get", "/api/v1/reports/{id}", "reports", "A stored report as JSON, CSV, XLSX or DOCX")
+    },
+    Op {
+        who: "admin, auditor",
+        query: &["backup_max_age_s"],
+        ..op("get", "/api/v1/compliance", "reports", "Check the cluster against the checkable requirements")
+    },
+    Op {
+        who: "admin, operator, auditor",
+        ..op("get", "/api/v1/compliance/facts", "reports", "Every member's retention, encryption and backup facts")
+    },
     Op {
         who: ADMIN,
         ..op(
@@ -512,6 +556,8 @@ fn query_param(name: &str) -> Value {
         "bucket" => {
             (json!({"type": "string"}), "a time bucket as the aggregates answer names it (2026-07, 2026-Q3, …)")
         }
+        "year" => (json!({"type": "string", "pattern": "^[0-9]{4}$"}), "a calendar year in Vietnam time"),
+        "backup_max_age_s" => (json!({"type": "integer", "minimum": 1}), "largest age of the newest backup, seconds"),
         "on_error" => (
             json!({"type": "string", "enum": ["continue", "reject"]}),
             "`reject`: all or nothing; `continue` (default): store the valid rows",
@@ -544,7 +590,7 @@ fn operation(o: &Op) -> Value {
         .collect();
     params.extend(o.query.iter().map(|q| query_param(q)));
     // The audit trail's exports and reports have formats of their own.
-    if o.path.starts_with("/api/v1/audit/") {
+    if o.path.starts_with("/api/v1/audit/") || o.path.starts_with("/api/v1/reports") {
         let formats = if o.path.ends_with("/export") {
             ["jsonl", "csv", "xlsx", "docx"]
         } else {
@@ -566,7 +612,8 @@ fn operation(o: &Op) -> Value {
             } else {
                 &[EXPORT_TYPES[0], EXPORT_TYPES[1], EXPORT_TYPES[3]]
             };
-            let types: &[&str] = if o.path.starts_with("/api/v1/audit/") { audit } else { &EXPORT_TYPES };
+            let report = o.path.starts_with("/api/v1/audit/") || o.path.starts_with("/api/v1/reports");
+            let types: &[&str] = if report { audit } else { &EXPORT_TYPES };
             for t in types {
                 content.insert((*t).into(), json!({"schema": {"type": "string", "format": "binary"}}));
             }
