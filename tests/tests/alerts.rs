@@ -528,3 +528,81 @@ async fn notifier_dies(
     assert_eq!(hooks(hook, "slow-victim", &subject, "firing").len(), 1, "delivered once");
     Ok(())
 }
+
+/// F5: an anomaly rule (request rate more than 3 σ from its trailing mean) fires on a burst of
+/// requests and resolves after it; a source-silence rule fires for a source that sends nothing
+/// past its expected interval and resolves when it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn f5_anomaly_and_silent_source_rules_fire_and_resolve() -> anyhow::Result<()> {
+    set_webhook_secret();
+    let (smtp_port, mail) = smtp_sink().await?;
+    let (hook_port, hook) = webhook_receiver().await?;
+    let c = TestCluster::start(1, &[]).await?;
+    let result = anomaly_and_silence(&c, smtp_port, hook_port, &mail, &hook).await;
+    if result.is_err() {
+        c.dump_logs();
+    }
+    result
+}
+
+async fn anomaly_and_silence(
+    c: &TestCluster,
+    smtp_port: u16,
+    hook_port: u16,
+    mail: &Inbox,
+    hook: &Inbox,
+) -> anyhow::Result<()> {
+    add_channels(c, smtp_port, hook_port).await?;
+    // Anomaly rules need a baseline of at least 5 windows.
+    let (s, v) = c
+        .admin(
+            Method::PUT,
+            1,
+            "/api/v1/alerts/rules/spike",
+            Some(json!({"kind": "anomaly", "metric": "http_requests_per_second", "k_sigma": 3.0, "window_ms": 2000, "baseline_ms": 2000})),
+        )
+        .await?;
+    assert_eq!(s, 400, "{v}");
+    let rule = json!({"kind": "anomaly", "metric": "http_requests_per_second", "k_sigma": 3.0, "threshold": 5.0,
+        "window_ms": 1000, "baseline_ms": 5000, "severity": "info"});
+    admin_ok(c, Method::PUT, 1, "/api/v1/alerts/rules/spike", Some(rule)).await?;
+    // Not a synchronisation: the rule needs a quiet baseline of five 1 s windows of the node's
+    // life before a burst can stand out from it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let burst_from = Instant::now();
+    for _ in 0..100 {
+        let reqs = (0..20).map(|_| c.admin(Method::GET, 1, "/api/v1/cluster", None));
+        futures::future::join_all(reqs).await;
+        if !hooks(hook, "spike", "node/1", "firing").is_empty() {
+            break;
+        }
+    }
+    let (_, fired) =
+        wait_both("anomaly alert", mail, hook, "spike", "node/1", "firing", Duration::from_secs(20)).await?;
+    eprintln!("anomaly alert {:?} after the burst began", fired - burst_from);
+    let payload = &hooks(hook, "spike", "node/1", "firing")[0].1;
+    assert!(payload["value"].as_f64().is_some_and(|v| v > 5.0), "{payload}");
+    wait_both("anomaly resolved", mail, hook, "spike", "node/1", "resolved", Duration::from_secs(30)).await?;
+
+    // A source expected to send every 3 s (a rule narrowed to it).
+    let rule = json!({"metric": "source_silent_seconds", "op": ">", "threshold": 3.0,
+        "labels": {"source": "quiet-agency"}, "severity": "warning"});
+    admin_ok(c, Method::PUT, 1, "/api/v1/alerts/rules/quiet", Some(rule)).await?;
+    c.create_dataset(1, "ds-quiet").await?;
+    let key = c.create_source(1, "quiet-agency").await?;
+    wait_both("silent source alert", mail, hook, "quiet", "source/quiet-agency", "firing", Duration::from_secs(30))
+        .await?;
+    let (status, v, _) = c.post(1, "ds-quiet", &key, &json!([{"n": 1}]), None).await?;
+    anyhow::ensure!(status == 201, "post: {status} {v}");
+    wait_both(
+        "silent source resolved",
+        mail,
+        hook,
+        "quiet",
+        "source/quiet-agency",
+        "resolved",
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(())
+}

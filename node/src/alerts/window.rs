@@ -123,13 +123,14 @@ impl RequestWindow {
         }
     }
 
-    /// The slots of the `seconds` complete seconds that ended `skip` seconds ago, merged.
+    /// The slots of the `seconds` seconds that end `skip` seconds before the current one (skip 0:
+    /// up to and including the current, partial second), merged.
     fn merged(&self, skip: u64, seconds: u64) -> Slot {
         let now = self.now_second();
         let seconds = seconds.min(SECONDS_KEPT as u64 - 1);
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Slot::default();
-        // The current second counts too: an alert on slow requests should not wait for it to end.
+        // With skip 0 the current second counts too: a slow-response alert need not wait for it.
         let last = now.saturating_sub(skip);
         let first = (last + 1).saturating_sub(seconds);
         for second in first..=last {
@@ -160,16 +161,17 @@ impl RequestWindow {
         }
     }
 
-    /// `steps` consecutive windows of `step` each, oldest first, ending now; how long this node has
-    /// been up bounds how many there are (a window before the start is not a window of no traffic).
+    /// `steps` consecutive windows of `step` each, oldest first, ending with the last complete
+    /// second (a partial second would look like a drop in the rate); how long this node has been up
+    /// bounds how many there are (a window before the start is not a window of no traffic).
     pub fn series(&self, step: Duration, steps: u64) -> Vec<Summary> {
         let step_s = step.as_secs().max(1);
-        let up_steps = (self.now_second() + 1) / step_s;
-        let steps = steps.min(up_steps).min(SECONDS_KEPT as u64 / step_s);
+        let up_steps = self.now_second() / step_s;
+        let steps = steps.min(up_steps).min(SECONDS_KEPT as u64 / step_s - 1);
         (0..steps)
             .rev()
             .map(|i| {
-                let s = self.merged(i * step_s, step_s);
+                let s = self.merged(1 + i * step_s, step_s);
                 Summary {
                     requests: s.requests,
                     errors: s.errors,
@@ -205,6 +207,17 @@ mod tests {
         let s = w.summary(Duration::from_secs(60));
         assert_eq!((s.errors, s.heavy_requests, s.heavy_p95_s), (1, 1, Some(2.5)));
         assert_eq!(s.p95_s, Some(0.7), "heavy requests do not count towards the main percentile");
+    }
+
+    #[test]
+    fn series_ends_with_the_last_complete_second_and_not_before_the_start() {
+        let w = RequestWindow { start: Instant::now() - Duration::from_millis(3_500), ..RequestWindow::default() };
+        // Three complete seconds since the start: at most three windows of a second.
+        assert_eq!(w.series(Duration::from_secs(1), 10).len(), 3);
+        w.record(RequestKind::Main, 200, Duration::from_millis(1));
+        let last = w.series(Duration::from_secs(1), 10).pop().expect("a window");
+        assert_eq!(last.requests, 0, "the current, partial second is not in the series");
+        assert_eq!(w.summary(Duration::from_secs(1)).requests, 1, "but it is in a summary");
     }
 
     #[test]
