@@ -65,3 +65,22 @@ if ! "$BATCH_VENV/bin/python" -c "import pyarrow, openpyxl" >/dev/null 2>&1; the
   python3 -m venv "$BATCH_VENV" || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$BATCH_VENV"; }
   "$BATCH_VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/batch-requirements.txt
 fi
+# Browser tests of the web pages (tests/tests/web.rs runs tests/web/run.cjs) and the page-load
+# benchmark (scripts/bench-web.sh): Debian's Chromium, Node, and playwright-core, axe-core and
+# Lighthouse 12 (pinned in tests/web/package-lock.json) under target/web-tools. --ignore-scripts:
+# no package may download a browser of its own; the tests drive /usr/bin/chromium.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium…"
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+if ! need_cmd node || ! need_cmd npm; then
+  echo "installing nodejs and npm…"
+  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+WEB_TOOLS="${DTM_WEB_TOOLS:-target/web-tools}"
+if ! cmp -s tests/web/package-lock.json "$WEB_TOOLS/package-lock.json" || [ ! -d "$WEB_TOOLS/node_modules/playwright-core" ]; then
+  echo "installing the browser test packages into $WEB_TOOLS from npm…"
+  mkdir -p "$WEB_TOOLS"
+  cp tests/web/package.json tests/web/package-lock.json "$WEB_TOOLS/"
+  (cd "$WEB_TOOLS" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi

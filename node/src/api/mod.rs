@@ -29,11 +29,12 @@ mod xsd;
 /// answers, with the same checks (web-ui).
 pub(crate) mod for_web {
     pub(crate) use super::aggregates::get_pipeline;
-    pub(crate) use super::audit::connections;
-    pub(crate) use super::catalog::get_dataset;
-    pub(crate) use super::cluster::status as cluster_status;
+    pub(crate) use super::audit::{connections, head as audit_head, list as audit_list};
+    pub(crate) use super::catalog::{create_source, get_dataset, issue_key, remove_source, revoke_key};
+    pub(crate) use super::cluster::{add_node, remove_node, status as cluster_status};
     pub(crate) use super::sessions::{authenticate_session, csrf_token, login, logout, session_cookie};
     pub(crate) use super::sessions::{totp_confirm, totp_enroll, totp_for};
+    pub(crate) use super::users::{create as create_user, disable as disable_user, list as list_users};
 }
 
 use std::sync::Arc;

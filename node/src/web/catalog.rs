@@ -134,7 +134,9 @@ pub async fn dataset(
         .as_object()
         .map(|m| {
             m.iter()
-                .map(|(k, op)| (k.clone(), op.as_str().unwrap_or("").to_string(), units[k].as_str().unwrap_or("").to_string()))
+                .map(|(k, op)| {
+                    (k.clone(), op.as_str().unwrap_or("").to_string(), units[k].as_str().unwrap_or("").to_string())
+                })
                 .collect()
         })
         .unwrap_or_default();

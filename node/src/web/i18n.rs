@@ -202,6 +202,11 @@ mod tests {
             let text = std::fs::read_to_string(f).expect("readable file");
             for pat in ["t(\"", "tk(\""] {
                 for (at, _) in text.match_indices(pat) {
+                    // `t(` as a word of its own, not the end of `get(` or `asset(`.
+                    let before = text[..at].chars().next_back();
+                    if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                        continue;
+                    }
                     let rest = &text[at + pat.len()..];
                     let Some(end) = rest.find('"') else { continue };
                     let key = &rest[..end];

@@ -16,7 +16,7 @@
 //!    `{% extends "layout.html" %}`, fills `{% block title %}` and `{% block main %}`, and a struct
 //!    `#[derive(askama::Template)] #[template(path = "<group>/<page>.html")]` with a field `ctx: Ctx`
 //!    (the layout reads it). Answer with `Ok(html(&page))`.
-//! 3. Text only through `{{ ctx.t("key") }}` (or `ctx.t(tk("key"))` in Rust), keys added to both
+//! 3. Text only through `{{ ctx.t("nav.home") }}` (or `ctx.t(tk("nav.home"))` in Rust), keys added to both
 //!    `node/i18n/vi.txt` and `en.txt`; numbers with `ctx.num(..)`/`ctx.val(..)`, times with
 //!    `ctx.datetime(ms)`.
 //! 4. Forms: `<input type="hidden" name="csrf" value="{{ ctx.csrf }}">`; the POST handler parses the
@@ -26,13 +26,16 @@
 //!    and the page's URLs in `tests/web/pages.json` (the axe-core and untranslated-text checks
 //!    visit every URL listed there, in both languages, at desktop and phone width).
 
+mod admin;
+mod analysis;
 mod assets;
+mod audit;
 mod catalog;
 mod dashboard;
 pub mod i18n;
+mod reporting;
 mod signin;
 
-mod reporting;
 use std::time::Instant;
 
 use askama::Template;
@@ -84,12 +87,19 @@ pub fn router() -> Router<AppState> {
         .route("/ui/logout", post(signin::logout))
         .route("/ui/mfa", get(signin::mfa_page).post(signin::mfa_start))
         .route("/ui/mfa/confirm", post(signin::mfa_confirm))
+        .merge(reporting::routes())
         .route("/ui/catalog", get(catalog::list))
         .route("/ui/catalog/{id}", get(catalog::dataset))
         .route("/ui/sources", get(catalog::sources))
-        .merge(reporting::routes())
         .route("/ui/sources/{id}", get(catalog::source))
         .route("/ui/dashboard", get(dashboard::page))
+        .route("/ui/analysis", get(analysis::page))
+        .route("/ui/audit", get(audit::page))
+        .route("/ui/admin", get(|| async { Redirect::to("/ui/admin/sources") }))
+        .route("/ui/admin/sources", get(admin::sources).post(admin::sources_post))
+        .route("/ui/admin/users", get(admin::users).post(admin::users_post))
+        .route("/ui/admin/gateway", get(admin::gateway).post(admin::gateway_post))
+        .route("/ui/admin/cluster", get(admin::cluster).post(admin::cluster_post))
         .route("/ui/{*rest}", get(not_found))
         .layer(axum::middleware::from_fn(page_layer))
 }
@@ -103,15 +113,15 @@ pub struct NavEntry {
 
 /// The main navigation, in order; each visitor sees the entries of their role.
 pub const NAV: &[NavEntry] = &[
-    NavEntry { href: "/ui/", key: "nav.home", roles: ANY_ROLE },
-    NavEntry { href: "/ui/dashboard", key: "nav.dashboard", roles: &[Role::Admin, Role::Operator] },
-    NavEntry { href: "/ui/reporting/due", key: "nav.reports_due", roles: &[Role::DataEntry] },
-    NavEntry { href: "/ui/catalog", key: "nav.catalog", roles: ANY_ROLE },
-    NavEntry { href: "/ui/sources", key: "nav.sources", roles: &[Role::Admin, Role::Auditor] },
-    NavEntry { href: "/ui/analysis", key: "nav.analysis", roles: &[Role::Admin, Role::Analyst, Role::Auditor] },
-    NavEntry { href: "/ui/reporting/status", key: "nav.reporting_status", roles: ADMIN_ONLY },
-    NavEntry { href: "/ui/admin/sources", key: "nav.admin", roles: ADMIN_ONLY },
-    NavEntry { href: "/ui/audit", key: "nav.audit", roles: &[Role::Admin, Role::Auditor] },
+    NavEntry { href: "/ui/", key: tk("nav.home"), roles: ANY_ROLE },
+    NavEntry { href: "/ui/dashboard", key: tk("nav.dashboard"), roles: &[Role::Admin, Role::Operator] },
+    NavEntry { href: "/ui/reporting/due", key: tk("nav.reports_due"), roles: &[Role::DataEntry] },
+    NavEntry { href: "/ui/catalog", key: tk("nav.catalog"), roles: ANY_ROLE },
+    NavEntry { href: "/ui/sources", key: tk("nav.sources"), roles: &[Role::Admin, Role::Auditor] },
+    NavEntry { href: "/ui/analysis", key: tk("nav.analysis"), roles: &[Role::Admin, Role::Analyst, Role::Auditor] },
+    NavEntry { href: "/ui/reporting/status", key: tk("nav.reporting_status"), roles: ADMIN_ONLY },
+    NavEntry { href: "/ui/admin/sources", key: tk("nav.admin"), roles: ADMIN_ONLY },
+    NavEntry { href: "/ui/audit", key: tk("nav.audit"), roles: &[Role::Admin, Role::Auditor] },
 ];
 
 /// The signed-in visitor.
@@ -186,7 +196,8 @@ impl Ctx {
         let query = uri.query().unwrap_or("").to_string();
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&query).unwrap_or_default();
         let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let lang = param("lang").and_then(Lang::parse).or_else(|| cookie(headers, LANG_COOKIE).and_then(|c| Lang::parse(&c)));
+        let lang =
+            param("lang").and_then(Lang::parse).or_else(|| cookie(headers, LANG_COOKIE).and_then(|c| Lang::parse(&c)));
         let notice = param("m").and_then(|m| NOTICES.iter().find(|(n, _)| *n == m).map(|(_, k)| *k));
         Ctx {
             lang: lang.unwrap_or_default(),
@@ -204,21 +215,20 @@ impl Ctx {
         i18n::t(self.lang, key)
     }
     /// A number per language (at most two decimals).
-    #[allow(dead_code)] // for page groups (the analysis page uses it)
-    pub fn num(&self, n: impl std::borrow::Borrow<f64>) -> String {
-        i18n::number(self.lang, *n.borrow(), 2)
+    pub fn num(&self, n: impl Real) -> String {
+        i18n::number(self.lang, n.real(), 2)
     }
     /// A whole number per language.
-    pub fn int(&self, n: impl std::borrow::Borrow<u64>) -> String {
-        i18n::number(self.lang, *n.borrow() as f64, 0)
+    pub fn int(&self, n: impl Whole) -> String {
+        i18n::number(self.lang, n.whole() as f64, 0)
     }
     /// A JSON value as text (numbers per language).
     pub fn val(&self, v: &Value) -> String {
         i18n::value(self.lang, v)
     }
     /// A time (ms since the epoch) as a Vietnam date and time per language.
-    pub fn datetime(&self, ms: impl std::borrow::Borrow<u64>) -> String {
-        i18n::datetime(self.lang, *ms.borrow())
+    pub fn datetime(&self, ms: impl Whole) -> String {
+        i18n::datetime(self.lang, ms.whole())
     }
     /// A `yyyy-mm-dd` day per language.
     pub fn day(&self, iso: &str) -> String {
@@ -254,6 +264,11 @@ impl Ctx {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&self.query).unwrap_or_default();
         pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v).filter(|v| !v.is_empty())
     }
+    /// Every value of a repeated query parameter (checkboxes).
+    pub fn params(&self, name: &str) -> Vec<String> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&self.query).unwrap_or_default();
+        pairs.into_iter().filter(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v).collect()
+    }
     fn path_and_query(&self) -> String {
         if self.query.is_empty() { self.path.clone() } else { format!("{}?{}", self.path, self.query) }
     }
@@ -266,11 +281,15 @@ impl Ctx {
     /// checking its `csrf` field against the session's token (403 otherwise).
     pub async fn form<T: DeserializeOwned>(&self, headers: &HeaderMap, body: Body) -> Result<T, PageError> {
         let bytes = crate::api::read_body(headers, body, FORM_BYTES_MAX).await.map_err(PageError::Api)?;
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_bytes(&bytes).map_err(|_| PageError::Api(ApiError::bad_request("malformed form")))?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
+            .map_err(|_| PageError::Api(ApiError::bad_request("malformed form")))?;
         let token = pairs.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or("");
         if self.csrf.is_empty() || !constant_time_eq(token.as_bytes(), self.csrf.as_bytes()) {
-            return Err(PageError::Api(ApiError::new(StatusCode::FORBIDDEN, "csrf", "the form's token does not match")));
+            return Err(PageError::Api(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "the form's token does not match",
+            )));
         }
         serde_urlencoded::from_bytes(&bytes).map_err(|_| PageError::Api(ApiError::bad_request("malformed form")))
     }
@@ -280,6 +299,41 @@ impl Ctx {
         let mut h = self.headers.clone();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h
+    }
+}
+
+/// A whole number, however many references deep (templates pass fields by reference).
+pub trait Whole {
+    fn whole(&self) -> u64;
+}
+impl Whole for u64 {
+    fn whole(&self) -> u64 {
+        *self
+    }
+}
+impl Whole for usize {
+    fn whole(&self) -> u64 {
+        *self as u64
+    }
+}
+impl<T: Whole + ?Sized> Whole for &T {
+    fn whole(&self) -> u64 {
+        (**self).whole()
+    }
+}
+
+/// A number, however many references deep.
+pub trait Real {
+    fn real(&self) -> f64;
+}
+impl Real for f64 {
+    fn real(&self) -> f64 {
+        *self
+    }
+}
+impl<T: Real + ?Sized> Real for &T {
+    fn real(&self) -> f64 {
+        (**self).real()
     }
 }
 
@@ -331,7 +385,11 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Errors of a page, each answered as a page or a redirect.
 pub enum PageError {
     /// No (valid) session: to the sign-in page, then back to `next`.
-    SignIn { next: String, expired: bool, lang: Lang },
+    SignIn {
+        next: String,
+        expired: bool,
+        lang: Lang,
+    },
     Redirect(String),
     /// Signed in without the role for this page.
     Forbidden(Box<Ctx>),
@@ -456,7 +514,8 @@ impl FormErrors {
             "unavailable" => tk("error.unavailable"),
             _ => "",
         };
-        let message = if key.is_empty() { format!("{} {}", ctx.t("error.refused"), e.message) } else { ctx.t(key).into() };
+        let message =
+            if key.is_empty() { format!("{} {}", ctx.t("error.refused"), e.message) } else { ctx.t(key).into() };
         FormErrors(vec![FieldError { field, message }])
     }
 }
@@ -477,6 +536,45 @@ pub fn json_of(resp: impl IntoResponse) -> impl std::future::Future<Output = Res
     }
 }
 
+/// Calls a module's API routes that are not plain functions (`crate::gateway::api::routes()`,
+/// `crate::alerts::api::routes()`) in-process as this visitor: only the module's router runs, not the
+/// node's layers (the page's own request already went through them). A refusal keeps its status and
+/// message.
+pub async fn call_routes(
+    routes: Router<AppState>,
+    state: &AppState,
+    ctx: &Ctx,
+    method: axum::http::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, ApiError> {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::builder().method(method).uri(path);
+    for (k, v) in ctx.headers.iter() {
+        req = req.header(k, v);
+    }
+    let b = match body {
+        Some(v) => {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    let req = req.body(b).map_err(ApiError::internal)?;
+    let resp = match routes.with_state(state.clone()).oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return json_of(resp).await;
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.map_err(ApiError::internal)?;
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let message = v["error"]["message"].as_str().unwrap_or("refused").to_string();
+    Err(ApiError::new(status, "refused", message))
+}
+
 /// Sets the language cookie when a page is asked for with `?lang=`, and tells how long the server
 /// took (`Server-Timing`, read by the benchmark).
 async fn page_layer(req: Request, next: Next) -> Response {
@@ -488,8 +586,10 @@ async fn page_layer(req: Request, next: Next) -> Response {
         .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "lang").and_then(|(_, v)| Lang::parse(&v)));
     let mut resp = next.run(req).await;
     if let Some(lang) = lang
-        && let Ok(v) =
-            HeaderValue::from_str(&format!("{LANG_COOKIE}={}; Path=/; Secure; SameSite=Lax; Max-Age=31536000", lang.code()))
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "{LANG_COOKIE}={}; Path=/; Secure; SameSite=Lax; Max-Age=31536000",
+            lang.code()
+        ))
     {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -512,13 +612,19 @@ async fn home(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Re
 
 async fn not_found(headers: HeaderMap, uri: Uri) -> Response {
     let ctx = Ctx::anonymous(&headers, &uri);
-    error_page(ctx, ApiError::not_found("no such page"))
+    let message = ctx.t("error.not_found_text").to_string();
+    error_page(ctx, ApiError::not_found(message))
 }
 
 /// This page's query string as an API handler's `Query<T>` (unknown parameters such as `lang` are
 /// ignored by the API's query types).
 pub fn query<T: DeserializeOwned>(ctx: &Ctx) -> Result<axum::extract::Query<T>, ApiError> {
-    serde_urlencoded::from_str(&ctx.query)
+    query_str(&ctx.query)
+}
+
+/// A query string as an API handler's `Query<T>`.
+pub fn query_str<T: DeserializeOwned>(text: &str) -> Result<axum::extract::Query<T>, ApiError> {
+    serde_urlencoded::from_str(text)
         .map(axum::extract::Query)
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))
 }

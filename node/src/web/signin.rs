@@ -63,7 +63,8 @@ pub struct LoginForm {
 
 /// Where to go after signing in: a page under `/ui/` only (never another site).
 fn safe_next(next: &str) -> String {
-    let ok = next.starts_with("/ui/") && !next.contains("//") && !next.contains('\\') && !next.starts_with("/ui/logout");
+    let ok =
+        next.starts_with("/ui/") && !next.contains("//") && !next.contains('\\') && !next.starts_with("/ui/logout");
     if ok { next.to_string() } else { "/ui/".to_string() }
 }
 
