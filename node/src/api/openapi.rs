@@ -45,6 +45,8 @@ const JSON: &str = "application/json";
 const ADMIN: &str = "admin";
 const ALERTS_READ_WHO: &str = "admin, operator or auditor";
 const ALERTS_CHANGE_WHO: &str = "admin or operator";
+/// F5: `crate::live::MONITORING_READ`.
+const MONITORING_WHO: &str = "admin, operator, auditor or analyst";
 
 const fn op(method: &'static str, path: &'static str, tag: &'static str, summary: &'static str) -> Op {
     Op { method, path, tag, summary, who: "", query: &[], body: None, ok: (200, Some("Object")), errors: &[] }
@@ -316,6 +318,19 @@ const OPERATIONS: &[Op] = &[
     },
     Op { who: ADMIN, ..op("get", "/api/v1/gateway/blocks", "gateway", "Automatically blocked addresses") },
     Op { who: ADMIN, ..op("delete", "/api/v1/gateway/blocks/{ip}", "gateway", "Lift a block") },
+    // Monitoring (issue 10, F5, A5.1; docs/monitoring.md).
+    Op {
+        who: MONITORING_WHO,
+        ..op("get", "/api/v1/monitoring/live", "monitoring", "This node's live statistics")
+    },
+    Op {
+        who: MONITORING_WHO,
+        ..op("get", "/api/v1/monitoring/nodes", "monitoring", "Every member's live statistics and reachability")
+    },
+    Op {
+        who: MONITORING_WHO,
+        ..op("get", "/api/v1/monitoring/probes", "monitoring", "This node's latest synthetic probe results")
+    },
     // Alerts (issue 10, A5.2, F5; docs/alerts.md).
     Op { who: ALERTS_READ_WHO, ..op("get", "/api/v1/alerts", "alerts", "Alerts firing now") },
     Op {
@@ -953,7 +968,8 @@ mod tests {
             } else {
                 format!("/api/v1{path}")
             };
-            if full.starts_with("/api/docs") {
+            // F5: `/metrics` is Prometheus's text format for scrapers, not part of the REST API.
+            if full.starts_with("/api/docs") || path == "/metrics" {
                 continue;
             }
             assert!(doc["paths"][&full].is_object(), "{full} is routed but not in the OpenAPI document");
