@@ -319,6 +319,16 @@ const OPERATIONS: &[Op] = &[
     Op { who: ADMIN, ..op("get", "/api/v1/gateway/blocks", "gateway", "Automatically blocked addresses") },
     Op { who: ADMIN, ..op("delete", "/api/v1/gateway/blocks/{ip}", "gateway", "Lift a block") },
     // Monitoring (issue 10, F5, A5.1; docs/monitoring.md).
+    Op { who: MONITORING_WHO, ..op("get", "/api/v1/monitoring/live", "monitoring", "This node's live statistics") },
+    Op {
+        who: MONITORING_WHO,
+        ..op("get", "/api/v1/monitoring/nodes", "monitoring", "Every member's live statistics and reachability")
+    },
+    Op {
+        who: MONITORING_WHO,
+        ..op("get", "/api/v1/monitoring/probes", "monitoring", "This node's latest synthetic probe results")
+    },
+    // Monitoring (issue 10, F5, A5.1; docs/monitoring.md).
     Op {
         who: MONITORING_WHO,
         ..op("get", "/api/v1/monitoring/live", "monitoring", "This node's live statistics")
