@@ -328,19 +328,6 @@ const OPERATIONS: &[Op] = &[
         who: MONITORING_WHO,
         ..op("get", "/api/v1/monitoring/probes", "monitoring", "This node's latest synthetic probe results")
     },
-    // Monitoring (issue 10, F5, A5.1; docs/monitoring.md).
-    Op {
-        who: MONITORING_WHO,
-        ..op("get", "/api/v1/monitoring/live", "monitoring", "This node's live statistics")
-    },
-    Op {
-        who: MONITORING_WHO,
-        ..op("get", "/api/v1/monitoring/nodes", "monitoring", "Every member's live statistics and reachability")
-    },
-    Op {
-        who: MONITORING_WHO,
-        ..op("get", "/api/v1/monitoring/probes", "monitoring", "This node's latest synthetic probe results")
-    },
     // Alerts (issue 10, A5.2, F5; docs/alerts.md).
     Op { who: ALERTS_READ_WHO, ..op("get", "/api/v1/alerts", "alerts", "Alerts firing now") },
     Op {
