@@ -91,6 +91,98 @@ async fn smtp_sink() -> anyhow::Result<(u16, Inbox)> {
     Ok((port, inbox))
 }
 
+/// An SMTP server that requires STARTTLS (RFC 3207) with `cert`/`key` (a node certificate of the
+/// test cluster's CA, valid for 127.0.0.1) before it accepts a message. Blocking threads, rustls.
+fn starttls_sink(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<(u16, Inbox)> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)?;
+    let cfg = Arc::new(rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let inbox: Inbox = Arc::default();
+    let store = inbox.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (cfg, store) = (cfg.clone(), store.clone());
+            std::thread::spawn(move || {
+                let _ = tls_session(stream, cfg, &store);
+            });
+        }
+    });
+    Ok((port, inbox))
+}
+
+fn tls_session(stream: std::net::TcpStream, cfg: Arc<rustls::ServerConfig>, store: &Inbox) -> std::io::Result<()> {
+    use std::io::BufRead;
+    use std::io::Write;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut w = stream.try_clone()?;
+    // Unbuffered reads before STARTTLS: nothing of the handshake may end up in a buffer.
+    let read_line = |s: &mut std::net::TcpStream| -> std::io::Result<String> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while std::io::Read::read(s, &mut byte)? == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        Ok(String::from_utf8_lossy(&line).trim_end().to_string())
+    };
+    let mut r = stream;
+    w.write_all(b"220 sink ESMTP\r\n")?;
+    loop {
+        let line = read_line(&mut r)?;
+        match line.split_whitespace().next().unwrap_or("").to_ascii_uppercase().as_str() {
+            "EHLO" => w.write_all(b"250-sink\r\n250 STARTTLS\r\n")?,
+            "STARTTLS" => {
+                w.write_all(b"220 go ahead\r\n")?;
+                break;
+            }
+            "QUIT" | "" => return Ok(()),
+            _ => w.write_all(b"530 must issue a STARTTLS command first\r\n")?,
+        }
+    }
+    let conn = rustls::ServerConnection::new(cfg).map_err(std::io::Error::other)?;
+    let mut tls = std::io::BufReader::new(rustls::StreamOwned::new(conn, r));
+    let reply = |tls: &mut std::io::BufReader<rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>>,
+                 text: &[u8]| {
+        let s = tls.get_mut();
+        s.write_all(text).and_then(|_| s.flush())
+    };
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if tls.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        match line.split_whitespace().next().unwrap_or("").to_ascii_uppercase().as_str() {
+            "EHLO" => reply(&mut tls, b"250-sink\r\n250 8BITMIME\r\n")?,
+            "DATA" => {
+                reply(&mut tls, b"354 go ahead\r\n")?;
+                let mut text = String::new();
+                loop {
+                    line.clear();
+                    if tls.read_line(&mut line)? == 0 || line.trim_end() == "." {
+                        break;
+                    }
+                    text.push_str(line.trim_end());
+                    text.push('\n');
+                }
+                store.lock().unwrap_or_else(|p| p.into_inner()).push(Received {
+                    at: Instant::now(),
+                    text,
+                    signature: None,
+                });
+                reply(&mut tls, b"250 queued\r\n")?;
+            }
+            "QUIT" => return reply(&mut tls, b"221 bye\r\n"),
+            _ => reply(&mut tls, b"250 OK\r\n")?,
+        }
+    }
+}
+
 /// A minimal HTTP/1.1 server that keeps every POST body and answers 200.
 async fn webhook_receiver() -> anyhow::Result<(u16, Inbox)> {
     let (port, inbox, _) = webhook_receiver_hanging_first(false).await?;
@@ -403,7 +495,20 @@ async fn f5_slow_responses_fire_the_p95_rule_and_resolve() -> anyhow::Result<()>
     let (smtp_port, mail) = smtp_sink().await?;
     let (hook_port, hook) = webhook_receiver().await?;
     let c = TestCluster::start(1, &[]).await?;
+    // A second e-mail channel that requires STARTTLS, with a certificate of the cluster CA.
+    let (tls_port, tls_mail) = starttls_sink(
+        &std::fs::read(c.tls_dir.join("node-1.pem"))?,
+        &std::fs::read(c.tls_dir.join("node-1-key.pem"))?,
+    )?;
+    let channel = json!({"kind": "email", "email": {"host": "127.0.0.1", "port": tls_port, "security": "starttls",
+        "from": "dtm-alerts@example.test", "to": ["tls@example.test"]}});
+    admin_ok(&c, Method::PUT, 1, "/api/v1/alerts/channels/tls-mail", Some(channel)).await?;
     let result = slow_responses(&c, smtp_port, hook_port, &mail, &hook).await;
+    let result = result.and_then(|()| {
+        let got = mails(&tls_mail, "p95-response-time", "node/1", "firing");
+        anyhow::ensure!(!got.is_empty(), "no alert over STARTTLS");
+        Ok(())
+    });
     if result.is_err() {
         c.dump_logs();
     }

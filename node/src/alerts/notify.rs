@@ -41,7 +41,7 @@ impl Notifier {
                 None
             }
         };
-        tokio::spawn(run(node, rx, http));
+        tokio::spawn(run(node, rx, http, Arc::new(ca_pem.to_vec())));
         Arc::new(Notifier { tx })
     }
 
@@ -77,13 +77,13 @@ fn webhook_client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-async fn run(node: Arc<ClusterNode>, mut rx: mpsc::Receiver<Job>, http: Option<reqwest::Client>) {
+async fn run(node: Arc<ClusterNode>, mut rx: mpsc::Receiver<Job>, http: Option<reqwest::Client>, ca_pem: Arc<Vec<u8>>) {
     let jobs = Arc::new(Semaphore::new(DELIVERIES_IN_FLIGHT_MAX));
     while let Some(job) = rx.recv().await {
         let Ok(permit) = jobs.clone().acquire_owned().await else { return };
-        let (node, http) = (node.clone(), http.clone());
+        let (node, http, ca_pem) = (node.clone(), http.clone(), ca_pem.clone());
         tokio::spawn(async move {
-            deliver_job(&node, http.as_ref(), job).await;
+            deliver_job(&node, http.as_ref(), &ca_pem, job).await;
             drop(permit);
         });
     }
@@ -101,9 +101,9 @@ pub fn channels_for(node: &ClusterNode, rule: &state::AlertRule) -> Vec<state::A
     all.into_iter().filter(|c| c.enabled && (rule.channels.is_empty() || rule.channels.contains(&c.id))).collect()
 }
 
-async fn deliver_job(node: &Arc<ClusterNode>, http: Option<&reqwest::Client>, job: Job) {
+async fn deliver_job(node: &Arc<ClusterNode>, http: Option<&reqwest::Client>, ca_pem: &[u8], job: Job) {
     let channels = channels_for(node, &job.rule);
-    let deliveries = channels.iter().map(|ch| deliver(node.id, http, ch, &job));
+    let deliveries = channels.iter().map(|ch| deliver(node.id, http, ca_pem, ch, &job));
     let results = futures::future::join_all(deliveries).await;
     if results.is_empty() {
         return;
@@ -128,6 +128,7 @@ async fn deliver_job(node: &Arc<ClusterNode>, http: Option<&reqwest::Client>, jo
 async fn deliver(
     node_id: u64,
     http: Option<&reqwest::Client>,
+    ca_pem: &[u8],
     ch: &state::AlertChannel,
     job: &Job,
 ) -> state::NotificationResult {
@@ -153,7 +154,7 @@ async fn deliver(
     for attempt in 1..=DELIVERY_ATTEMPTS_MAX {
         result.attempts = attempt;
         let sent = match kind {
-            "email" => tokio::time::timeout(DELIVERY_TIMEOUT, send_email(ch, job)).await,
+            "email" => tokio::time::timeout(DELIVERY_TIMEOUT, send_email(ch, ca_pem, job)).await,
             _ => tokio::time::timeout(DELIVERY_TIMEOUT, send_webhook(http, ch, job)).await,
         };
         match sent {
@@ -247,19 +248,32 @@ fn text_body(job: &Job) -> String {
     )
 }
 
-async fn send_email(ch: &state::AlertChannel, job: &Job) -> Result<(), String> {
+async fn send_email(ch: &state::AlertChannel, ca_pem: &[u8], job: &Job) -> Result<(), String> {
     use lettre::AsyncSmtpTransport;
     use lettre::AsyncTransport;
     use lettre::Message;
     use lettre::Tokio1Executor;
     use lettre::message::header::ContentType;
     use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::Certificate;
+    use lettre::transport::smtp::client::Tls;
+    use lettre::transport::smtp::client::TlsParameters;
     let Some(e) = &ch.email else { return Err("the channel has no e-mail settings".into()) };
     let port = u16::try_from(e.port).map_err(|_| "port out of range".to_string())?;
+    // The server's certificate is checked against the system roots and the cluster CA (a relay
+    // inside the deployment may carry a certificate of the cluster CA).
+    let tls = || -> Result<TlsParameters, String> {
+        let mut b = TlsParameters::builder(e.host.clone());
+        if let Ok(ca) = Certificate::from_pem(ca_pem) {
+            b = b.add_root_certificate(ca);
+        }
+        b.build_rustls().map_err(|x| format!("TLS: {x}"))
+    };
+    let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&e.host);
     let builder = match e.security.as_str() {
-        "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&e.host).map_err(|e| e.to_string())?,
-        "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&e.host).map_err(|e| e.to_string())?,
-        _ => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&e.host),
+        "starttls" => builder.tls(Tls::Required(tls()?)),
+        "tls" => builder.tls(Tls::Wrapper(tls()?)),
+        _ => builder,
     };
     let mut builder = builder.port(port).timeout(Some(DELIVERY_TIMEOUT));
     if !e.username.is_empty() {
