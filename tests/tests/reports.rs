@@ -150,6 +150,7 @@ async fn performance_report_counts_successes_and_failures_with_causes() -> anyho
     let cause = |name: &str| row(&report, "failure_causes", "cause", name).and_then(|r| r["count"].as_u64());
     assert_eq!(cause("422 invalid_records"), Some(3), "{}", report["failure_causes"]);
     assert_eq!(cause("invalid row: /n"), Some(3), "{}", report["failure_causes"]);
+    assert_eq!(cause("500 invalid_records"), Some(1), "a SOAP 1.1 fault: {}", report["failure_causes"]);
     let detail = report["failure_causes_detail"].as_array().cloned().unwrap_or_default();
     assert!(
         detail

@@ -361,6 +361,7 @@ pub fn fault(version: Version, e: ApiError) -> Response {
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let mut resp = envelope(version, status, &body);
+    resp.extensions_mut().insert(crate::api::error::ErrorCode(e.code)); // A5.3: the cause in the trail
     if matches!(e.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
         let after = e.retry_after_seconds.unwrap_or(crate::limits::RETRY_AFTER_SECONDS);
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after));
