@@ -183,16 +183,14 @@ impl Evaluator {
                 if o.holds {
                     let since = *self.pending.entry(key.clone()).or_insert(now);
                     if !firing && now.saturating_sub(since) >= rule.for_ms {
-                        let message = format!(
-                            "{} = {} ({} {} {}{}) since {} ms",
-                            rule.metric,
-                            round(o.value),
-                            rule.kind,
-                            if rule.kind == "anomaly" { "k_sigma" } else { rule.op.as_str() },
-                            if rule.kind == "anomaly" { rule.k_sigma } else { rule.threshold },
-                            o.note,
-                            since
-                        );
+                        let condition = if rule.kind == "anomaly" {
+                            format!("more than {} σ from its trailing mean", rule.k_sigma)
+                        } else {
+                            format!("{} {}", rule.op, rule.threshold)
+                        };
+                        let held_s = now.saturating_sub(since) as f64 / 1000.0;
+                        let message =
+                            format!("{} = {} ({condition}{}), held {held_s} s", rule.metric, round(o.value), o.note);
                         self.propose(rule, &o.subject, true, o.value, message).await;
                     }
                 } else {
