@@ -636,7 +636,8 @@ async fn notifier_dies(
 
 /// F5: an anomaly rule (request rate more than 3 σ from its trailing mean) fires on a burst of
 /// requests and resolves after it; a source-silence rule fires for a source that sends nothing
-/// past its expected interval and resolves when it sends.
+/// past its expected interval and resolves when it sends; a security-events rule fires on refused
+/// credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f5_anomaly_and_silent_source_rules_fire_and_resolve() -> anyhow::Result<()> {
     set_webhook_secret();
@@ -709,5 +710,15 @@ async fn anomaly_and_silence(
         Duration::from_secs(30),
     )
     .await?;
+
+    // Security events: refused credentials are replicated events the leader counts.
+    let rule = json!({"metric": "security_events", "op": ">", "threshold": 3.0, "window_ms": 60000});
+    admin_ok(c, Method::PUT, 1, "/api/v1/alerts/rules/refusals", Some(rule)).await?;
+    for _ in 0..6 {
+        let resp =
+            c.http.get(format!("{}/api/v1/cluster", c.url(1))).bearer_auth("dtma.0000.not-a-token").send().await?;
+        assert_eq!(resp.status().as_u16(), 401);
+    }
+    wait_both("security events alert", mail, hook, "refusals", "cluster", "firing", Duration::from_secs(30)).await?;
     Ok(())
 }

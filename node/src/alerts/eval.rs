@@ -311,7 +311,22 @@ impl Evaluator {
             "source_silent_seconds" => self.silent_sources(rule, now),
             "security_events" => {
                 let from = now.saturating_sub(window.as_millis() as u64);
-                let n: u64 = self.security_counts.iter().filter(|(at, _)| *at >= from).map(|(_, n)| n).sum();
+                let events: u64 = self.security_counts.iter().filter(|(at, _)| *at >= from).map(|(_, n)| n).sum();
+                // Addresses the gateways blocked (intrusion detection) in the window: replicated
+                // blocks, bounded by their expiry.
+                let blocks = self
+                    .node
+                    .reader
+                    .scan(tables::GATEWAY_BLOCK, None, SECURITY_EVENTS_PER_TICK_MAX)
+                    .map(|pairs| {
+                        pairs
+                            .iter()
+                            .filter_map(|(_, v)| <state::AddressBlock as prost::Message>::decode(v.as_slice()).ok())
+                            .filter(|b| b.blocked_at_ms >= from)
+                            .count() as u64
+                    })
+                    .unwrap_or(0);
+                let n = events + blocks;
                 vec![threshold_rule("cluster".into(), Some(n as f64))]
             }
             _ => Vec::new(),

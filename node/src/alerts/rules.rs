@@ -79,7 +79,7 @@ pub const METRICS: [Metric; 11] = [
         name: "security_events",
         cluster: true,
         unit: "events",
-        help: "security events recorded in the cluster over the window (audit verification failures excluded)",
+        help: "security events recorded in the cluster over the window (refused credentials, lockouts, replayed codes, …; audit verification failures excluded) plus addresses the gateways blocked in it",
     },
 ];
 
