@@ -34,6 +34,9 @@ pub const AVAILABILITY_DAYS: u64 = 30;
 /// Response times asked for (P5 mean of each main channel, P6 every operation) over the last day.
 pub const MEAN_RESPONSE_MS_MAX: f64 = 2_500.0;
 pub const MAX_RESPONSE_MS_MAX: f64 = 30_000.0;
+/// The answering node verifies the whole trail itself up to this size (about 6 s in a release
+/// build, `docs/benchmarks.md`); beyond it, the nodes' own periodic passes are the evidence.
+pub const VERIFY_HERE_ENTRIES_MAX: u64 = 2_000_000;
 /// A TLS probe gives up after this long.
 const TLS_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Users looked at (every admin and operator must have MFA).
@@ -377,8 +380,23 @@ pub fn table_checks(
         passed: true,
         evidence: vec![],
     };
-    match dtm_cluster::audit::verify_reader(reader, Default::default(), |_| {}) {
-        Ok(r) => {
+    let size = reader.get_msg::<state::AuditHead>(tables::AUDIT_HEAD).ok().flatten().map_or(0, |h| h.size);
+    let verified_here = if size > VERIFY_HERE_ENTRIES_MAX {
+        // A full pass here would outlast the request; every node's own periodic pass (below)
+        // verifies the whole trail and continues from where it stopped.
+        f8.evidence.push(format!(
+            "the trail holds {size} entries (more than {VERIFY_HERE_ENTRIES_MAX}): not verified again here, see each node's own pass"
+        ));
+        None
+    } else {
+        Some(dtm_cluster::audit::verify_reader(reader, Default::default(), |_| {}))
+    };
+    match verified_here {
+        None => {
+            let passes = facts.iter().filter_map(|(_, f)| f.as_ref()).filter(|f| f.audit_verified_entries > 0).count();
+            f8.passed &= passes > 0;
+        }
+        Some(Ok(r)) => {
             f8.passed &= r.ok();
             f8.evidence.push(match &r.problem {
                 None => format!(
@@ -388,7 +406,7 @@ pub fn table_checks(
                 Some(p) => format!("verification FAILED at entry {}: {}", p.seq, p.message),
             });
         }
-        Err(e) => {
+        Some(Err(e)) => {
             f8.passed = false;
             f8.evidence.push(format!("the trail could not be read: {e}"));
         }
@@ -538,8 +556,8 @@ pub fn table_checks(
         created_by: "compliance".into(),
         created_at_ms: now_ms,
     };
-    let availability = crate::reports::performance(reader, &spec(AVAILABILITY_DAYS));
-    let day = crate::reports::performance(reader, &spec(1));
+    let availability = crate::reports::performance_with(reader, &spec(AVAILABILITY_DAYS), false);
+    let day = crate::reports::performance_with(reader, &spec(1), false);
     out.push(match &availability {
         Ok(r) => {
             let c: Value = serde_json::from_slice(&r.content_json).unwrap_or(Value::Null);
