@@ -777,6 +777,46 @@ mod tests {
         assert_eq!(host_port("127.0.0.1:8443"), "127.0.0.1:8443");
     }
 
+    /// The legacy probe sees acceptance too: an OpenSSL server that speaks TLS 1.1 (only) answers
+    /// its TLS 1.1 hello with a ServerHello and its TLS 1.0 hello with an alert. Needs the `openssl`
+    /// CLI (installed by `scripts/ensure-tools.sh`).
+    #[tokio::test]
+    async fn legacy_probe_sees_a_server_that_accepts_tls_1_1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("the openssl CLI (scripts/ensure-tools.sh installs it)");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        // A free port: bound and released (openssl takes a port number, not a listener).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut server = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0", "-accept", &addr])
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "openssl s_server did not listen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (t11, t10) = (probe_legacy(&addr, 2).await, probe_legacy(&addr, 1).await);
+        let _ = server.kill();
+        let _ = server.wait();
+        assert_eq!((t11, t10), (TlsOutcome::Accepted, TlsOutcome::Refused));
+    }
+
     /// A2.6, A4.5 against a rustls server configured like the node's (TLS 1.2 and 1.3 only).
     #[tokio::test]
     async fn tls_probes_tell_accepted_from_refused() {
