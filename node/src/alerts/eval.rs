@@ -170,6 +170,16 @@ impl Evaluator {
             self.read_security_events();
         }
         let now = now_ms();
+        let members: HashSet<String> = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| format!("node/{id}"))
+            .collect();
         for rule in rules.iter().filter(|r| r.enabled) {
             let Some(m) = rules::metric(&rule.metric) else { continue };
             if m.cluster && !leader {
@@ -202,8 +212,10 @@ impl Evaluator {
                 }
             }
             // A firing alert this evaluator is responsible for whose subject is gone (a member
-            // removed, a source deleted) resolves.
-            let mine = |subject: &str| m.cluster || subject == self.own_subject();
+            // removed, a source deleted) resolves; the leader also resolves the local alerts of
+            // nodes that are no longer members (nobody else would).
+            let mine =
+                |subject: &str| m.cluster || subject == self.own_subject() || (leader && !members.contains(subject));
             let gone: Vec<(String, f64)> = states
                 .values()
                 .filter(|s| s.rule_id == rule.id && s.firing && mine(&s.subject) && !seen.contains(s.subject.as_str()))
