@@ -523,6 +523,15 @@ async fn slow_responses(
     hook: &Inbox,
 ) -> anyhow::Result<()> {
     add_channels(c, smtp_port, hook_port).await?;
+    // An operator checks the channels with a test message (sent once, recorded nowhere).
+    for ch in ["ops-mail", "ops-hook"] {
+        let v = admin_ok(c, Method::POST, 1, &format!("/api/v1/alerts/channels/{ch}/test"), None).await?;
+        assert_eq!(v["result"], "sent", "{ch}: {v}");
+    }
+    let test_hooks: Vec<Value> =
+        inbox_items(hook).iter().filter_map(|r| serde_json::from_str::<Value>(&r.text).ok()).collect();
+    assert!(test_hooks.iter().any(|v| v["rule"]["id"] == "test"), "no test webhook: {test_hooks:?}");
+    assert!(inbox_items(mail).iter().any(|m| m.text.contains("a test notification")), "no test e-mail");
     eventually("built-in alert rules", Duration::from_secs(30), || async {
         let v = c.admin(Method::GET, 1, "/api/v1/alerts/rules/p95-response-time", None).await.ok()?;
         (v.0 == 200).then_some(())

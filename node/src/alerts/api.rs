@@ -46,7 +46,8 @@ pub fn routes() -> Router<AppState> {
         .route("/rules", get(list_rules))
         .route("/rules/{id}", get(get_rule).put(put_rule).delete(delete_rule))
         .route("/channels", get(list_channels))
-        .route("/channels/{id}", get(get_channel).put(put_channel).delete(delete_channel));
+        .route("/channels/{id}", get(get_channel).put(put_channel).delete(delete_channel))
+        .route("/channels/{id}/test", axum::routing::post(test_channel));
     #[cfg(feature = "fault-injection")]
     let r = r.route("/fault/delay", axum::routing::put(put_fault_delay));
     r
@@ -530,6 +531,24 @@ async fn delete_channel(
     check_id(&id, "channel")?;
     let index = propose(&state, M::DeleteChannel(state::DeleteAlertChannel { id })).await?;
     Ok(Json(json!({"commit_index": index})))
+}
+
+/// Sends a test message through a channel from the answering node, once, and says how it went.
+async fn test_channel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    auth::require(&state, &headers, &auth::OPERATE).await?;
+    check_id(&id, "channel")?;
+    let c = state
+        .node
+        .reader
+        .get_msg::<state::AlertChannel>(&monitoring::channel(&id))
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no alert channel `{id}`")))?;
+    let r = super::notify::send_test(state.node.id, &c).await;
+    Ok(Json(json!({"channel_id": id, "result": r.result, "detail": r.detail, "node_id": state.node.id})))
 }
 
 // ---- Fault injection (tests only) ----

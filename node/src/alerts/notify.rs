@@ -41,7 +41,9 @@ impl Notifier {
                 None
             }
         };
-        tokio::spawn(run(node, rx, http, Arc::new(ca_pem.to_vec())));
+        let ca_pem = Arc::new(ca_pem.to_vec());
+        let _ = SENDER.set((http.clone(), ca_pem.clone()));
+        tokio::spawn(run(node, rx, http, ca_pem));
         Arc::new(Notifier { tx })
     }
 
@@ -55,6 +57,31 @@ impl Notifier {
             tracing::error!(event = %job.event_id, rule = %job.rule.id, "alert notification queue full; notification dropped");
         }
     }
+}
+
+/// The webhook client and the cluster CA, for test messages sent from the API.
+static SENDER: std::sync::OnceLock<(Option<reqwest::Client>, Arc<Vec<u8>>)> = std::sync::OnceLock::new();
+
+/// Sends a test message through `ch` once (no retries, not recorded, not counted), so an operator
+/// can check a channel's settings and this node's secrets (`POST /alerts/channels/{id}/test`).
+pub async fn send_test(node_id: u64, ch: &state::AlertChannel) -> state::NotificationResult {
+    let (http, ca_pem) = SENDER.get().cloned().unwrap_or_default();
+    let at_ms = crate::api::now_ms();
+    let job = Job {
+        event_id: format!("test-{at_ms}"),
+        transition: state::AlertTransition {
+            rule_id: "test".into(),
+            subject: format!("node/{node_id}"),
+            firing: true,
+            at_ms,
+            value: 0.0,
+            severity: "info".into(),
+            message: format!("a test notification from node {node_id}; no alert is firing"),
+            node_id,
+        },
+        rule: state::AlertRule { id: "test".into(), description: "test notification".into(), ..Default::default() },
+    };
+    deliver(node_id, http.as_ref(), &ca_pem, ch, &job, 1, false).await
 }
 
 fn webhook_client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
@@ -103,7 +130,7 @@ pub fn channels_for(node: &ClusterNode, rule: &state::AlertRule) -> Vec<state::A
 
 async fn deliver_job(node: &Arc<ClusterNode>, http: Option<&reqwest::Client>, ca_pem: &[u8], job: Job) {
     let channels = channels_for(node, &job.rule);
-    let deliveries = channels.iter().map(|ch| deliver(node.id, http, ca_pem, ch, &job));
+    let deliveries = channels.iter().map(|ch| deliver(node.id, http, ca_pem, ch, &job, DELIVERY_ATTEMPTS_MAX, true));
     let results = futures::future::join_all(deliveries).await;
     if results.is_empty() {
         return;
@@ -125,12 +152,16 @@ async fn deliver_job(node: &Arc<ClusterNode>, http: Option<&reqwest::Client>, ca
     }
 }
 
+/// Sends `job` to `ch` with at most `attempts_max` attempts; `counted` adds the outcome to
+/// `dtm_alert_notifications_total` (test messages are not counted).
 async fn deliver(
     node_id: u64,
     http: Option<&reqwest::Client>,
     ca_pem: &[u8],
     ch: &state::AlertChannel,
     job: &Job,
+    attempts_max: u32,
+    counted: bool,
 ) -> state::NotificationResult {
     let kind: &'static str = match ch.kind.as_str() {
         "email" => "email",
@@ -151,7 +182,7 @@ async fn deliver(
     }
     let mut backoff = RETRY_BACKOFF_MIN;
     let mut last_error = String::new();
-    for attempt in 1..=DELIVERY_ATTEMPTS_MAX {
+    for attempt in 1..=attempts_max {
         result.attempts = attempt;
         let sent = match kind {
             "email" => tokio::time::timeout(DELIVERY_TIMEOUT, send_email(ch, ca_pem, job)).await,
@@ -162,7 +193,10 @@ async fn deliver(
                 result.result = "sent".into();
                 result.at_ms = crate::api::now_ms();
                 result.detail = String::new();
-                metrics::counter!("dtm_alert_notifications_total", "channel" => kind, "result" => "sent").increment(1);
+                if counted {
+                    metrics::counter!("dtm_alert_notifications_total", "channel" => kind, "result" => "sent")
+                        .increment(1);
+                }
                 tracing::info!(channel = %ch.id, event = %job.event_id, attempt, "alert notification sent");
                 return result;
             }
@@ -170,7 +204,7 @@ async fn deliver(
             Err(_) => last_error = format!("no answer within {} s", DELIVERY_TIMEOUT.as_secs()),
         }
         tracing::warn!(channel = %ch.id, event = %job.event_id, attempt, error = %last_error, "alert notification failed");
-        if attempt < DELIVERY_ATTEMPTS_MAX {
+        if attempt < attempts_max {
             tokio::time::sleep(backoff).await;
             backoff *= 2;
         }
@@ -178,7 +212,9 @@ async fn deliver(
     result.result = "failed".into();
     result.at_ms = crate::api::now_ms();
     result.detail = last_error.chars().take(monitoring::TEXT_BYTES_MAX / 4).collect();
-    metrics::counter!("dtm_alert_notifications_total", "channel" => kind, "result" => "failed").increment(1);
+    if counted {
+        metrics::counter!("dtm_alert_notifications_total", "channel" => kind, "result" => "failed").increment(1);
+    }
     result
 }
 

@@ -358,6 +358,10 @@ const OPERATIONS: &[Op] = &[
         ..op("delete", "/api/v1/alerts/channels/{id}", "alerts", "Delete a notification channel")
     },
     Op {
+        who: ALERTS_CHANGE_WHO,
+        ..op("post", "/api/v1/alerts/channels/{id}/test", "alerts", "Send a test message through a channel, once")
+    },
+    Op {
         body: Some(("Login", JSON)),
         errors: &[413, 415, 422],
         ..op("post", "/api/v1/auth/login", "identity", "Sign in (session cookie and CSRF token)")
