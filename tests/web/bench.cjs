@@ -60,11 +60,23 @@ async function adminSession() {
   return cookie.split("=").slice(1).join("=");
 }
 
+/** The demo's data-entry user (reporting pages), when the demo has one. */
+async function dataEntrySession() {
+  const r = demo.reporting;
+  if (!r || !r.username) return null;
+  const login = await api("POST", "/api/v1/auth/login", { username: r.username, password: r.password });
+  if (login.status !== 200) return null;
+  return login.cookies.find((c) => c.startsWith("__Host-dtm_session=")).split(";")[0].split("=").slice(1).join("=");
+}
+
 function pages() {
-  const ds = (demo.datasets[0] && (demo.datasets[0].id || demo.datasets[0])) || "";
+  const ids = demo.datasets.map((d) => d.id || d);
+  const ds = ids.find((d) => d === "etx_monthly") || ids[0] || "";
   const src = (demo.sources[0] && demo.sources[0].id) || "";
   return [
     ["sign-in", "/ui/login"],
+    ["reports due (data entry)", "/ui/reporting/due", "data-entry"],
+    ["reporting status", "/ui/reporting/status"],
     ["home", "/ui/"],
     ["dashboard", "/ui/dashboard"],
     ["catalog", "/ui/catalog"],
@@ -135,10 +147,14 @@ function lighthouse(url, session, preset) {
 }
 
 (async () => {
-  const session = await adminSession();
+  const admin = await adminSession();
+  const dataEntry = await dataEntrySession();
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox", "--disable-dev-shm-usage"] });
   const rows = [];
-  for (const [name, p] of pages()) {
+  const only = process.env.ONLY; // a path prefix, to measure some pages only
+  for (const [name, p, who] of pages().filter(([, p]) => !only || p.startsWith(only))) {
+    const session = who === "data-entry" ? dataEntry : admin;
+    if (!session) continue;
     const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
     await ctx.addCookies([{ name: "__Host-dtm_session", value: session, url: BASE, secure: true, httpOnly: true, sameSite: "Strict" }]);
     const page = await ctx.newPage();

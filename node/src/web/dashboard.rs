@@ -22,7 +22,7 @@ use crate::api::auth::Role;
 
 const ROLES: &[Role] = &[Role::Admin, Role::Operator];
 /// Seconds between two reloads of the live part.
-const REFRESH_SECONDS: u32 = 5;
+const REFRESH_SECONDS: u32 = 10;
 
 pub struct MemberRow {
     pub id: u64,
