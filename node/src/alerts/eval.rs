@@ -180,6 +180,9 @@ impl Evaluator {
             .nodes()
             .map(|(id, _)| format!("node/{id}"))
             .collect();
+        // The (rule, subject) pairs observed this round: a pending condition of a rule deleted or
+        // disabled, or of a subject no longer observed, is forgotten (else `pending` only grows).
+        let mut observed: HashSet<(String, String)> = HashSet::new();
         for rule in rules.iter().filter(|r| r.enabled) {
             let Some(m) = rules::metric(&rule.metric) else { continue };
             if m.cluster && !leader {
@@ -187,6 +190,7 @@ impl Evaluator {
             }
             let observations = self.observe(rule, status.as_ref(), now);
             let seen: HashSet<&str> = observations.iter().map(|o| o.subject.as_str()).collect();
+            observed.extend(observations.iter().map(|o| (rule.id.clone(), o.subject.clone())));
             for o in &observations {
                 let key = (rule.id.clone(), o.subject.clone());
                 let firing = states.get(&key).is_some_and(|s| s.firing);
@@ -226,6 +230,7 @@ impl Evaluator {
                 self.propose(rule, &subject, false, value, "no longer observed".into()).await;
             }
         }
+        self.pending.retain(|key, _| observed.contains(key));
     }
 
     /// Proposes a transition; notifies when this node's transition is the one recorded.
