@@ -316,7 +316,7 @@ fn rule_from(id: &str, b: RuleBody, builtin: bool) -> ApiResult<state::AlertRule
         return Err(ApiError::bad_request(format!("anomaly rules work over {}", rules::ANOMALY_METRICS.join(" or "))));
     }
     let window_ms = if b.window_ms == 0 { 60_000 } else { b.window_ms };
-    if window_ms < 1_000 || window_ms + b.baseline_ms > (SECONDS_KEPT as u64 - 1) * 1000 {
+    if window_ms < 1_000 || window_ms.saturating_add(b.baseline_ms) > (SECONDS_KEPT as u64 - 1) * 1000 {
         return Err(ApiError::bad_request(format!(
             "window_ms is at least 1000, and window_ms + baseline_ms at most {} (the node keeps {SECONDS_KEPT} s)",
             (SECONDS_KEPT - 1) * 1000
@@ -510,16 +510,27 @@ async fn put_channel(
         webhook: b.webhook.map(|w| state::WebhookChannel { url: w.url, secret_ref: w.secret_ref }),
         updated_at_ms: crate::api::now_ms(),
     };
-    if let Some(w) = &channel.webhook
-        && reqwest::Url::parse(&w.url).is_err()
-    {
-        return Err(ApiError::bad_request("webhook.url is not a URL"));
+    if let Some(problem) = channel.webhook.as_ref().and_then(|w| webhook_url_problem(&w.url)) {
+        return Err(ApiError::bad_request(problem));
     }
     if let Some(problem) = monitoring::channel_problem(&channel) {
         return Err(ApiError::bad_request(problem));
     }
     let index = propose(&state, M::PutChannel(state::PutAlertChannel { channel: Some(channel.clone()) })).await?;
     Ok(Json(json!({"channel": channel_json(&channel), "commit_index": index})))
+}
+
+/// What is wrong with a webhook URL, if anything. It is replicated and shown to every reader of
+/// the channels, so it may not carry credentials.
+fn webhook_url_problem(text: &str) -> Option<&'static str> {
+    let Ok(url) = reqwest::Url::parse(text) else { return Some("webhook.url is not a URL") };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some(
+            "webhook.url must not carry a user name or password (it is replicated and shown to readers); \
+             sign the requests with secret_ref instead",
+        );
+    }
+    None
 }
 
 async fn delete_channel(
@@ -572,4 +583,28 @@ async fn put_fault_delay(State(state): State<AppState>, headers: HeaderMap, body
     super::fault::DELAY_MS.store(b.ms, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(delay_ms = b.ms, "fault injection: API responses delayed");
     Ok(Json(json!({"delay_ms": b.ms, "node_id": state.node.id})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_and_baseline_that_overflow_are_refused() {
+        let b: RuleBody = serde_json::from_value(json!({
+            "kind": "anomaly", "metric": "http_requests_per_second", "k_sigma": 3.0,
+            "window_ms": 1000, "baseline_ms": u64::MAX,
+        }))
+        .expect("a rule body");
+        let e = rule_from("r", b, false).err().expect("refused");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn webhook_urls_with_credentials_are_refused() {
+        assert_eq!(webhook_url_problem("https://hooks.example/x?y=1"), None);
+        assert!(webhook_url_problem("https://user:pw@hooks.example/x").is_some());
+        assert!(webhook_url_problem("https://user@hooks.example/x").is_some());
+        assert!(webhook_url_problem("not a url").is_some());
+    }
 }

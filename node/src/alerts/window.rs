@@ -167,7 +167,8 @@ impl RequestWindow {
     pub fn series(&self, step: Duration, steps: u64) -> Vec<Summary> {
         let step_s = step.as_secs().max(1);
         let up_steps = self.now_second() / step_s;
-        let steps = steps.min(up_steps).min(SECONDS_KEPT as u64 / step_s - 1);
+        // A replicated rule's window is not bounded by `apply`: one longer than the ring gives none.
+        let steps = steps.min(up_steps).min((SECONDS_KEPT as u64 / step_s).saturating_sub(1));
         (0..steps)
             .rev()
             .map(|i| {
@@ -218,6 +219,13 @@ mod tests {
         let last = w.series(Duration::from_secs(1), 10).pop().expect("a window");
         assert_eq!(last.requests, 0, "the current, partial second is not in the series");
         assert_eq!(w.summary(Duration::from_secs(1)).requests, 1, "but it is in a summary");
+    }
+
+    #[test]
+    fn a_window_longer_than_the_ring_gives_no_series() {
+        // A replicated rule is not bounded by `apply`: a step of 1000 s must not underflow.
+        let w = RequestWindow::default();
+        assert!(w.series(Duration::from_secs(1_000), 5).is_empty());
     }
 
     #[test]
