@@ -453,20 +453,24 @@ async fn list_channels(State(state): State<AppState>, headers: HeaderMap) -> Api
     Ok(Json(json!({"channels": channels})))
 }
 
+/// The channel `id` as this node has applied it (400 for a malformed id, 404 when there is none).
+fn stored_channel(state: &AppState, id: &str) -> ApiResult<state::AlertChannel> {
+    check_id(id, "channel")?;
+    state
+        .node
+        .reader
+        .get_msg::<state::AlertChannel>(&monitoring::channel(id))
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no alert channel `{id}`")))
+}
+
 async fn get_channel(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     auth::require(&state, &headers, &ALERTS_READ).await?;
-    check_id(&id, "channel")?;
-    let c = state
-        .node
-        .reader
-        .get_msg::<state::AlertChannel>(&monitoring::channel(&id))
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no alert channel `{id}`")))?;
-    Ok(Json(channel_json(&c)))
+    Ok(Json(channel_json(&stored_channel(&state, &id)?)))
 }
 
 async fn put_channel(
@@ -551,13 +555,7 @@ async fn test_channel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     auth::require(&state, &headers, &auth::OPERATE).await?;
-    check_id(&id, "channel")?;
-    let c = state
-        .node
-        .reader
-        .get_msg::<state::AlertChannel>(&monitoring::channel(&id))
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no alert channel `{id}`")))?;
+    let c = stored_channel(&state, &id)?;
     let r = super::notify::send_test(state.node.id, &c).await;
     Ok(Json(json!({"channel_id": id, "result": r.result, "detail": r.detail, "node_id": state.node.id})))
 }
@@ -596,7 +594,7 @@ mod tests {
             "window_ms": 1000, "baseline_ms": u64::MAX,
         }))
         .expect("a rule body");
-        let e = rule_from("r", b, false).err().expect("refused");
+        let e = rule_from("r", b, false).expect_err("refused");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 
