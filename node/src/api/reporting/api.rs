@@ -152,11 +152,11 @@ pub async fn post_submission(
         Submitted::Invalid { mut error, errors } => {
             // The records API's 422 as it is, with each problem's form field named too.
             for d in &mut error.details {
-                let pointer = d.get("field").and_then(Value::as_str).unwrap_or("").to_string();
-                let name = errors
-                    .fields
-                    .keys()
-                    .find(|n| pointer.trim_start_matches('/').split('/').next() == Some(n.as_str()));
+                let name = d
+                    .get("field")
+                    .and_then(Value::as_str)
+                    .and_then(super::form::pointer_name)
+                    .filter(|n| errors.fields.contains_key(n));
                 d["input"] = name.map_or(Value::Null, |n| json!(n));
             }
             Err(error)

@@ -275,9 +275,14 @@ fn local_date_time(t: &str) -> String {
 
 /// The form field a validator problem is about (`/transactions` → `transactions`), if any.
 pub fn field_of_pointer<'a>(form: &'a Form, pointer: &str) -> Option<&'a str> {
-    let first = pointer.strip_prefix('/')?.split('/').next()?;
-    let name = first.replace("~1", "/").replace("~0", "~");
+    let name = pointer_name(pointer)?;
     form.fields.iter().find(|f| f.name == name).map(|f| f.name.as_str())
+}
+
+/// The property a JSON pointer starts with (`/a~1b/0` → `a/b`), unescaped (RFC 6901).
+pub fn pointer_name(pointer: &str) -> Option<String> {
+    let first = pointer.strip_prefix('/')?.split('/').next()?;
+    Some(first.replace("~1", "/").replace("~0", "~"))
 }
 
 #[cfg(test)]
