@@ -69,6 +69,9 @@ pub fn check_sample(s: &state::PerformanceSample) -> Option<String> {
     if s.node_id == 0 || s.to_ms <= s.from_ms || s.to_ms - s.from_ms > SAMPLE_SPAN_MS_MAX {
         return Some("a sample names its node and covers 1 ms to 24 hours".into());
     }
+    if s.interval_ms > SAMPLE_SPAN_MS_MAX {
+        return Some("a sample interval is at most 24 hours".into());
+    }
     if s.ready_ms > s.to_ms - s.from_ms {
         return Some("a node cannot be ready longer than the interval".into());
     }

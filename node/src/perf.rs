@@ -307,6 +307,7 @@ async fn sampler(node: Weak<ClusterNode>, input: FactsInput) {
             probes_ok: 0,
             probes_failed: 0,
             facts: Some(facts(&node, &input)),
+            interval_ms: interval.as_millis() as u64,
         };
         // The synthetic probes' latest round, when one finished in this interval (F5).
         let probes = crate::probes::latest();

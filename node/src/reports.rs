@@ -511,7 +511,8 @@ struct Latency {
     any_ready: Vec<(u64, u64)>,
     samples: u64,
     truncated: bool,
-    /// The longest interval of a sample, and the latest end of one.
+    /// The longest interval of a sample (or sample interval a node declared), and the latest end
+    /// of a sample.
     span_max_ms: u64,
     latest_ms: u64,
 }
@@ -564,7 +565,7 @@ fn latency(reader: &StateReader, from_ms: u64, to_ms: u64) -> Result<Latency, St
         let (a, b) = (s.from_ms.max(from_ms), s.to_ms.min(to_ms));
         let span = s.to_ms.saturating_sub(s.from_ms).max(1);
         let part = b.saturating_sub(a);
-        l.span_max_ms = l.span_max_ms.max(span);
+        l.span_max_ms = l.span_max_ms.max(span).max(s.interval_ms);
         l.latest_ms = l.latest_ms.max(s.to_ms);
         let n = l.nodes.entry(s.node_id).or_default();
         n.covered_ms += part;
