@@ -731,3 +731,74 @@ async fn anomaly_and_silence(
     wait_both("security events alert", mail, hook, "refusals", "cluster", "firing", Duration::from_secs(30)).await?;
     Ok(())
 }
+
+/// A5.2 (access): alert endpoints refuse callers without the admin, operator or auditor role — a
+/// data-entry user (401/403 in the JSON error shape), a source's key, an anonymous caller — for
+/// reading and changing alike; and the settings a client could abuse are refused with 400: a
+/// webhook URL that carries credentials (it would be replicated and shown), a window and baseline
+/// whose sum overflows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a5_2_alert_endpoints_by_role_and_refused_settings() -> anyhow::Result<()> {
+    let c = TestCluster::start(1, &[]).await?;
+    let result = access_and_refusals(&c).await;
+    if result.is_err() {
+        c.dump_logs();
+    }
+    result
+}
+
+async fn access_and_refusals(c: &TestCluster) -> anyhow::Result<()> {
+    let body = json!({"username": "alert-entry", "role": "data-entry", "agency": "ubnd-dn", "password": "paper kite orange river"});
+    let (s, v) = c.admin(Method::POST, 1, "/api/v1/users", Some(body)).await?;
+    anyhow::ensure!(s == 201, "user: {s} {v}");
+    let (cookie, csrf) = c.sign_in_with_csrf(1, "alert-entry", "paper kite orange river").await?;
+    let key = c.create_source(1, "alert-probe").await?;
+    let rule = json!({"metric": "http_error_ratio", "op": ">", "threshold": 0.5});
+    let calls: [(Method, &str, Option<Value>); 4] = [
+        (Method::GET, "/api/v1/alerts", None),
+        (Method::GET, "/api/v1/alerts/channels", None),
+        (Method::PUT, "/api/v1/alerts/rules/r1", Some(rule.clone())),
+        (Method::POST, "/api/v1/alerts/channels/none/test", None),
+    ];
+    for (method, path, body) in calls {
+        let url = format!("{}{path}", c.url(1));
+        let callers = [
+            (
+                "data-entry",
+                c.http.request(method.clone(), &url).header("cookie", &cookie).header("x-csrf-token", &csrf),
+            ),
+            ("source key", c.http.request(method.clone(), &url).header("x-api-key", &key)),
+            ("anonymous", c.http.request(method.clone(), &url)),
+        ];
+        for (who, mut req) in callers {
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            let expected: &[u16] = if who == "anonymous" { &[401] } else { &[403] };
+            anyhow::ensure!(expected.contains(&status), "{method} {path} as {who}: {status} {v}");
+            anyhow::ensure!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "error shape: {v}");
+        }
+    }
+    let (s, v) = c.admin(Method::GET, 1, "/api/v1/alerts/rules/r1", None).await?;
+    anyhow::ensure!(s == 404, "nothing was stored by the refused callers: {s} {v}");
+
+    let refused = [
+        (
+            "/api/v1/alerts/channels/creds",
+            json!({"kind": "webhook", "webhook": {"url": "https://user:pw@127.0.0.1:9/x"}}),
+        ),
+        (
+            "/api/v1/alerts/rules/huge",
+            json!({"kind": "anomaly", "metric": "http_requests_per_second", "k_sigma": 3.0, "window_ms": 1000,
+                   "baseline_ms": u64::MAX}),
+        ),
+    ];
+    for (path, body) in refused {
+        let (s, v) = c.admin(Method::PUT, 1, path, Some(body)).await?;
+        anyhow::ensure!(s == 400 && v["error"]["code"].is_string(), "{path}: {s} {v}");
+    }
+    Ok(())
+}
