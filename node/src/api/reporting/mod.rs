@@ -338,10 +338,12 @@ pub async fn status(state: &AppState, dataset: Option<&str>, period: Option<&str
     Ok(rows)
 }
 
-/// The status rows as CSV (RFC 4180), with a header line.
+/// The status rows as CSV (RFC 4180), with a header line. Texts a spreadsheet would run as a
+/// formula (a user name may begin with `-` or `@`) get a leading `'`, as in the exports.
 pub fn status_csv(rows: &[ReportRow]) -> String {
     fn cell(s: &str) -> String {
-        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+        let s = super::export::neutralise(s);
+        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.into_owned() }
     }
     let mut out = String::from(
         "dataset,agency,period,status,late,deadline,submitted_at,submitted_by,version,draft_saved_at,draft_saved_by\r\n",
@@ -875,4 +877,38 @@ pub fn obligation_json(o: &state::Obligation) -> Value {
         "first_period": o.first_period, "agency_field": o.agency_field, "period_field": o.period_field,
         "active": o.active, "updated_at": rfc3339(o.updated_at_ms), "updated_by": o.updated_by,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_csv_quotes_and_neutralises_formulas() {
+        let row = ReportRow {
+            dataset: "d".into(),
+            title: "D".into(),
+            agency: "a".into(),
+            period: "2026-03".into(),
+            period_type: "month",
+            period_start: String::new(),
+            period_end: String::new(),
+            deadline: "2026-04-15T17:00:00Z".into(),
+            deadline_ms: 0,
+            status: ReportStatus::Submitted,
+            late: false,
+            reminder: false,
+            days_left: 0,
+            draft_saved_at: None,
+            draft_saved_by: None,
+            submitted_at: None,
+            submitted_by: Some("@cmd,x".into()),
+            draft_saved_at_ms: 0,
+            submitted_at_ms: 0,
+            version: 1,
+        };
+        let csv = status_csv(&[row]);
+        let line = csv.lines().nth(1).expect("a row");
+        assert_eq!(line, "d,a,2026-03,submitted,false,2026-04-15T17:00:00Z,,\"'@cmd,x\",1,,");
+    }
 }
