@@ -500,6 +500,9 @@ async fn put_channel(
                 return Err(ApiError::bad_request(format!("`{address}` is not an e-mail address")));
             }
         }
+        if let Some(problem) = super::notify::plain_auth_problem(e) {
+            return Err(ApiError::bad_request(problem));
+        }
         if !e.username.is_empty() && e.password_ref.is_empty() {
             return Err(ApiError::bad_request(
                 "a user name needs password_ref: the password is read from DTM_ALERT_SECRET_<REF> on each node, never stored",

@@ -312,6 +312,9 @@ async fn send_email(ch: &state::AlertChannel, ca_pem: &[u8], job: &Job) -> Resul
         _ => builder,
     };
     let mut builder = builder.port(port).timeout(Some(DELIVERY_TIMEOUT));
+    if let Some(problem) = plain_auth_problem(e) {
+        return Err(problem.into());
+    }
     if !e.username.is_empty() {
         let password =
             secret(&e.password_ref).ok_or_else(|| format!("secret `{}` is not set on this node", e.password_ref))?;
@@ -326,6 +329,19 @@ async fn send_email(ch: &state::AlertChannel, ca_pem: &[u8], job: &Job) -> Resul
     }
     let message = message.body(text_body(job)).map_err(|x| x.to_string())?;
     builder.build().send(message).await.map(|_| ()).map_err(|x| x.to_string())
+}
+
+/// A password would cross the network in clear text: `security: "plain"` with a user name to a
+/// host other than loopback (lettre authenticates over any connection it is given).
+pub fn plain_auth_problem(e: &state::EmailChannel) -> Option<&'static str> {
+    let loopback = e.host == "localhost"
+        || e.host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    (e.security == "plain" && !e.username.is_empty() && !loopback)
+        .then_some("email: a user name with security \"plain\" would send the password in clear text; use starttls or tls (plain is for a relay on loopback)")
 }
 
 async fn send_webhook(http: Option<&reqwest::Client>, ch: &state::AlertChannel, job: &Job) -> Result<(), String> {
@@ -362,6 +378,23 @@ mod tests {
             sign(b"Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn a_password_is_never_sent_in_clear_text_off_loopback() {
+        let e = |host: &str, security: &str, username: &str| state::EmailChannel {
+            host: host.into(),
+            security: security.into(),
+            username: username.into(),
+            ..Default::default()
+        };
+        assert!(plain_auth_problem(&e("smtp.example", "plain", "u")).is_some());
+        assert!(plain_auth_problem(&e("10.0.0.5", "plain", "u")).is_some());
+        assert_eq!(plain_auth_problem(&e("127.0.0.1", "plain", "u")), None);
+        assert_eq!(plain_auth_problem(&e("[::1]", "plain", "u")), None);
+        assert_eq!(plain_auth_problem(&e("localhost", "plain", "u")), None);
+        assert_eq!(plain_auth_problem(&e("smtp.example", "plain", "")), None);
+        assert_eq!(plain_auth_problem(&e("smtp.example", "starttls", "u")), None);
     }
 
     #[test]
