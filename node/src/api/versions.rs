@@ -317,6 +317,34 @@ pub struct CorrectionQuery {
 }
 
 /// `POST /datasets/{id}/records/{record_id}/corrections` with `{"record": {...}, "reason": "..."}`.
+/// The lineage fields of a correction of `t` (the latest version of its record): what it corrects,
+/// why, and which counted version's contribution it retracts. Shared with the reporting regime's
+/// corrections (`reporting::submit`).
+pub async fn correction_amend(
+    state: &AppState,
+    t: &state::StoredRecord,
+    reason: String,
+) -> ApiResult<state::Submission> {
+    let mut amend = state::Submission { corrects_id: t.id.clone(), correction_reason: reason, ..Default::default() };
+    match lineage::counted_version(&state.node.reader, t).map_err(ApiError::internal)? {
+        lineage::Counted::Version(c) => {
+            let ds = super::catalog::dataset_version(state, &t.dataset, Some(c.schema_version)).await?;
+            let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;
+            let contribution = contribution_of(&compiled, &c).map_err(ApiError::internal)?;
+            amend.retract_id = c.id.clone();
+            amend.retract = Some(state::AggContribution {
+                cell_key: contribution.cell_key(),
+                measures: contribution.measures.into_iter().collect(),
+            });
+        }
+        lineage::Counted::Nothing => {}
+        lineage::Counted::TooLong => {
+            return Err(unprocessable("version_chain_too_long", format!("record `{}` has too many versions", t.id)));
+        }
+    }
+    Ok(amend)
+}
+
 pub async fn post_correction(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -367,23 +395,7 @@ pub async fn post_correction(
         e.details = vec![json!({"latest_id": latest})];
         return Err(e);
     }
-    let mut amend = state::Submission { corrects_id: t.id.clone(), correction_reason: reason, ..Default::default() };
-    match lineage::counted_version(&state.node.reader, &t).map_err(ApiError::internal)? {
-        lineage::Counted::Version(c) => {
-            let ds = super::catalog::dataset_version(&state, &dataset, Some(c.schema_version)).await?;
-            let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;
-            let contribution = contribution_of(&compiled, &c).map_err(ApiError::internal)?;
-            amend.retract_id = c.id.clone();
-            amend.retract = Some(state::AggContribution {
-                cell_key: contribution.cell_key(),
-                measures: contribution.measures.into_iter().collect(),
-            });
-        }
-        lineage::Counted::Nothing => {}
-        lineage::Counted::TooLong => {
-            return Err(unprocessable("version_chain_too_long", format!("record `{}` has too many versions", t.id)));
-        }
-    }
+    let amend = correction_amend(&state, &t, reason).await?;
     let version = records::schema_version(&headers, q.schema_version)?;
     let prepared = records::prepare(&state, &submitter, &dataset, version).await?;
     let bytes = serde_json::to_vec(&record).map_err(ApiError::internal)?;

@@ -697,40 +697,15 @@ pub async fn submit(
     Ok(Submitted::Stored { submission: submission_json(&stored), replayed: answer.replayed })
 }
 
-/// The lineage fields of a correction of a report's record (as `versions::post_correction` sets
-/// them): what it corrects, why, and which counted version's contribution it retracts.
+/// The lineage fields of a correction of a report's record: those of a correction of its latest
+/// version (`versions::correction_amend`, as `POST …/corrections` sets them).
 async fn correction_of(state: &AppState, e: &state::ReportSubmission, reason: &str) -> ApiResult<state::Submission> {
     let id =
         e.record_ids.first().ok_or_else(|| ApiError::conflict("the submitted report stored no record to correct"))?;
     let found =
         super::versions::find(state, id).await?.ok_or_else(|| ApiError::internal("a report's record is missing"))?;
     let latest = latest_version(state, &found.record)?;
-    let mut amend = state::Submission {
-        corrects_id: latest.id.clone(),
-        correction_reason: reason.to_string(),
-        ..Default::default()
-    };
-    match lineage::counted_version(&state.node.reader, &latest).map_err(ApiError::internal)? {
-        lineage::Counted::Version(c) => {
-            let ds = super::catalog::dataset_version(state, &latest.dataset, Some(c.schema_version)).await?;
-            let compiled = state.catalog.compiled(&ds).map_err(ApiError::internal)?;
-            let contribution = super::versions::contribution_of(&compiled, &c).map_err(ApiError::internal)?;
-            amend.retract_id = c.id.clone();
-            amend.retract = Some(state::AggContribution {
-                cell_key: contribution.cell_key(),
-                measures: contribution.measures.into_iter().collect(),
-            });
-        }
-        lineage::Counted::Nothing => {}
-        lineage::Counted::TooLong => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "version_chain_too_long",
-                "the report's record has too many versions",
-            ));
-        }
-    }
-    Ok(amend)
+    super::versions::correction_amend(state, &latest, reason.to_string()).await
 }
 
 /// Sets a dataset's obligation from its JSON (admin): checks everything and resolves each
