@@ -261,6 +261,7 @@ async fn reporting_regime_c2b_obligation_drafts_submission_status_audit_lineage(
         anyhow::ensure!(r["status"] == "submitted" && r["late"] == false && r["submitted_by"] == "dn-entry" && r["version"] == 2, "{r}");
         anyhow::ensure!(row(&v["reports"], "dvc_late", "ubnd-hue").is_some_and(|r| r["status"] == "late"), "{v}");
         anyhow::ensure!(v["summary"]["late"].as_u64() >= Some(2) && v["summary"]["submitted"] == 1, "{v}");
+        anyhow::ensure!(v["truncated"] == false, "a short answer is complete: {v}");
         let resp = c
             .http
             .get(format!("{}/api/v1/reporting/status?format=csv", c.url(3)))
@@ -268,6 +269,7 @@ async fn reporting_regime_c2b_obligation_drafts_submission_status_audit_lineage(
             .send()
             .await?;
         anyhow::ensure!(resp.headers().get("content-type").is_some_and(|t| t.to_str().unwrap_or("").starts_with("text/csv")));
+        anyhow::ensure!(resp.headers().get("x-truncated").is_some_and(|t| t == "false"), "X-Truncated");
         let csv = resp.text().await?;
         anyhow::ensure!(csv.starts_with("dataset,agency,period,status,late,"), "{csv}");
         anyhow::ensure!(csv.contains(&format!("dvc_late,ubnd-dn,{period},late,true,")), "{csv}");

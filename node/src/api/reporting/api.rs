@@ -219,12 +219,16 @@ pub async fn get_status(
         q.period.as_deref().filter(|p| !p.is_empty()),
     )
     .await?;
+    // The answer stops at STATUS_ROWS_MAX rows; say so rather than look complete.
+    let truncated = rows.len() >= super::STATUS_ROWS_MAX;
     if csv {
         let headers = [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
             (header::CONTENT_DISPOSITION, "attachment; filename=\"reporting-status.csv\""),
         ];
-        return Ok((headers, super::status_csv(&rows)).into_response());
+        let mut resp = (headers, super::status_csv(&rows)).into_response();
+        resp.headers_mut().insert("x-truncated", HeaderValue::from_static(if truncated { "true" } else { "false" }));
+        return Ok(resp);
     }
     let count = |s: super::ReportStatus| rows.iter().filter(|r| r.status == s).count();
     let summary = json!({
@@ -232,5 +236,5 @@ pub async fn get_status(
         "missing": count(super::ReportStatus::Missing), "late": count(super::ReportStatus::Late),
         "submitted_late": rows.iter().filter(|r| r.status == super::ReportStatus::Submitted && r.late).count(),
     });
-    Ok(Json(json!({"summary": summary, "reports": rows})).into_response())
+    Ok(Json(json!({"summary": summary, "reports": rows, "truncated": truncated})).into_response())
 }
