@@ -795,6 +795,11 @@ async fn access_and_refusals(c: &TestCluster) -> anyhow::Result<()> {
             json!({"kind": "anomaly", "metric": "http_requests_per_second", "k_sigma": 3.0, "window_ms": 1000,
                    "baseline_ms": u64::MAX}),
         ),
+        // A rule naming a channel that does not exist would notify nobody.
+        (
+            "/api/v1/alerts/rules/typo",
+            json!({"metric": "node_down", "op": ">=", "threshold": 1.0, "channels": ["no-such"]}),
+        ),
     ];
     for (path, body) in refused {
         let (s, v) = c.admin(Method::PUT, 1, path, Some(body)).await?;

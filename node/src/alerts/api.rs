@@ -372,6 +372,12 @@ async fn put_rule(
         .map_err(ApiError::internal)?
         .is_some_and(|r| r.builtin);
     let rule = rule_from(&id, b, builtin)?;
+    // A mistyped channel id would make the rule notify nobody, silently.
+    for ch in &rule.channels {
+        if crate::api::lookup_fresh::<state::AlertChannel>(&state, &monitoring::channel(ch)).await?.is_none() {
+            return Err(ApiError::bad_request(format!("no alert channel `{ch}`; create it first")));
+        }
+    }
     let index = propose(&state, M::PutRule(state::PutAlertRule { rule: Some(rule.clone()) })).await?;
     Ok(Json(json!({"rule": rule_json(&rule), "commit_index": index})))
 }
