@@ -414,11 +414,11 @@ pub fn table_checks(
     for (node, f) in &facts {
         if let Some(f) = f {
             f8.passed &= !f.audit_verification_failed;
-            f8.evidence.push(format!(
-                "node {node}: own periodic verification {} ({} entries)",
-                if f.audit_verification_failed { "FAILED" } else { "ok" },
-                f.audit_verified_entries
-            ));
+            f8.evidence.push(match (f.audit_verification_failed, f.audit_verified_entries) {
+                (true, n) => format!("node {node}: own periodic verification FAILED ({n} entries)"),
+                (false, 0) => format!("node {node}: own periodic verification has not finished a pass yet"),
+                (false, n) => format!("node {node}: own periodic verification ok ({n} entries)"),
+            });
         }
     }
     out.push(f8);
