@@ -246,6 +246,7 @@ async fn reporting_regime_c2b_obligation_drafts_submission_status_audit_lineage(
         let corrected_id = v["record_ids"][0].as_str().unwrap_or_default().to_string();
         let (s, v, _) = send(&c, 1, Method::GET, &format!("{submit_path}?agency=ubnd-dn"), Auth::Admin, None).await?;
         anyhow::ensure!(s == 200 && v["versions"].as_array().map(Vec::len) == Some(2), "versions: {s} {v}");
+        anyhow::ensure!(v["versions_truncated"] == false, "every version listed: {v}");
 
         // Lineage: channel web, the correction names what it corrects.
         let (s, v, _) = send(&c, 2, Method::GET, &format!("/api/v1/lineage/records/{record_id}"), Auth::Admin, None).await?;

@@ -53,6 +53,9 @@ pub const REPORTING_STATUS: Access = Access {
 pub const OBLIGATIONS_LISTED_MAX: usize = 1_000;
 /// Periods of one obligation listed at most (the most recent ones).
 pub const PERIODS_LISTED_MAX: usize = 24;
+/// Versions of one report listed at most (the oldest ones; `versions_truncated` says when there
+/// are more).
+pub const VERSIONS_LISTED_MAX: usize = 240;
 /// Rows of one status answer at most.
 pub const STATUS_ROWS_MAX: usize = 10_000;
 /// Deadlines and reminders at most a year after the period.
@@ -575,9 +578,10 @@ pub async fn get_submission(state: &AppState, dataset: &str, agency: &str, perio
         return Ok(None);
     };
     let prefix = tables::submission_versions_of(dataset, agency, period);
-    let rows = state.node.reader.scan(&prefix, None, PERIODS_LISTED_MAX * 10).map_err(ApiError::internal)?;
+    let rows = state.node.reader.scan(&prefix, None, VERSIONS_LISTED_MAX + 1).map_err(ApiError::internal)?;
+    let versions_truncated = rows.len() > VERSIONS_LISTED_MAX;
     let mut versions = Vec::new();
-    for (_, v) in rows {
+    for (_, v) in rows.into_iter().take(VERSIONS_LISTED_MAX) {
         let s = <state::ReportSubmission as prost::Message>::decode(v.as_slice()).map_err(ApiError::internal)?;
         versions
             .push(json!({"version": s.version, "submitted_at": rfc3339(s.submitted_at_ms), "submitted_by": s.username,
@@ -585,6 +589,7 @@ pub async fn get_submission(state: &AppState, dataset: &str, agency: &str, perio
     }
     let mut out = submission_json(&latest);
     out["versions"] = Value::Array(versions);
+    out["versions_truncated"] = Value::Bool(versions_truncated);
     Ok(Some(out))
 }
 
