@@ -50,11 +50,12 @@ impl Notifier {
     /// Queues a job; when the queue is full the job is not sent, and that is counted and logged.
     pub fn enqueue(&self, job: Job) {
         if let Err(e) = self.tx.try_send(job) {
-            let job = match e {
-                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            let (job, why) = match e {
+                mpsc::error::TrySendError::Full(j) => (j, "alert notification queue full; notification dropped"),
+                mpsc::error::TrySendError::Closed(j) => (j, "alert notifier stopped; notification dropped"),
             };
             metrics::counter!("dtm_alert_notifications_total", "channel" => "all", "result" => "dropped").increment(1);
-            tracing::error!(event = %job.event_id, rule = %job.rule.id, "alert notification queue full; notification dropped");
+            tracing::error!(event = %job.event_id, rule = %job.rule.id, "{why}");
         }
     }
 }
