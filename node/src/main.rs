@@ -16,6 +16,7 @@ mod bench_aggregates;
 mod bench_audit;
 mod certs;
 mod client;
+mod compliance;
 mod config;
 mod demo;
 mod drill;
@@ -27,11 +28,10 @@ mod live; // F5: rolling window for the dashboard and alerts
 mod metrics; // F5: Prometheus /metrics
 mod node_key;
 mod perf;
-mod reports;
-mod compliance;
 mod pipeline;
 mod probes; // F5: synthetic probes
 mod receipt;
+mod reports;
 mod server;
 mod soap;
 mod spool;

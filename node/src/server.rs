@@ -174,7 +174,15 @@ pub async fn serve(
     crate::backup::start_schedule(node.clone(), opts.backup.clone(), master.hex());
     tokio::spawn(refresh_own_address(node.clone(), stop_rx.clone()));
     crate::audit_reports::start_monthly(&node, opts.audit.monthly_reports);
-    crate::perf::start(&node, crate::perf::FactsInput { site: opts.site.clone(), audit: opts.audit.clone(), backup: opts.backup.clone(), perf: opts.performance.clone() });
+    crate::perf::start(
+        &node,
+        crate::perf::FactsInput {
+            site: opts.site.clone(),
+            audit: opts.audit.clone(),
+            backup: opts.backup.clone(),
+            perf: opts.performance.clone(),
+        },
+    );
     crate::reports::start_monthly(&node, opts.audit.monthly_reports);
     crate::alerts::start(&node, opts.data_dir.clone(), Some(https_cert.clone()), &node_tls.ca_pem, stop_rx.clone()); // A5.2
     let state = api::AppState {

@@ -99,7 +99,8 @@ async fn demo_runs_a_three_node_cluster_with_data_and_resumes() -> anyhow::Resul
         .and_then(|v| v.split(';').next())
         .map(str::to_string)
         .expect("the reporting user signs in");
-    let due: Value = http.get(format!("{url}/api/v1/reporting/due")).header("cookie", cookie).send().await?.json().await?;
+    let due: Value =
+        http.get(format!("{url}/api/v1/reporting/due")).header("cookie", cookie).send().await?.json().await?;
     assert!(
         due["reports"].as_array().is_some_and(|r| r.iter().any(|r| r["dataset"] == "dvc_monthly")),
         "the demo's report is due: {due}"

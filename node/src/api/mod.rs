@@ -146,8 +146,14 @@ pub fn router(state: AppState) -> Router {
         .route("/drills", post(crate::drill::post_drill))
         // A5.3, F4, C8-C9: performance and connection reports; S2: the compliance check.
         .route("/reports", get(crate::reports::api::list))
-        .route("/reports/performance", get(crate::reports::api::performance_now).post(crate::reports::api::create_performance))
-        .route("/reports/connections", get(crate::reports::api::connections_now).post(crate::reports::api::create_connections))
+        .route(
+            "/reports/performance",
+            get(crate::reports::api::performance_now).post(crate::reports::api::create_performance),
+        )
+        .route(
+            "/reports/connections",
+            get(crate::reports::api::connections_now).post(crate::reports::api::create_connections),
+        )
         .route("/reports/{id}", get(crate::reports::api::get))
         .route("/compliance", get(crate::compliance::get_compliance))
         .route("/compliance/facts", get(crate::compliance::get_facts))

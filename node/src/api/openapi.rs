@@ -488,7 +488,10 @@ const OPERATIONS: &[Op] = &[
         who: "admin, operator, auditor, data-entry of a listed agency",
         ..op("get", "/api/v1/datasets/{id}/obligation", "reporting", "A dataset's reporting obligation")
     },
-    Op { who: "data-entry", ..op("get", "/api/v1/reporting/due", "reporting", "The reports due for the user's agency") },
+    Op {
+        who: "data-entry",
+        ..op("get", "/api/v1/reporting/due", "reporting", "The reports due for the user's agency")
+    },
     Op {
         who: "admin, operator, auditor",
         query: &["dataset", "period", "format"],
@@ -497,7 +500,12 @@ const OPERATIONS: &[Op] = &[
     Op {
         who: "data-entry",
         errors: &[422],
-        ..op("get", "/api/v1/reporting/forms/{dataset}/{period}", "reporting", "The report form generated from the schema")
+        ..op(
+            "get",
+            "/api/v1/reporting/forms/{dataset}/{period}",
+            "reporting",
+            "The report form generated from the schema",
+        )
     },
     Op {
         who: "data-entry",
@@ -513,7 +521,12 @@ const OPERATIONS: &[Op] = &[
     Op {
         who: "data-entry (own agency), admin, operator, auditor",
         query: &["agency"],
-        ..op("get", "/api/v1/reporting/submissions/{dataset}/{period}", "reporting", "A submitted report and its versions")
+        ..op(
+            "get",
+            "/api/v1/reporting/submissions/{dataset}/{period}",
+            "reporting",
+            "A submitted report and its versions",
+        )
     },
     Op {
         who: "data-entry",

@@ -132,7 +132,8 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -
             j.0.nodes
                 .iter()
                 .map(|n| {
-                    let all = n.live.as_ref().and_then(|l| l.last_minute.channels.get("all").cloned()).unwrap_or_default();
+                    let all =
+                        n.live.as_ref().and_then(|l| l.last_minute.channels.get("all").cloned()).unwrap_or_default();
                     let ms = |s: Option<f64>| s.map(|s| s * 1000.0);
                     TrafficRow {
                         node_id: n.node_id,
@@ -199,9 +200,8 @@ async fn connection_log(state: &AppState, ctx: &Ctx) -> (Vec<SourceToday>, Vec<D
     let today = iso(now);
     let first = iso(now.saturating_sub((DAYS_SHOWN - 1) * 86_400_000));
     let days_query = format!("from={first}&to={today}");
-    let mut per_day: std::collections::BTreeMap<String, (u64, u64, u64)> = (0..DAYS_SHOWN)
-        .map(|i| (iso(now.saturating_sub((DAYS_SHOWN - 1 - i) * 86_400_000)), (0, 0, 0)))
-        .collect();
+    let mut per_day: std::collections::BTreeMap<String, (u64, u64, u64)> =
+        (0..DAYS_SHOWN).map(|i| (iso(now.saturating_sub((DAYS_SHOWN - 1 - i) * 86_400_000)), (0, 0, 0))).collect();
     let mut out = Vec::new();
     for s in sources.into_iter().filter(|s| !s.removed) {
         let Ok(q) = super::query_str(&days_query) else { continue };
@@ -212,7 +212,13 @@ async fn connection_log(state: &AppState, ctx: &Ctx) -> (Vec<SourceToday>, Vec<D
             let n = |k: &str| d[k].as_u64().unwrap_or(0);
             let day = d["day"].as_str().unwrap_or("").to_string();
             if day == today {
-                row = SourceToday { requests: n("requests"), successes: n("successes"), failures: n("failures"), records: n("records"), ..row };
+                row = SourceToday {
+                    requests: n("requests"),
+                    successes: n("successes"),
+                    failures: n("failures"),
+                    records: n("records"),
+                    ..row
+                };
             }
             if let Some(e) = per_day.get_mut(&day) {
                 e.0 += n("requests");
