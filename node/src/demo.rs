@@ -273,6 +273,18 @@ async fn drive(
         reporting["agency"].as_str().unwrap_or(""),
         reporting["dataset"].as_str().unwrap_or(""),
     );
+    if let Some(people) = reporting["web_users"].as_object() {
+        for (role, who) in people {
+            println!(
+                "  web {:<11} sign in at https://{}/ui/ as {} / {}{}",
+                format!("{role}:"),
+                nodes[0].http,
+                who["username"].as_str().unwrap_or(""),
+                who["password"].as_str().unwrap_or(""),
+                if role == "admin" { " (enrolls TOTP at the first sign-in)" } else { "" }
+            );
+        }
+    }
     println!(
         "  cluster file:   {}   (try: dtm cluster status --cluster {})",
         dir.join("demo.json").display(),
@@ -397,7 +409,21 @@ async fn setup_reporting(client: &Client) -> anyhow::Result<Value> {
         .expect(Method::PUT, "/api/v1/datasets/dvc_monthly/obligation", Some(&obligation))
         .await
         .context("setting the reporting obligation")?;
-    Ok(json!({"dataset": "dvc_monthly", "agency": agency, "username": username, "password": password}))
+    // People for the web pages (issue 9): an admin, who enrolls TOTP at the first sign-in (A4.3), and
+    // an analyst for the dashboard and the analysis page.
+    let mut people = serde_json::Map::new();
+    for (name, role) in [("quantri", "admin"), ("phantich", "analyst")] {
+        let password = format!("{name}-{}", crate::api::auth::random_secret().get(..12).unwrap_or("demo-2026"));
+        let user = json!({"username": name, "role": role, "password": password});
+        client
+            .expect(Method::POST, "/api/v1/users", Some(&user))
+            .await
+            .with_context(|| format!("creating the {role} user"))?;
+        people.insert(role.to_string(), json!({"username": name, "password": password}));
+    }
+    Ok(
+        json!({"dataset": "dvc_monthly", "agency": agency, "username": username, "password": password, "web_users": people}),
+    )
 }
 
 const PROVINCES: [(&str, &str, &str); 5] = [

@@ -105,6 +105,16 @@ async fn demo_runs_a_three_node_cluster_with_data_and_resumes() -> anyhow::Resul
         due["reports"].as_array().is_some_and(|r| r.iter().any(|r| r["dataset"] == "dvc_monthly")),
         "the demo's report is due: {due}"
     );
+    // The web users it prints (issue 9): the analyst's password opens a full session; the admin's
+    // opens one that may only enroll TOTP (A4.3).
+    for (role, mfa_pending) in [("analyst", false), ("admin", true)] {
+        let who = &reporting["web_users"][role];
+        let login = serde_json::json!({"username": who["username"], "password": who["password"]});
+        let resp = http.post(format!("{url}/api/v1/auth/login")).json(&login).send().await?;
+        assert_eq!(resp.status().as_u16(), 200, "the demo's {role} signs in");
+        let body: Value = resp.json().await?;
+        assert_eq!(body["mfa_enrollment_required"].as_bool(), Some(mfa_pending), "{role}: {body}");
+    }
 
     let exit = interrupt_and_wait(&mut child);
     assert!(exit.success(), "demo exits cleanly on Ctrl-C: {exit}");
