@@ -534,27 +534,37 @@ pub fn monthly_id(year: i32, month: u8, kind: &str) -> String {
 /// Has the leader store last month's reports (when `enabled`); the task ends with the node.
 pub fn start_monthly(node: &Arc<ClusterNode>, enabled: bool) {
     if enabled {
-        tokio::spawn(monthly_loop(Arc::downgrade(node)));
+        start_leader_task(node, "monthly audit reports", make_monthly);
     }
 }
 
-async fn monthly_loop(node: Weak<ClusterNode>) {
-    let mut pause = MONTHLY_FIRST_CHECK;
-    loop {
-        tokio::time::sleep(pause).await;
-        pause = MONTHLY_CHECK_INTERVAL;
-        let Some(node) = node.upgrade() else { return };
-        if !node.is_ready() || node.status().await.leader_id != Some(node.id) {
-            continue;
+/// Runs `make(node, now_ms)` on the leader a few seconds after start and then every minute, for
+/// reports that are due on the calendar (a report that already exists is left alone by `make`); a
+/// failure is logged and retried at the next check. The task ends with the node.
+pub fn start_leader_task<F, Fut>(node: &Arc<ClusterNode>, what: &'static str, make: F)
+where
+    F: Fn(Arc<ClusterNode>, u64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let node = Arc::downgrade(node);
+    tokio::spawn(async move {
+        let mut pause = MONTHLY_FIRST_CHECK;
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = MONTHLY_CHECK_INTERVAL;
+            let Some(node) = Weak::upgrade(&node) else { return };
+            if !node.is_ready() || node.status().await.leader_id != Some(node.id) {
+                continue;
+            }
+            if let Err(e) = make(node, crate::api::now_ms()).await {
+                tracing::warn!(target: "reports", error = %e, "{what} not made yet; retrying");
+            }
         }
-        if let Err(e) = make_monthly(&node, crate::api::now_ms()).await {
-            tracing::warn!(target: "audit", error = %e, "monthly audit reports not made yet; retrying");
-        }
-    }
+    });
 }
 
 /// Stores the reports of the month before `now_ms` that do not exist yet.
-async fn make_monthly(node: &Arc<ClusterNode>, now_ms: u64) -> anyhow::Result<()> {
+async fn make_monthly(node: Arc<ClusterNode>, now_ms: u64) -> anyhow::Result<()> {
     let (y, m) = vietnam_month(now_ms);
     let this_month = month_start_ms(y, m);
     if now_ms < this_month + MONTHLY_GRACE_MS {
@@ -576,7 +586,7 @@ async fn make_monthly(node: &Arc<ClusterNode>, now_ms: u64) -> anyhow::Result<()
         };
         let reader = node.reader.clone();
         let report = tokio::task::spawn_blocking(move || compute(&reader, &spec)).await??;
-        let (resp, _) = node.write(crate::audit::system_command(node, store_command(report))).await?;
+        let (resp, _) = node.write(crate::audit::system_command(&node, store_command(report))).await?;
         if let Some(state::command_response::Result::Rejected(r)) = resp.result {
             anyhow::bail!("report {id} refused: {}", r.message);
         }

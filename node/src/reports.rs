@@ -19,8 +19,6 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::Weak;
-use std::time::Duration;
 
 use dtm_cluster::ClusterNode;
 use dtm_cluster::performance as perf_tables;
@@ -47,9 +45,6 @@ pub const SECTION_ROWS_MAX: usize = 500;
 const SOURCES_MAX: usize = 10_000;
 /// Longest example message kept for a failure cause.
 const EXAMPLE_BYTES_MAX: usize = 200;
-/// How often the leader looks whether last month's report exists, and the first look.
-const MONTHLY_CHECK_INTERVAL: Duration = Duration::from_secs(60);
-const MONTHLY_FIRST_CHECK: Duration = Duration::from_secs(5);
 /// A month's report is made this long after it ended (late samples and audit events are in it).
 const MONTHLY_GRACE_MS: u64 = 10 * 60 * 1000;
 /// Rules of the recommendations (`docs/reports.md`).
@@ -1169,27 +1164,12 @@ pub fn annual_id(year: i32) -> String {
 /// `enabled`); the task ends with the node.
 pub fn start_monthly(node: &Arc<ClusterNode>, enabled: bool) {
     if enabled {
-        tokio::spawn(monthly_loop(Arc::downgrade(node)));
-    }
-}
-
-async fn monthly_loop(node: Weak<ClusterNode>) {
-    let mut pause = MONTHLY_FIRST_CHECK;
-    loop {
-        tokio::time::sleep(pause).await;
-        pause = MONTHLY_CHECK_INTERVAL;
-        let Some(node) = node.upgrade() else { return };
-        if !node.is_ready() || node.status().await.leader_id != Some(node.id) {
-            continue;
-        }
-        if let Err(e) = make_due(&node, crate::api::now_ms()).await {
-            tracing::warn!(target: "reports", error = %e, "periodic reports not made yet; retrying");
-        }
+        crate::audit_reports::start_leader_task(node, "periodic performance and connection reports", make_due);
     }
 }
 
 /// Stores the reports due at `now_ms` that do not exist yet.
-async fn make_due(node: &Arc<ClusterNode>, now_ms: u64) -> anyhow::Result<()> {
+async fn make_due(node: Arc<ClusterNode>, now_ms: u64) -> anyhow::Result<()> {
     let (y, m) = trail::vietnam_month(now_ms);
     let this_month = trail::month_start_ms(y, m);
     if now_ms < this_month + MONTHLY_GRACE_MS {
@@ -1216,7 +1196,7 @@ async fn make_due(node: &Arc<ClusterNode>, now_ms: u64) -> anyhow::Result<()> {
             if kind == "performance" { performance(&reader, &spec) } else { connections(&reader, &spec) }
         })
         .await??;
-        let (resp, _) = node.write(crate::audit::system_command(node, store_command(report))).await?;
+        let (resp, _) = node.write(crate::audit::system_command(&node, store_command(report))).await?;
         if let Some(state::command_response::Result::Rejected(r)) = resp.result {
             anyhow::bail!("report {id} refused: {}", r.message);
         }
