@@ -33,6 +33,9 @@ pub const DRAFT_BYTES_MAX: usize = 64 * 1024;
 pub const ANSWER_BYTES_MAX: usize = 64 * 1024;
 /// Record ids one report may list.
 pub const REPORT_RECORDS_MAX: usize = 1_000;
+/// Versions one report may have (the first submission and its corrections); the API refuses the
+/// next correction before writing anything.
+pub const REPORT_VERSIONS_MAX: u32 = 1_000;
 /// Period types an obligation may name.
 pub const PERIOD_TYPES: [&str; 3] = ["month", "quarter", "year"];
 
@@ -164,6 +167,9 @@ fn record_report(txn: &mut Txn<'_>, c: &state::RecordReport) -> Result<state::Co
     if s.version <= latest {
         // The same version again: its first account stands (idempotent).
         return Ok(applied());
+    }
+    if s.version > REPORT_VERSIONS_MAX {
+        return Ok(rejected("too_many_versions", format!("a report has at most {REPORT_VERSIONS_MAX} versions")));
     }
     if s.version != latest + 1 {
         return Ok(rejected("conflict", format!("report version {} does not follow version {latest}", s.version)));

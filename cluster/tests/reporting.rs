@@ -156,3 +156,20 @@ async fn report_versions_follow_each_other_and_repeats_change_nothing_c2b() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_report_has_a_bounded_number_of_versions_c2b() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm, reader) =
+        dtm_storage::open(dir.path(), &dtm_storage::StoreOptions::for_tests(), Arc::new(DtmApplier::default()))
+            .expect("open store");
+    let max = rt::REPORT_VERSIONS_MAX;
+    let log: Vec<_> = (1..=max + 1).map(|v| entry(u64::from(v), cmd(report(v, &format!("r-{v}"))))).collect();
+    let replies = sm.apply(log).await.expect("apply");
+    let codes: Vec<String> = replies.iter().map(code).collect();
+    assert!(codes[..max as usize].iter().all(|c| c == "applied"), "every version up to the bound is kept");
+    assert_eq!(codes[max as usize], "too_many_versions");
+    let latest: state::ReportSubmission =
+        reader.get_msg(&rt::submission("dvc", "ubnd-dn", "2026-03")).expect("read").expect("latest");
+    assert_eq!(latest.version, max, "the refused version changed nothing");
+}

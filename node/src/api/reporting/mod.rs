@@ -654,6 +654,18 @@ pub async fn submit(
             err.details = vec![json!({"version": e.version, "submitted_at": rfc3339(e.submitted_at_ms)})];
             return Err(err);
         }
+        (Some(e), Some(_)) if e.version >= dtm_cluster::reporting::REPORT_VERSIONS_MAX => {
+            // Checked before anything is written: `apply` would refuse the version after the
+            // corrected record was stored.
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_versions",
+                format!(
+                    "the report for {period} already has {} versions, the most one report may have",
+                    dtm_cluster::reporting::REPORT_VERSIONS_MAX
+                ),
+            ));
+        }
         (Some(e), Some(r)) => (e.version + 1, correction_of(state, e, r).await?),
     };
     let submitter = records::Submitter { source_id: ctx.agency.source.clone(), key_id: String::new() };
