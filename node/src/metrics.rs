@@ -248,18 +248,33 @@ fn is_monitoring(route: &str) -> bool {
 /// route template, and feeds the live window. Requests of this node's own probes are left out
 /// (they have their own series, `dtm_probe_*`).
 pub async fn http_layer(req: Request<Body>, next: Next) -> Response {
-    if !enabled() || crate::probes::is_own_probe(req.headers()) {
-        return next.run(req).await;
-    }
-    let started = Instant::now();
+    // One clock for every consumer of request timings: the Prometheus series and live window here,
+    // the performance samples (A5.3, `perf`) and the alert rules' window (A5.2, `alerts`).
+    let path = req.uri().path();
+    let perf_channel = crate::perf::channel_of(path, req.method() == Method::POST);
+    let alert_kind = crate::alerts::window::kind_of(path);
+    let exported = enabled() && !crate::probes::is_own_probe(req.headers());
     let method = method_label(req.method());
     let route: Arc<str> = match req.extensions().get::<MatchedPath>() {
         Some(m) => Arc::from(m.as_str()),
         None => Arc::from("unmatched"),
     };
+    let started = Instant::now();
+    #[cfg(feature = "fault-injection")]
+    if alert_kind != crate::alerts::window::RequestKind::NotCounted {
+        let delay = crate::alerts::fault::DELAY_MS.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+    }
     let resp = next.run(req).await;
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
+    crate::perf::record(perf_channel, crate::perf::class_of(status), elapsed);
+    crate::alerts::window::REQUESTS.record(alert_kind, status, elapsed);
+    if !exported {
+        return resp;
+    }
     let channel = channel_of(&route);
     metrics::counter!("dtm_http_requests_total", "channel" => channel.name(), "method" => method,
         "route" => route.to_string(), "status" => status_label(status))

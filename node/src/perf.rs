@@ -2,8 +2,8 @@
 //! lacks — response-time distributions and availability — measured here and replicated as compact
 //! periodic samples (`dtm_cluster::performance`).
 //!
-//! - [`layer`] times every HTTPS request (REST, SOAP, batch uploads, web pages) from the moment the
-//!   router sees it until its answer's head is ready, and [`record`] adds the time to an
+//! - The node's one HTTP timing layer (`metrics::http_layer`, outermost) times every HTTPS request
+//!   (REST, SOAP, batch uploads, web pages) until its answer's head is ready, and [`record`] adds the time to an
 //!   HdrHistogram per channel × outcome class (gRPC submissions are timed in `grpc_ingest.rs`).
 //!   Recording is one short mutex per series; nothing is allocated per request.
 //! - [`start`] runs the sampler: every second it notes whether the node is a ready member (it has
@@ -26,10 +26,6 @@ use std::sync::Weak;
 use std::time::Duration;
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::http::Request;
-use axum::middleware::Next;
-use axum::response::Response;
 use dtm_cluster::ClusterNode;
 use dtm_model::state;
 use hdrhistogram::Histogram;
@@ -118,15 +114,6 @@ pub fn channel_of(path: &str, is_post: bool) -> &'static str {
     } else {
         "web"
     }
-}
-
-/// The timing layer (inside the audit layer, outside the gateway: refusals are timed too).
-pub async fn layer(req: Request<Body>, next: Next) -> Response {
-    let channel = channel_of(req.uri().path(), req.method() == axum::http::Method::POST);
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    record(channel, class_of(resp.status().as_u16()), started.elapsed());
-    resp
 }
 
 /// Takes the recorded series (leaving empty ones) as sample series.

@@ -19,10 +19,7 @@ pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::body::Body;
-use axum::http::Request;
 use dtm_cluster::ClusterNode;
 use tokio::sync::watch;
 
@@ -37,24 +34,6 @@ pub fn start(
     let notifier = notify::Notifier::start(node.clone(), ca_pem);
     let evaluator = eval::Evaluator::new(node.clone(), data_dir, cert, notifier);
     tokio::spawn(evaluator.run(stop));
-}
-
-/// Middleware: counts every API request in this node's window (response time by kind, 5xx). With
-/// the `fault-injection` feature it first waits the injected delay (`fault::DELAY_MS`), so a test
-/// can make this node slow and see the response-time rule fire.
-pub async fn observe(req: Request<Body>, next: axum::middleware::Next) -> axum::response::Response {
-    let kind = window::kind_of(req.uri().path());
-    let started = Instant::now();
-    #[cfg(feature = "fault-injection")]
-    if kind != window::RequestKind::NotCounted {
-        let delay = fault::DELAY_MS.load(std::sync::atomic::Ordering::Relaxed);
-        if delay > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-        }
-    }
-    let resp = next.run(req).await;
-    window::REQUESTS.record(kind, resp.status().as_u16(), started.elapsed());
-    resp
 }
 
 /// Test-only response delay (feature `fault-injection`, never in a release build), set through

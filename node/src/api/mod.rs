@@ -229,15 +229,13 @@ pub fn router(state: AppState) -> Router {
                 // `REQUEST_TIMEOUT`, or `BATCH_REQUEST_TIMEOUT` for batch uploads.
                 .layer(axum::middleware::from_fn(batches::deadline)),
         )
-        // A5.3: response times per channel for the performance reports, refusals included.
-        .layer(axum::middleware::from_fn(crate::perf::layer))
         // Outermost but for the request id: every request is audited, refusals included.
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
-        // F5: outside the gateway and the audit layer, so their refusals are counted and timed too.
-        .layer(axum::middleware::from_fn(crate::metrics::http_layer))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        // A5.2/F5: response times and errors for the alert rules (and the fault-injection delay).
-        .layer(axum::middleware::from_fn(crate::alerts::observe))
+        // Outermost, so refusals by the gateway and the audit layer are counted and timed too; one
+        // clock for the metrics (F5), the performance samples (A5.3) and the alert rules (A5.2),
+        // and the fault-injection response delay.
+        .layer(axum::middleware::from_fn(crate::metrics::http_layer))
 }
 
 /// axum's extractors refuse a malformed query string, path or body with a plain-text answer; the
