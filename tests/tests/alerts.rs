@@ -681,9 +681,13 @@ async fn anomaly_and_silence(
     let rule = json!({"kind": "anomaly", "metric": "http_requests_per_second", "k_sigma": 3.0, "threshold": 5.0,
         "window_ms": 1000, "baseline_ms": 5000, "severity": "info"});
     admin_ok(c, Method::PUT, 1, "/api/v1/alerts/rules/spike", Some(rule)).await?;
-    // Not a synchronisation: the rule needs a quiet baseline of five 1 s windows of the node's
-    // life before a burst can stand out from it.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The rule needs a quiet baseline of five 1 s windows of the node's request history (and the
+    // window being filled) before a burst can stand out from it.
+    eventually("six seconds of request history on node 1", Duration::from_secs(30), || async {
+        let (s, v) = c.admin(Method::GET, 1, "/api/v1/alerts/metrics", None).await.ok()?;
+        (s == 200 && v["request_history_seconds"].as_u64().is_some_and(|n| n >= 7)).then_some(())
+    })
+    .await?;
     let burst_from = Instant::now();
     for _ in 0..100 {
         let reqs = (0..20).map(|_| c.admin(Method::GET, 1, "/api/v1/cluster", None));

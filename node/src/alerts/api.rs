@@ -231,7 +231,8 @@ async fn metric_catalogue(State(state): State<AppState>, headers: HeaderMap) -> 
                    "unit": m.unit, "help": m.help, "anomaly": rules::ANOMALY_METRICS.contains(&m.name)})
         })
         .collect();
-    Ok(Json(json!({"metrics": metrics})))
+    // How much request history this node has: an anomaly rule waits for its baseline until then.
+    Ok(Json(json!({"metrics": metrics, "request_history_seconds": super::window::REQUESTS.history_seconds()})))
 }
 
 // ---- Rules ----

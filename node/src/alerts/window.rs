@@ -100,6 +100,12 @@ impl RequestWindow {
         self.start.elapsed().as_secs()
     }
 
+    /// Whole seconds of request history this node's window holds (at most the ring's length):
+    /// an anomaly rule has a baseline only once this covers its window plus baseline.
+    pub fn history_seconds(&self) -> u64 {
+        self.now_second().min(SECONDS_KEPT as u64)
+    }
+
     pub fn record(&self, kind: RequestKind, status: u16, elapsed: Duration) {
         if kind == RequestKind::NotCounted {
             return;
