@@ -1497,19 +1497,16 @@ pub mod api {
         crate::audit::note_operation("report.list", "report");
         let limit = q.limit.unwrap_or(LIST_PAGE_MAX).clamp(1, LIST_PAGE_MAX);
         let after = q.after.as_deref().map(perf_tables::report_key);
-        let rows =
-            state.node.reader.scan(perf_tables::REPORT, after.as_deref(), limit + 1).map_err(ApiError::internal)?;
-        let more = rows.len() > limit;
-        let mut reports = Vec::new();
-        let mut last = None;
-        for (_, v) in rows.into_iter().take(limit) {
-            let r = state::PerformanceReport::decode(v.as_slice()).map_err(ApiError::internal)?;
-            last = Some(r.id.clone());
-            if q.kind.as_deref().is_none_or(|k| k == r.kind) {
-                reports.push(summary(&r));
-            }
-        }
-        Ok(Json(json!({"reports": reports, "next": if more { last } else { None }})))
+        let page = crate::api::audit::stored_reports_page(
+            &state,
+            perf_tables::REPORT,
+            after,
+            limit,
+            |r: &state::PerformanceReport| {
+                (r.id.clone(), q.kind.as_deref().is_none_or(|k| k == r.kind).then(|| summary(r)))
+            },
+        )?;
+        Ok(Json(page))
     }
 
     #[derive(Deserialize)]

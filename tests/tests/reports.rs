@@ -183,6 +183,15 @@ async fn performance_report_counts_successes_and_failures_with_causes() -> anyho
     assert_eq!(stored["summary"]["transactions"], 14, "{stored}");
     let (_, got) = c.admin(Method::GET, 2, &format!("/api/v1/reports/{id}"), None).await?;
     assert_eq!(counts(row(&got, "by_channel", "channel", "rest")), (10, 7, 3), "{got}");
+    let kind = stored["kind"].as_str().context("report kind")?.to_string();
+    let listed = eventually("the stored report listed on node 2", Duration::from_secs(10), || async {
+        let (s, v) = c.admin(Method::GET, 2, &format!("/api/v1/reports?kind={kind}"), None).await.ok()?;
+        (s == 200 && v["reports"].as_array()?.iter().any(|r| r["id"] == id.as_str())).then_some(v)
+    })
+    .await?;
+    assert!(listed["reports"].as_array().is_some_and(|r| r.iter().all(|r| r["kind"] == kind.as_str())), "{listed}");
+    let (_, other) = c.admin(Method::GET, 2, "/api/v1/reports?kind=no-such-kind", None).await?;
+    assert_eq!(other["reports"], json!([]), "the kind filter leaves others out: {other}");
     let dir = tempfile::tempdir()?;
     let mut files = Vec::new();
     for format in ["docx", "xlsx"] {

@@ -506,18 +506,33 @@ pub async fn list_reports(
     super::aggregates::consistency(&state, q.consistency.as_deref()).await?;
     let limit = q.limit.unwrap_or(REPORTS_PAGE_MAX).clamp(1, REPORTS_PAGE_MAX);
     let after = q.after.as_deref().map(tables::audit_report);
-    let rows = state.node.reader.scan(tables::AUDIT_REPORT, after.as_deref(), limit + 1).map_err(ApiError::internal)?;
+    let page = stored_reports_page(&state, tables::AUDIT_REPORT, after, limit, |r: &state::AuditReport| {
+        (r.id.clone(), q.kind.as_deref().is_none_or(|k| k == r.kind).then(|| report_summary(r)))
+    })?;
+    Ok(Json(page))
+}
+
+/// One page of stored reports under `table` after the key `after`: `{"reports": […], "next": id}`.
+/// `summary` gives each report's id (for `next`) and its summary when the report is listed (a kind
+/// filter may skip it). Shared by the audit reports and the performance/connection reports.
+pub(crate) fn stored_reports_page<M: prost::Message + Default>(
+    state: &AppState,
+    table: &[u8],
+    after: Option<Vec<u8>>,
+    limit: usize,
+    summary: impl Fn(&M) -> (String, Option<Value>),
+) -> ApiResult<Value> {
+    let rows = state.node.reader.scan(table, after.as_deref(), limit + 1).map_err(ApiError::internal)?;
     let more = rows.len() > limit;
     let mut reports = Vec::new();
     let mut last = None;
     for (_, v) in rows.into_iter().take(limit) {
-        let r: state::AuditReport = prost::Message::decode(v.as_slice()).map_err(ApiError::internal)?;
-        last = Some(r.id.clone());
-        if q.kind.as_deref().is_none_or(|k| k == r.kind) {
-            reports.push(report_summary(&r));
-        }
+        let r = M::decode(v.as_slice()).map_err(ApiError::internal)?;
+        let (id, listed) = summary(&r);
+        last = Some(id);
+        reports.extend(listed);
     }
-    Ok(Json(json!({"reports": reports, "next": if more { last } else { None }})))
+    Ok(json!({"reports": reports, "next": if more { last } else { None }}))
 }
 
 #[derive(Deserialize)]
