@@ -10,7 +10,6 @@ use axum::extract::Path;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::Method;
-use axum::http::StatusCode;
 use axum::http::Uri;
 use axum::response::Redirect;
 use axum::response::Response;
@@ -25,6 +24,7 @@ use super::FormErrors;
 use super::PageError;
 use super::for_web;
 use super::html;
+use super::with_status;
 use crate::api::AppState;
 use crate::api::error::ApiError;
 
@@ -108,11 +108,8 @@ async fn sources_page(
     errors: FormErrors,
     new_key: Option<(String, String)>,
 ) -> Result<Response, PageError> {
-    let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
-    let page = SourcesPage { sources: source_rows(state)?, ctx, new_key, form, errors };
-    let mut resp = html(&page);
-    *resp.status_mut() = status;
-    Ok(resp)
+    let status = errors.status();
+    Ok(with_status(status, html(&SourcesPage { sources: source_rows(state)?, ctx, new_key, form, errors })))
 }
 
 pub async fn sources(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, PageError> {
@@ -202,10 +199,7 @@ async fn users_page(state: &AppState, ctx: Ctx, form: Pairs, errors: FormErrors)
         Ok(j) => j.0["users"].as_array().cloned().unwrap_or_default(),
         Err(e) => return Err(PageError::ApiIn(Box::new(ctx), e)),
     };
-    let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
-    let mut resp = html(&UsersPage { ctx, users, form, errors });
-    *resp.status_mut() = status;
-    Ok(resp)
+    Ok(with_status(errors.status(), html(&UsersPage { ctx, users, form, errors })))
 }
 
 pub async fn users(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, PageError> {
@@ -310,8 +304,8 @@ async fn gateway_page(state: &AppState, ctx: Ctx, errors: FormErrors) -> Result<
     let lines = |v: &Value| {
         v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n")).unwrap_or_default()
     };
-    let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
-    let mut resp = html(&GatewayPage {
+    let status = errors.status();
+    let resp = html(&GatewayPage {
         limits: limits["limits"].clone(),
         allow: lines(&rules["global"]["allow"]),
         deny: lines(&rules["global"]["deny"]),
@@ -319,8 +313,7 @@ async fn gateway_page(state: &AppState, ctx: Ctx, errors: FormErrors) -> Result<
         errors,
         ctx,
     });
-    *resp.status_mut() = status;
-    Ok(resp)
+    Ok(with_status(status, resp))
 }
 
 pub async fn gateway(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, PageError> {
@@ -432,16 +425,15 @@ async fn cluster_page(state: &AppState, ctx: Ctx, form: Pairs, errors: FormError
         Ok(j) => j.0,
         Err(e) => return Err(PageError::ApiIn(Box::new(ctx), e)),
     };
-    let code = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
-    let mut resp = html(&ClusterPage {
+    let code = errors.status();
+    let resp = html(&ClusterPage {
         leader: status["leader_id"].as_u64(),
         members: status["members"].as_array().cloned().unwrap_or_default(),
         ctx,
         form,
         errors,
     });
-    *resp.status_mut() = code;
-    Ok(resp)
+    Ok(with_status(code, resp))
 }
 
 pub async fn cluster(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, PageError> {

@@ -461,7 +461,8 @@ fn error_page(ctx: Ctx, e: ApiError) -> Response {
     with_status(status, html(&page))
 }
 
-fn with_status(status: StatusCode, mut resp: Response) -> Response {
+/// A response with its status replaced (a page re-rendered with form errors answers 422).
+pub(crate) fn with_status(status: StatusCode, mut resp: Response) -> Response {
     *resp.status_mut() = status;
     resp
 }
@@ -494,6 +495,10 @@ pub struct FormErrors(pub Vec<FieldError>);
 impl FormErrors {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+    /// The status a page showing these errors answers: 200 without any, 422 with some.
+    pub fn status(&self) -> StatusCode {
+        if self.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY }
     }
     pub fn add(&mut self, field: &'static str, message: impl Into<String>) {
         self.0.push(FieldError { field, message: message.into() });

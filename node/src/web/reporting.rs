@@ -29,6 +29,7 @@ use super::Ctx;
 use super::PageError;
 use super::html;
 use super::tk;
+use super::with_status;
 use crate::api::AppState;
 use crate::api::auth;
 use crate::api::auth::Role;
@@ -314,9 +315,7 @@ pub async fn form_post(
         Err(e) => (rep::FieldErrors::default(), vec![refusal_text(&ctx, &e)]),
     };
     let page = form_page_of(ctx, view, &values, &errors, extra, reason);
-    let mut resp = html(&page);
-    *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-    Ok(resp)
+    Ok(with_status(StatusCode::UNPROCESSABLE_ENTITY, html(&page)))
 }
 
 #[derive(Template)]
@@ -595,9 +594,7 @@ pub async fn obligation_post(
             let message = refusal_text(&ctx, &e);
             let page =
                 obligations_page(&state, ctx, form, Some(message)).map_err(|(ctx, e)| PageError::ApiIn(ctx, e))?;
-            let mut resp = html(&page);
-            *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-            Ok(resp)
+            Ok(with_status(StatusCode::UNPROCESSABLE_ENTITY, html(&page)))
         }
     }
 }

@@ -31,6 +31,7 @@ use super::for_web;
 use super::html;
 use super::json_of;
 use super::tk;
+use super::with_status;
 use crate::api::AppState;
 use crate::api::error::ApiError;
 
@@ -143,11 +144,6 @@ pub async fn login_post(State(state): State<AppState>, headers: HeaderMap, uri: 
             with_status(status, html(&page))
         }
     }
-}
-
-fn with_status(status: StatusCode, mut resp: Response) -> Response {
-    *resp.status_mut() = status;
-    resp
 }
 
 /// `POST /ui/logout`: ends the session on every node.
