@@ -14,6 +14,12 @@ if ! need_cmd cc || ! need_cmd make; then
   echo "installing a C compiler (build-essential)…"
   apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
 fi
+# libxml2 (with pkg-config, and libclang for the bindings' generator) validates XML input against each
+# dataset's XSD (A3.2; the `libxml` crate links the system library).
+if ! pkg-config --exists libxml-2.0 2>/dev/null || ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1; then
+  echo "installing libxml2-dev, libclang-dev and pkg-config…"
+  apt-get update -qq && apt-get install -y -qq libxml2-dev libclang-dev pkg-config >/dev/null
+fi
 # openssl: the TLS tests check protocol versions and certificate renewal with an independent client.
 if ! need_cmd openssl; then
   echo "installing openssl…"
