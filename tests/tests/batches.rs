@@ -17,10 +17,10 @@ use serde_json::Value;
 use serde_json::json;
 use sha2::Digest;
 
-/// Records per format: 5,000 by default (10,000 took ~75 s in the debug build on 2 cores, XLSX
-/// alone ~20 s); `DTM_BATCH_TEST_RECORDS=10000` runs the full size.
+/// Records per format: the 10,000 (about 35 s in the debug build on a quiet 2-core machine,
+/// 75 s on a busy one); `DTM_BATCH_TEST_RECORDS` changes it for a quick local run.
 fn record_count() -> usize {
-    std::env::var("DTM_BATCH_TEST_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000)
+    std::env::var("DTM_BATCH_TEST_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
 }
 
 const FORMATS: [(&str, &str); 6] = [
