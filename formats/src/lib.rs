@@ -273,6 +273,18 @@ pub(crate) fn io_error(e: std::io::Error) -> FormatError {
 /// The consumer of records: called once per record in file order; `Break` stops the reader.
 pub type Sink<'a> = dyn FnMut(Position, Item) -> ControlFlow<()> + 'a;
 
+/// A check of the XML form against the dataset's XSD, called by the XML reader while it streams.
+/// The reader hands over the root start tag and then each record as a small standalone document,
+/// so the whole file is never built in memory. The implementation lives outside this crate (the
+/// node's `api::xsd::validator`, on libxml2), which keeps the readers pure Rust.
+pub trait XmlCheck {
+    /// The root element's start tag as an empty document (`<records …/>`); `Err` refuses the file.
+    fn root(&mut self, doc: &[u8]) -> Result<(), String>;
+    /// One record as a standalone document (`<record>…</record>`, with the root's namespace
+    /// declarations copied onto it); `Err` rejects that row with the reason.
+    fn record(&mut self, doc: &[u8]) -> Result<(), RowProblem>;
+}
+
 /// Reads a streamed format (JSON, NDJSON, CSV, XML) from `input` front to back, handing each
 /// record to `sink`. Returns the number of records handed over.
 pub fn read_stream(
@@ -281,11 +293,22 @@ pub fn read_stream(
     columns: &Columns,
     sink: &mut Sink<'_>,
 ) -> Result<u64, FormatError> {
+    read_stream_checked(format, input, columns, None, sink)
+}
+
+/// [`read_stream`] with XML records checked by `xml` (ignored for the other formats).
+pub fn read_stream_checked(
+    format: Format,
+    input: impl Read,
+    columns: &Columns,
+    xml: Option<&mut dyn XmlCheck>,
+    sink: &mut Sink<'_>,
+) -> Result<u64, FormatError> {
     match format {
         Format::Json => json::read_array(input, sink),
         Format::Ndjson => json::read_lines(input, sink),
         Format::Csv => csv::read(input, columns, sink),
-        Format::Xml => xml::read(input, columns, sink),
+        Format::Xml => xml::read(input, columns, xml, sink),
         Format::Parquet | Format::Xlsx => {
             Err(FormatError::Io(format!("{} needs random access; use read_random", format.name())))
         }
@@ -300,10 +323,21 @@ pub fn read_random(
     columns: &Columns,
     sink: &mut Sink<'_>,
 ) -> Result<u64, FormatError> {
+    read_random_checked(format, input, columns, None, sink)
+}
+
+/// [`read_random`] with XML records checked by `xml` (ignored for the other formats).
+pub fn read_random_checked(
+    format: Format,
+    input: std::sync::Arc<dyn RandomRead>,
+    columns: &Columns,
+    xml: Option<&mut dyn XmlCheck>,
+    sink: &mut Sink<'_>,
+) -> Result<u64, FormatError> {
     match format {
         Format::Parquet => parquet::read(input, columns, sink),
         Format::Xlsx => xlsx::read(input, columns, sink),
-        _ => read_stream(format, random::At::new(input), columns, sink),
+        _ => read_stream_checked(format, random::At::new(input), columns, xml, sink),
     }
 }
 

@@ -311,7 +311,16 @@ struct Ctx {
     form: SourceForm,
     masking_key: Arc<Vec<u8>>,
     columns: Columns,
+    /// The XSD an XML batch is validated against (`None` for the other formats).
+    xsd: Option<Arc<XsdForm>>,
     started_at_ms: u64,
+}
+
+/// The published XSD of the dataset version a batch is checked against (A3.2).
+struct XsdForm {
+    dataset: String,
+    version: u32,
+    text: String,
 }
 
 /// What the parser hands on: consecutive records of the file, as JSON elements, and the rows that
@@ -447,9 +456,20 @@ pub async fn ingest_stream(state: &AppState, req: BatchRequest, body: BodyStream
         // A retry of a finished batch: its first account, nothing read or stored again.
         return Ok(prev);
     }
+    // XML is checked against the XSD the version publishes, record by record, before the JSON
+    // Schema (which still runs: it is the authority, and business rules and masking follow it).
+    let xsd = if req.format == Format::Xml {
+        let title = super::xsd::xsd_title(&compiled.def.title, &req.dataset, compiled.version);
+        let text = super::xsd::validator::published(&req.dataset, compiled.version, &title, &compiled.def.schema)
+            .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_xml_form", m))?;
+        Some(Arc::new(XsdForm { dataset: req.dataset.clone(), version: compiled.version, text }))
+    } else {
+        None
+    };
     let ctx = Arc::new(Ctx {
         state: state.clone(),
         columns: Columns::from_json_schema(&compiled.def.schema),
+        xsd,
         form: source.form.parse::<SourceForm>().unwrap_or(SourceForm::Raw),
         masking_key: super::masking_key(state).await?,
         compiled,
@@ -644,7 +664,8 @@ async fn run_pass(ctx: &Arc<Ctx>, input: Input, mode: Mode) -> (Tally, ApiResult
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Chunk>(BATCH_CHUNKS_QUEUED_MAX);
     let format = ctx.req.format;
     let columns = ctx.columns.clone();
-    let parser = tokio::task::spawn_blocking(move || parse(format, input, &columns, chunk_tx));
+    let xsd = ctx.xsd.clone();
+    let parser = tokio::task::spawn_blocking(move || parse(format, input, &columns, xsd.as_deref(), chunk_tx));
     let mut tally = Tally::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut failure: Option<ApiError> = None;
@@ -710,7 +731,22 @@ fn format_error(e: FormatError) -> ApiError {
 }
 
 /// The blocking parser: records into chunks, chunks into the channel.
-fn parse(format: Format, input: Input, columns: &Columns, tx: mpsc::Sender<Chunk>) -> Result<u64, FormatError> {
+fn parse(
+    format: Format,
+    input: Input,
+    columns: &Columns,
+    xsd: Option<&XsdForm>,
+    tx: mpsc::Sender<Chunk>,
+) -> Result<u64, FormatError> {
+    // Compiled once per version on this thread (libxml2 contexts stay on their thread).
+    let mut check = match xsd {
+        Some(x) => Some(
+            super::xsd::validator::RecordCheck::new(&x.dataset, x.version, &x.text)
+                .map_err(|message| FormatError::Refused { format: "XML", message })?,
+        ),
+        None => None,
+    };
+    let check = check.as_mut().map(|c| c as &mut dyn dtm_formats::XmlCheck);
     let new_chunk =
         |number| Chunk { number, json: Vec::new(), bounds: Vec::new(), positions: Vec::new(), problems: Vec::new() };
     let mut chunk = new_chunk(0);
@@ -746,10 +782,14 @@ fn parse(format: Format, input: Input, columns: &Columns, tx: mpsc::Sender<Chunk
         if closed { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
     };
     let n = match input {
-        Input::Stream(rx) => {
-            dtm_formats::read_stream(format, ChannelReader { rx, current: Bytes::new() }, columns, &mut sink)?
-        }
-        Input::Spool(spool) => dtm_formats::read_random(format, spool, columns, &mut sink)?,
+        Input::Stream(rx) => dtm_formats::read_stream_checked(
+            format,
+            ChannelReader { rx, current: Bytes::new() },
+            columns,
+            check,
+            &mut sink,
+        )?,
+        Input::Spool(spool) => dtm_formats::read_random_checked(format, spool, columns, check, &mut sink)?,
     };
     if !chunk.bounds.is_empty() || !chunk.problems.is_empty() {
         let _ = tx.blocking_send(chunk);
