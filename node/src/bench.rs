@@ -55,6 +55,39 @@ pub struct BenchArgs {
     /// With `--aggregate-records`: query this dataset of an earlier run instead of loading a new one.
     #[arg(long)]
     pub aggregate_dataset: Option<String>,
+    /// Also measure a reference system in the same run, level by level: `etcd` (a 3-member
+    /// cluster started on loopback; see `bench_etcd.rs`).
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// With `--reference etcd`: the etcd binary (default: `etcd` on PATH, Debian's etcd-server).
+    #[arg(long)]
+    pub etcd_bin: Option<PathBuf>,
+    /// With `--reference etcd`: client ports P..P+2, peer ports P+100..P+102.
+    #[arg(long, default_value_t = 23790)]
+    pub etcd_base_port: u16,
+    /// With `--reference`: rounds per level (each round runs both systems, order alternating).
+    #[arg(long, default_value_t = 1)]
+    pub reference_rounds: usize,
+    /// Instead of the load levels: hold this many open TLS connections and post over all of them
+    /// (see `bench_connections.rs`).
+    #[arg(long, default_value_t = 0)]
+    pub connections: usize,
+    /// With `--connections`: seconds of posting over the open connections.
+    #[arg(long, default_value_t = 60)]
+    pub connection_secs: u64,
+    /// With `--connections`: each connection posts one record this often.
+    #[arg(long, default_value_t = 10.0)]
+    pub connection_interval_secs: f64,
+    /// With `--connections`: all connections to the first node instead of spread over the nodes.
+    #[arg(long)]
+    pub connections_one_node: bool,
+    /// Instead of the load levels: load this many records and report bytes on disk and memory per
+    /// node (see `bench_disk.rs`).
+    #[arg(long, default_value_t = 0)]
+    pub disk_records: u64,
+    /// With `--disk-records`: measure again this many seconds after the load was applied.
+    #[arg(long, default_value_t = 30)]
+    pub disk_settle_secs: u64,
 }
 
 /// The benchmark's dataset definition (see `BenchArgs::definition`).
@@ -79,7 +112,7 @@ fn bench_definition(id: &str, kind: &str) -> anyhow::Result<Value> {
 }
 
 /// One benchmark record (about `padding` + 150 bytes), valid under both definitions.
-fn bench_record(client: usize, seq: u64, padding: &str) -> Value {
+pub(crate) fn bench_record(client: usize, seq: u64, padding: &str) -> Value {
     const CHANNELS: [&str; 4] = ["web", "mobile", "api", "kiosk"];
     json!({"client": client, "seq": seq, "agency": format!("AG{:02}", client % 20), "period": "2026-11",
            "channel": CHANNELS[(seq % 4) as usize], "transactions": 100 + seq % 900, "failed": seq % 7,
@@ -114,6 +147,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let key = src["api_key"].as_str().context("no api_key")?.to_string();
     let urls = admin.nodes.clone();
     let padding = "x".repeat(args.payload_bytes);
+    if args.reference.is_some() {
+        return crate::bench_etcd::run(&args, &ca_pem, &urls, &key, &dataset, &padding).await;
+    }
+    if args.connections > 0 {
+        return crate::bench_connections::run(&args, &demo, &ca_pem, &urls, &key, &dataset, &padding).await;
+    }
+    if args.disk_records > 0 {
+        return crate::bench_disk::run(&args, &demo, &admin, &key, &dataset, &padding).await;
+    }
     if args.aggregate_records > 0 {
         let report = crate::bench_aggregates::run(
             &admin,

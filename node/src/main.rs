@@ -14,6 +14,10 @@ mod backup;
 mod bench;
 mod bench_aggregates;
 mod bench_audit;
+mod bench_connections;
+mod bench_disk;
+mod bench_env;
+mod bench_etcd;
 mod certs;
 mod client;
 mod compliance;
@@ -32,6 +36,7 @@ mod pipeline;
 mod probes; // F5: synthetic probes
 mod receipt;
 mod reports;
+mod rlimit;
 mod server;
 mod soap;
 mod spool;
@@ -203,6 +208,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_tracing();
+            // Every connection is a descriptor: soft RLIMIT_NOFILE up to the hard limit.
+            match rlimit::raise_open_files_limit() {
+                Ok((before, after)) => tracing::info!(before, after, "open-files limit"),
+                Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+            }
             let (opts, http_addr, grpc_addr) = config::resolve(*args)?;
             let http = tokio::net::TcpListener::bind(&http_addr)
                 .await
