@@ -4,7 +4,12 @@
 //! the median of several trials, so that a change to `apply` (an index, a table) can be measured on
 //! a busy machine where end-to-end benchmarks vary by ±30 %.
 //!
-//! `cargo run --release -p dtm-cluster --example apply_cost -- [records] [trials]`
+//! `cargo run --release -p dtm-cluster --example apply_cost -- [records] [trials] [single|batch] [uuid|submission]`
+//!
+//! `batch` makes entries of one 1,000-record submission (a batch upload's chunk) instead of 64
+//! single-record submissions; `uuid` gives records ids of the old shape (indexed one `rid/` key per
+//! record), `submission` (the default) the pipeline's `<submission>.<n>` (one `rsub/` key per
+//! submission).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -22,6 +27,14 @@ use openraft::storage::RaftStateMachine;
 
 /// Submissions per log entry (what group commit makes at a few hundred clients).
 const SUBMISSIONS_PER_ENTRY: usize = 64;
+/// Records per submission in the `batch` shape (a batch upload's chunk).
+const BATCH_RECORDS: usize = 1_000;
+
+#[derive(Clone, Copy)]
+struct Shape {
+    batch: bool,
+    uuid_ids: bool,
+}
 /// Distinct aggregate cells the records fall into.
 const CELLS: usize = 360;
 
@@ -36,7 +49,7 @@ fn catalog() -> Vec<dtm_model::Entry> {
     ]
 }
 
-fn record(n: usize) -> state::RecordIn {
+fn record(n: usize, id: String) -> state::RecordIn {
     let cell = n % CELLS;
     let contribution = dtm_dataset::Contribution {
         time: dtm_dataset::TimePoint::Month(2026, (cell % 12) as u8 + 1),
@@ -47,7 +60,7 @@ fn record(n: usize) -> state::RecordIn {
     let mut h = [0u8; 32];
     h[..8].copy_from_slice(&(n as u64).to_be_bytes());
     state::RecordIn {
-        id: format!("00000000-0000-4000-8000-{n:012}"),
+        id,
         payload_json: payload.to_string().into_bytes(),
         natural_key_hash: h.to_vec(),
         content_sha256: h.to_vec(),
@@ -59,26 +72,39 @@ fn record(n: usize) -> state::RecordIn {
     }
 }
 
-fn entries(records: usize) -> Vec<dtm_model::Entry> {
+fn entries(records: usize, shape: Shape) -> Vec<dtm_model::Entry> {
+    let (submissions_per_entry, records_per_submission) =
+        if shape.batch { (1, BATCH_RECORDS) } else { (SUBMISSIONS_PER_ENTRY, 1) };
     let mut out = Vec::new();
     let mut n = 0;
     let mut index = 3;
     while n < records {
-        let submissions = (0..SUBMISSIONS_PER_ENTRY.min(records - n))
-            .map(|_| {
-                n += 1;
-                state::Submission {
-                    dataset: "etx".into(),
-                    source: "moj".into(),
-                    idempotency_key: format!("auto:{n}"),
-                    fingerprint: vec![1; 32],
-                    key_id: "k".into(),
-                    channel: "rest".into(),
-                    records: vec![record(n)],
-                    ..Default::default()
-                }
-            })
-            .collect();
+        let mut submissions = Vec::new();
+        while submissions.len() < submissions_per_entry && n < records {
+            let prefix = dtm_model::record_id::new_submission();
+            let count = records_per_submission.min(records - n);
+            let recs = (0..count)
+                .map(|i| {
+                    n += 1;
+                    let id = if shape.uuid_ids {
+                        format!("00000000-0000-4000-8000-{n:012}")
+                    } else {
+                        dtm_model::record_id::of(&prefix, i)
+                    };
+                    record(n, id)
+                })
+                .collect();
+            submissions.push(state::Submission {
+                dataset: "etx".into(),
+                source: "moj".into(),
+                idempotency_key: format!("auto:{n}"),
+                fingerprint: vec![1; 32],
+                key_id: "k".into(),
+                channel: "rest".into(),
+                records: recs,
+                ..Default::default()
+            });
+        }
         out.push(entry(index, cmd(Kind::Ingest(state::IngestBatch { submissions }))));
         index += 1;
     }
@@ -86,13 +112,13 @@ fn entries(records: usize) -> Vec<dtm_model::Entry> {
 }
 
 /// One trial on a fresh store: seconds spent applying `records` records.
-async fn trial(records: usize) -> f64 {
+async fn trial(records: usize, shape: Shape) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let applier = DtmApplier::default();
     let (_log, mut sm, _reader) =
         dtm_storage::open(dir.path(), &dtm_storage::StoreOptions::for_tests(), Arc::new(applier)).expect("open store");
     sm.apply(catalog()).await.expect("catalog");
-    let log = entries(records);
+    let log = entries(records, shape);
     let start = Instant::now();
     // Batches of 16 entries per `apply` call, as openraft hands them over under load.
     let mut log = log.into_iter().peekable();
@@ -107,14 +133,19 @@ async fn trial(records: usize) -> f64 {
 async fn main() {
     let mut args = std::env::args().skip(1);
     let records: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50_000);
-    let trials: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(7);
+    let trials: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(7).max(1);
+    let batch = args.next().is_some_and(|a| a == "batch");
+    let uuid_ids = args.next().is_some_and(|a| a == "uuid");
+    let shape = Shape { batch, uuid_ids };
     let mut rates: Vec<f64> = Vec::new();
     for _ in 0..trials {
-        rates.push(records as f64 / trial(records).await);
+        rates.push(records as f64 / trial(records, shape).await);
     }
     rates.sort_by(f64::total_cmp);
     println!(
-        "apply: {records} records in entries of {SUBMISSIONS_PER_ENTRY}, {CELLS} cells: best {:.0} records/s, median {:.0} records/s ({trials} trials)",
+        "apply: {records} records in entries of {}, {} ids, {CELLS} cells: best {:.0} records/s, median {:.0} records/s ({trials} trials)",
+        if batch { "one 1,000-record submission" } else { "64 single-record submissions" },
+        if uuid_ids { "uuid" } else { "submission" },
         rates[trials - 1],
         rates[trials / 2]
     );

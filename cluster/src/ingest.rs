@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
 use dtm_model::LogId;
+use dtm_model::record_id;
 use dtm_model::state;
 use dtm_model::state::command_response::Result as Reply;
 use dtm_storage::StoreError;
@@ -245,6 +246,7 @@ fn store_records(
         delta: state::DatasetStats::default(),
     };
     let contributor = lineage::contributor(&sub.batch_id, &sub.source);
+    let by_submission = index_submission(txn, log_id, sub, *position);
     for r in &sub.records {
         let here = *position;
         *position = position.saturating_add(1);
@@ -296,7 +298,7 @@ fn store_records(
             txn.put(tables::reference(&sub.dataset, &r.reference_key), r.payload_json.clone());
         }
         let stored = stored_record(sub, r, log_id, version, previous_id, conflict);
-        put_record(txn, &stored, here);
+        put_record(txn, &stored, here, by_submission);
         out.ids.push(r.id.clone());
         out.outcomes.push(if conflict { "conflict" } else { "stored" }.to_string());
         out.delta.stored += 1;
@@ -368,6 +370,7 @@ fn correct(
     };
     // Checks done: from here on the correction is applied.
     let here = *position;
+    let by_submission = index_submission(txn, log_id, sub, here);
     *position = position.saturating_add(1);
     if let Some((c, contribution)) = retract {
         changed.count_out(txn, &sub.dataset, contribution, &lineage::contributor(&c.batch_id, &c.source))?;
@@ -392,7 +395,7 @@ fn correct(
     let mut stored = stored_record(sub, r, log_id, t.version.saturating_add(1), t.id.clone(), false);
     stored.correction_reason = sub.correction_reason.clone();
     stored.corrected_by = sub.principal.clone();
-    put_record(txn, &stored, here);
+    put_record(txn, &stored, here, by_submission);
     let delta = state::DatasetStats { stored: 1, corrections: 1, ..Default::default() };
     Ok(Ok(Stored { ids: vec![r.id.clone()], outcomes: vec!["corrected".into()], delta }))
 }
@@ -455,9 +458,25 @@ fn stored_record(
     }
 }
 
-/// Stores a record in commit order and indexes its id (lineage reads records by id).
-fn put_record(txn: &mut Txn<'_>, stored: &state::StoredRecord, position: u32) {
+/// When the submission's record ids are `<s>.0`, `<s>.1`, … (as the pipeline names them), stores
+/// where its records start (`rsub/<s>`), once, and returns true: their ids need no key of their own.
+/// Record n lands at `first_position + n` because every record of a submission takes a position,
+/// stored or not.
+fn index_submission(txn: &mut Txn<'_>, log_id: &LogId, sub: &state::Submission, first_position: u32) -> bool {
+    let Some(submission) = record_id::common_submission(sub.records.iter().map(|r| r.id.as_str())) else {
+        return false;
+    };
+    let location = state::RecordLocation { dataset: sub.dataset.clone(), commit_index: log_id.index, first_position };
+    txn.put_msg(tables::record_submission(submission), &location);
+    true
+}
+
+/// Stores a record in commit order and, unless its submission's location already names it
+/// (`index_submission`), indexes its id (lineage reads records by id).
+fn put_record(txn: &mut Txn<'_>, stored: &state::StoredRecord, position: u32, by_submission: bool) {
     let table_key = tables::record(&stored.dataset, stored.commit_index, position);
-    txn.put(tables::record_id(&stored.id), table_key.clone());
+    if !by_submission {
+        txn.put(tables::record_id(&stored.id), table_key.clone());
+    }
     txn.put_msg(table_key, stored);
 }

@@ -1,6 +1,6 @@
-//! Lineage and versions (issue 7): where each record is stored (`rid/`), which version follows it
-//! (`rsup/`), which version of a chain the aggregates count, and who contributed to each aggregate
-//! cell (`aggl/`).
+//! Lineage and versions (issue 7): where each record is stored (`rsub/` per submission, `rid/` for
+//! ids of other shapes), which version follows it (`rsup/`), which version of a chain the
+//! aggregates count, and who contributed to each aggregate cell (`aggl/`).
 //!
 //! Records are never rewritten. A conflicting record (same natural key, other content, from any
 //! source) and a correction are both stored as the next version of the chain and linked from the
@@ -12,6 +12,7 @@
 //! These functions read through [`TableRead`], so `apply` (inside its transaction) and the API (on
 //! a node's read view) walk chains the same way.
 
+use dtm_model::record_id;
 use dtm_model::state;
 use dtm_storage::StateReader;
 use dtm_storage::StoreError;
@@ -52,8 +53,19 @@ pub struct Found {
     pub record: state::StoredRecord,
 }
 
-/// The record with this id (None: no such record, or one stored before the id index existed).
+/// The record with this id (None: no such record, or one stored before the id index existed). An
+/// id of the submission scheme (`dtm_model::record_id`) is found from its submission's location;
+/// any other id through its own index key.
 pub fn find_record(t: &impl TableRead, id: &str) -> Result<Option<Found>, StoreError> {
+    if let Some((submission, n)) = record_id::split(id)
+        && let Some(at) = t.get_pb::<state::RecordLocation>(&tables::record_submission(submission))?
+    {
+        let table_key = tables::record(&at.dataset, at.commit_index, at.first_position.saturating_add(n));
+        return Ok(match t.get_pb::<state::StoredRecord>(&table_key)? {
+            Some(record) if record.id == id => Some(Found { table_key, record }),
+            _ => None,
+        });
+    }
     let Some(table_key) = t.get_raw(&tables::record_id(id))? else { return Ok(None) };
     let Some(record) = t.get_pb::<state::StoredRecord>(&table_key)? else { return Ok(None) };
     Ok(Some(Found { table_key, record }))

@@ -260,9 +260,13 @@ pub fn connection_days_of(source: &str) -> Vec<u8> {
 
 // --- Lineage and versions (issue 7). ---
 
-/// Where each record is stored: `rid/<record id>` → its `rec/…` table key (raw bytes). Record ids
+/// Where each record is stored: `rid/<record id>` → its `rec/…` table key (raw bytes), for ids that
+/// are not of the submission scheme (`rsub/` below; records stored before it existed). Record ids
 /// are unique across datasets, so lineage can be asked by id alone.
 pub const RECORD_ID: &[u8] = b"rid/";
+/// Where a submission's records are stored, for ids `<submission id>.<n>`: `rsub/<submission id>` →
+/// `RecordLocation` (see `dtm_model::record_id`; replaces `rid/` for such ids).
+pub const RECORD_SUBMISSION: &[u8] = b"rsub/";
 /// The version that follows a record: `rsup/<record id>` → `RecordSuccessor` (only for records
 /// that a conflict or a correction followed).
 pub const RECORD_SUCCESSOR: &[u8] = b"rsup/";
@@ -271,6 +275,10 @@ pub const CELL_LINEAGE: &[u8] = b"aggl/";
 
 pub fn record_id(id: &str) -> Vec<u8> {
     join(RECORD_ID, &[id.as_bytes()])
+}
+
+pub fn record_submission(submission: &str) -> Vec<u8> {
+    join(RECORD_SUBMISSION, &[submission.as_bytes()])
 }
 
 pub fn record_successor(id: &str) -> Vec<u8> {

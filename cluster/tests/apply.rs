@@ -343,3 +343,47 @@ async fn two_nodes_applying_the_same_log_hold_identical_tables() {
     rebuilt.rebuild(&ra).expect("rebuild");
     assert_eq!(rebuilt.digest("etx"), da);
 }
+
+/// Record ids of the submission scheme (`<s>.<n>`, as the pipeline names them) are found through one
+/// `rsub/` key per submission, including after a duplicate took a position inside the submission and
+/// for a correction; ids of any other shape through their own `rid/` key (A2.5 lineage).
+#[tokio::test]
+async fn records_are_found_by_id_through_their_submission_or_their_own_index() {
+    let (_dir, mut sm, reader, _) = open();
+    let (s, t) = (dtm_model::record_id::new_submission(), dtm_model::record_id::new_submission());
+    let id = |sub: &str, n: usize| dtm_model::record_id::of(sub, n);
+    let mut batch = keyed("n", &[(5, 1, 1.0), (5, 1, 1.0), (6, 2, 2.0)]);
+    for (n, r) in batch.records.iter_mut().enumerate() {
+        r.id = id(&s, n);
+    }
+    let mut fix = correction("o", &id(&s, 2), Some((&id(&s, 2), 2.0)), "wrong value", (6, 3, 3.0));
+    fix.records[0].id = id(&t, 0);
+    let mut log = log();
+    log.push(entry(13, cmd(Kind::Ingest(state::IngestBatch { submissions: vec![batch] }))));
+    log.push(entry(14, cmd(Kind::Ingest(state::IngestBatch { submissions: vec![fix] }))));
+    let replies = sm.apply(log).await.expect("apply");
+    let stored = ingest_results(&replies[12]);
+    assert_eq!(stored[0].ids, [id(&s, 0), id(&s, 0), id(&s, 2)], "the duplicate answers with the first id");
+    let corrected = ingest_results(&replies[13]);
+    assert_eq!(corrected[0].ids, [id(&t, 0)], "{corrected:?}");
+
+    for (want, content) in [(id(&s, 0), 1u8), (id(&s, 2), 2), (id(&t, 0), 3)] {
+        let found = dtm_cluster::lineage::find_record(&reader, &want).expect("read").expect("found");
+        assert_eq!(found.record.id, want);
+        assert_eq!(found.record.content_sha256, vec![content; 32]);
+        assert_eq!(reader.get(&dtm_cluster::tables::record_id(&want)).expect("read"), None, "no rid/ key");
+    }
+    assert_eq!(dtm_cluster::lineage::later_versions(&reader, &id(&s, 2)).expect("read"), [(id(&t, 0), 14)]);
+    // The position the duplicate took holds nothing, an unknown place nothing, another shape of id
+    // its own index key.
+    assert!(dtm_cluster::lineage::find_record(&reader, &id(&s, 1)).expect("read").is_none());
+    assert!(dtm_cluster::lineage::find_record(&reader, &id(&s, 7)).expect("read").is_none());
+    assert!(
+        dtm_cluster::lineage::find_record(&reader, &id(&dtm_model::record_id::new_submission(), 0))
+            .expect("read")
+            .is_none()
+    );
+    let legacy = dtm_cluster::lineage::find_record(&reader, "e-0").expect("read").expect("found");
+    assert_eq!(legacy.record.id, "e-0");
+    assert!(reader.get(&dtm_cluster::tables::record_id("e-0")).expect("read").is_some());
+}

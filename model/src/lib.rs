@@ -17,6 +17,8 @@ use openraft::Membership;
 use openraft::StoredMembership;
 use prost::Message;
 
+pub mod record_id;
+
 pub use dtm_proto::raft as pb;
 pub use dtm_proto::state;
 

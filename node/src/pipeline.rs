@@ -132,6 +132,8 @@ impl dtm_actors::Stages for IngestStages {
         let ds = &v.job.dataset;
         let mut out = Vec::with_capacity(v.records.len());
         let mut problems = Vec::new();
+        // Ids `<submission>.<n>`: `apply` locates them by one key per submission (record_id.rs).
+        let submission = dtm_model::record_id::new_submission();
         for (i, Checked { record: obj, masked_fields, enriched_fields }) in v.records.into_iter().enumerate() {
             let contribution = match ds.contribution(i, &obj) {
                 Ok(c) => {
@@ -147,7 +149,7 @@ impl dtm_actors::Stages for IngestStages {
                 None => String::new(),
             };
             out.push(state::RecordIn {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: dtm_model::record_id::of(&submission, i),
                 natural_key_hash: ds.natural_key_hash(&obj, &v.job.masking_key).map(|h| h.to_vec()).unwrap_or_default(),
                 content_sha256: dtm_dataset::content_sha256(&obj).to_vec(),
                 payload_json: Value::Object(obj).to_string().into_bytes(),
