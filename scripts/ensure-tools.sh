@@ -59,10 +59,11 @@ if ! "$INTEROP_VENV/bin/python" -c "import zeep, grpc_tools, openapi_spec_valida
   python3 -m venv "$INTEROP_VENV" || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$INTEROP_VENV"; }
   "$INTEROP_VENV/bin/pip" install -q --disable-pip-version-check "${INTEROP_PACKAGES[@]}"
 fi
-# Independent writers of batch files (pyarrow, openpyxl; tests/tests/batches.rs), in their own virtual
+# Independent writers of batch files (pyarrow, openpyxl; tests/tests/batches.rs) and an independent XSD
+# validator (xmlschema, pure Python; tests/tests/xsd.rs), in their own virtual
 # environment under target/, installed only when missing.
 BATCH_VENV="${DTM_BATCH_VENV:-target/batch-venv}"
-if ! "$BATCH_VENV/bin/python" -c "import pyarrow, openpyxl" >/dev/null 2>&1; then
+if ! "$BATCH_VENV/bin/python" -c "import pyarrow, openpyxl, xmlschema" >/dev/null 2>&1; then
   if ! need_cmd python3; then
     echo "installing python3 (venv, pip)…"
     apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
