@@ -176,7 +176,7 @@ pub fn read(
                             let tag: &str = &e;
                             check.root(format!("<{tag}/>").as_bytes()).map_err(|message| FormatError::WrongSchema {
                                 format: FORMAT,
-                                message: format!("the root element does not fit the XSD: {message}"),
+                                message: format!("<records>: {message}"),
                             })?;
                             raw.namespaces = namespace_attributes(&e);
                         }

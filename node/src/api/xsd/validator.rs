@@ -280,6 +280,10 @@ mod tests {
         let e = v.validate(xxe.as_bytes()).expect_err("refused");
         assert!(e.message.contains("DOCTYPE"), "{e:?}");
         assert!(!e.message.contains("root:"), "{e:?}");
+        // Schema location hints are not followed (the XSD is given; nothing is fetched).
+        let hinted = "<records xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
+                      xsi:noNamespaceSchemaLocation=\"http://127.0.0.1:9/elsewhere.xsd\"/>";
+        assert_eq!(v.validate(hinted.as_bytes()), Ok(()));
         // An undeclared entity is an error, not a lookup.
         let e = v.validate(b"<record><agency>&x;</agency><n>1</n><channel>web</channel></record>").expect_err("e");
         assert!(e.message.contains("not well-formed"), "{e:?}");
@@ -318,5 +322,53 @@ mod tests {
         })
         .join()
         .expect("test thread");
+    }
+
+    /// The cost of the check per record: the XML reader over a generated file with and without it.
+    /// `cargo test --release -p dtm-node --bin dtm xsd_cost_per_record -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a benchmark: run in release"]
+    fn xsd_cost_per_record() {
+        let n = 50_000;
+        let mut xml = String::from("<?xml version=\"1.0\"?>\n<records>\n");
+        for i in 0..n {
+            xml.push_str(&format!(
+                "<record><agency>MoF</agency><n>{}</n><rate>{}.5</rate><channel>web</channel><ok>true</ok>\
+                 <period>2024-{:02}</period></record>\n",
+                i % 100,
+                i,
+                i % 12 + 1
+            ));
+        }
+        xml.push_str("</records>\n");
+        let columns = dtm_formats::Columns::from_json_schema(&schema());
+        let run = |check: Option<&mut dyn dtm_formats::XmlCheck>| {
+            let mut ok = 0usize;
+            let mut sink = |_: dtm_formats::Position, item: dtm_formats::Item| {
+                ok += usize::from(item.is_ok());
+                std::ops::ControlFlow::Continue(())
+            };
+            let started = std::time::Instant::now();
+            dtm_formats::read_stream_checked(dtm_formats::Format::Xml, xml.as_bytes(), &columns, check, &mut sink)
+                .expect("read");
+            (started.elapsed(), ok)
+        };
+        let xsd = crate::api::xsd::xsd_of("t", &schema()).expect("xsd");
+        let compile_started = std::time::Instant::now();
+        let mut check = RecordCheck::new("bench", 1, &xsd).expect("compiles");
+        let compile = compile_started.elapsed();
+        let (plain, plain_ok) = run(None);
+        let (checked, checked_ok) = run(Some(&mut check));
+        assert_eq!((plain_ok, checked_ok), (n, n));
+        let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / n as f64;
+        eprintln!(
+            "XML reader: {:.2} µs/record without the XSD, {:.2} µs/record with it (+{:.2} µs); \
+             compiling the XSD: {:.2} ms; {n} records, {} bytes",
+            per(plain),
+            per(checked),
+            per(checked) - per(plain),
+            compile.as_secs_f64() * 1e3,
+            xml.len()
+        );
     }
 }
