@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use base64::Engine;
 use dtm_tests::TestCluster;
+use futures::StreamExt;
 use reqwest::Method;
 use serde_json::Value;
 use serde_json::json;
@@ -105,7 +106,8 @@ fn closed_definition(id: &str) -> Value {
             "transactions": {"type": "integer", "minimum": 0},
             "rate": {"type": "number"},
             // `\S` has no exact XSD translation: only the JSON Schema checks this one.
-            "code": {"type": "string", "pattern": "^\\S+$"}},
+            "code": {"type": "string", "pattern": "^\\S+$"},
+            "note": {"type": "string", "maxLength": 1000}},
             "required": ["ref", "agency", "period", "channel", "transactions"]},
         "key": ["ref"], "time_field": "period", "dimensions": ["agency", "channel"],
         "measures": {"transactions": "sum"}
@@ -280,5 +282,65 @@ async fn a3_2_open_records_publish_a_valid_xsd_and_dtds_stay_refused() -> anyhow
         assert!(!message.contains("root:"), "{v}");
     }
     assert_eq!(c.records(1, "xsd_open").await?.len(), before);
+    Ok(())
+}
+
+fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
+    let kb: u64 = line.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    Ok(kb * 1024)
+}
+
+/// A large XML batch, generated while it is sent, is validated record by record: libxml2 never holds
+/// more than one record, so the node's peak RSS stays under 256 MB. Most records carry a 64 KiB note
+/// the XSD refuses (`maxLength` 1000), so every byte crosses the validator; every 50th is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a3_2_a_large_xml_upload_is_validated_in_bounded_memory() -> anyhow::Result<()> {
+    let mb: usize = std::env::var("DTM_XSD_TEST_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let c = TestCluster::start(1, &[]).await?;
+    let key = c.create_source(1, "ministry").await?;
+    let (s, v) = c.admin(Method::POST, 1, "/api/v1/datasets", Some(closed_definition("xsd_big"))).await?;
+    anyhow::ensure!(s == 201, "define: {s} {v}");
+    let http = client(&c)?;
+    let pid = c.nodes[&1].pid().ok_or_else(|| anyhow::anyhow!("node 1 is not running"))?;
+    let note = "n".repeat(64 * 1024);
+    let rows = mb * 1024 * 1024 / (note.len() + 200);
+    let record = move |i: usize| {
+        let note = if i.is_multiple_of(50) { "ok" } else { note.as_str() };
+        format!(
+            "<record><ref>R{i:07}</ref><agency>Bộ Tài chính</agency><period>2024-{:02}</period>\
+             <channel>web</channel><transactions>{i}</transactions><note>{note}</note></record>\n",
+            i % 12 + 1
+        )
+        .into_bytes()
+    };
+    let parts = std::iter::once(b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<records>\n".to_vec())
+        .chain((0..rows).map(record))
+        .chain(std::iter::once(b"</records>\n".to_vec()));
+    let stream = futures::stream::iter(parts).map(Ok::<_, std::io::Error>);
+    let started = std::time::Instant::now();
+    let resp = http
+        .post(format!("{}/api/v1/datasets/xsd_big/batches", c.url(1)))
+        .header("x-api-key", &key)
+        .header("content-type", "application/xml")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await?;
+    let (s, v) = (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null));
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(s, 201, "{v}");
+    let stored_rows = rows.div_ceil(50);
+    assert_eq!((v["received"].as_u64(), v["accepted"].as_u64()), (Some(rows as u64), Some(stored_rows as u64)), "{v}");
+    assert_eq!(v["error_count"], rows - stored_rows, "{v}");
+    let first = v["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(first.contains("Element 'note'") && first.contains("maxLength"), "{v}");
+    let peak = peak_rss(pid)?;
+    eprintln!(
+        "{mb} MB XML ({rows} records) in {secs:.1} s = {:.1} MB/s; node peak RSS {} MB",
+        mb as f64 / secs,
+        peak >> 20
+    );
+    assert!(peak < 256 * 1024 * 1024, "peak RSS {} MB", peak >> 20);
     Ok(())
 }

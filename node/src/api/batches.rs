@@ -321,6 +321,8 @@ struct XsdForm {
     dataset: String,
     version: u32,
     text: String,
+    /// The required properties (to name a missing one).
+    required: Vec<String>,
 }
 
 /// What the parser hands on: consecutive records of the file, as JSON elements, and the rows that
@@ -462,7 +464,11 @@ pub async fn ingest_stream(state: &AppState, req: BatchRequest, body: BodyStream
         let title = super::xsd::xsd_title(&compiled.def.title, &req.dataset, compiled.version);
         let text = super::xsd::validator::published(&req.dataset, compiled.version, &title, &compiled.def.schema)
             .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_xml_form", m))?;
-        Some(Arc::new(XsdForm { dataset: req.dataset.clone(), version: compiled.version, text }))
+        let required = compiled.def.schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default();
+        Some(Arc::new(XsdForm { dataset: req.dataset.clone(), version: compiled.version, text, required }))
     } else {
         None
     };
@@ -741,7 +747,7 @@ fn parse(
     // Compiled once per version on this thread (libxml2 contexts stay on their thread).
     let mut check = match xsd {
         Some(x) => Some(
-            super::xsd::validator::RecordCheck::new(&x.dataset, x.version, &x.text)
+            super::xsd::validator::RecordCheck::new(&x.dataset, x.version, &x.text, x.required.clone())
                 .map_err(|message| FormatError::Refused { format: "XML", message })?,
         ),
         None => None,

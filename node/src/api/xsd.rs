@@ -191,7 +191,12 @@ fn simple_type(schema: &Value, optional: bool, patterns: bool) -> String {
         Base::Boolean => {}
     }
     let restriction = format!("<xs:restriction base=\"{}\">{facets}</xs:restriction>", base.name());
-    if optional && (base != Base::String || !facets.is_empty()) {
+    // Only where the type refuses the empty text: a union's errors say less than a facet's.
+    let refuses_empty = match base {
+        Base::String => listed.is_some() || facets.contains("<xs:minLength") || facets.contains("<xs:pattern"),
+        _ => true,
+    };
+    if optional && refuses_empty {
         format!(
             "<xs:simpleType><xs:union><xs:simpleType>{restriction}</xs:simpleType><xs:simpleType>\
              <xs:restriction base=\"xs:string\"><xs:length value=\"0\"/></xs:restriction></xs:simpleType>\

@@ -50,27 +50,58 @@ pub struct Invalid {
     pub message: String,
 }
 
+/// Quoted values longer than this are cut in messages (libxml2 quotes the whole offending value).
+const QUOTED_CHARS_MAX: usize = 40;
+/// A libxml2 message is cut at this many characters.
+const MESSAGE_CHARS_MAX: usize = 400;
+
+/// libxml2's message, trimmed, with long quoted values shortened (`'nnnn…' (65536 characters)`), so
+/// that a 64 KiB value does not become a 64 KiB row error and the reason after it survives.
 fn message_of(e: &StructuredError) -> String {
-    e.message.as_deref().unwrap_or("invalid").trim().to_string()
+    let raw = e.message.as_deref().unwrap_or("invalid").trim();
+    let mut out = String::new();
+    for (i, part) in raw.split('\'').enumerate() {
+        if i > 0 {
+            out.push('\'');
+        }
+        let n = part.chars().count();
+        if i % 2 == 1 && n > QUOTED_CHARS_MAX {
+            out.extend(part.chars().take(QUOTED_CHARS_MAX - 8));
+            out.push_str(&format!("… ({n} characters)"));
+        } else {
+            out.push_str(part);
+        }
+    }
+    if out.chars().count() > MESSAGE_CHARS_MAX {
+        out = out.chars().take(MESSAGE_CHARS_MAX).collect::<String>() + "…";
+    }
+    out
 }
 
-/// The field an XSD message is about: `Element 'amount': …` → `/amount`; for the record element, a
-/// single missing child (`Expected is ( agency ).`) → `/agency`.
-fn field_of(message: &str) -> String {
+/// The field an XSD message is about: `Element 'amount': …` → `/amount`. For the record element's
+/// `Missing child element(s). Expected is ( agency ).` the one expected, or among several (libxml2
+/// lists every element still allowed) the first required one.
+fn field_of(message: &str, required: &[String]) -> String {
     let Some(rest) = message.strip_prefix("Element '") else { return String::new() };
     let Some((name, _)) = rest.split_once('\'') else { return String::new() };
     if name != "record" && name != "records" {
         return format!("/{name}");
     }
-    match message.split_once("Expected is ( ").and_then(|(_, e)| e.split_once(" )")) {
-        Some((one, _)) if !one.contains(',') => format!("/{}", one.trim()),
-        _ => String::new(),
+    let Some((_, expected)) = message.split_once("Expected is ") else { return String::new() };
+    let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+    let Some(list) = expected.strip_prefix("( ").and_then(|e| e.split_once(" )")).map(|(l, _)| l) else {
+        return String::new();
+    };
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    match names.as_slice() {
+        [one] => format!("/{one}"),
+        many => many.iter().find(|n| required.iter().any(|r| r == *n)).map(|n| format!("/{n}")).unwrap_or_default(),
     }
 }
 
-fn invalid(errors: &[StructuredError], what: &str) -> Invalid {
+fn invalid(errors: &[StructuredError], what: &str, required: &[String]) -> Invalid {
     let messages: Vec<String> = errors.iter().take(MESSAGES_PER_ROW_MAX).map(message_of).collect();
-    let field = messages.first().map(|m| field_of(m)).unwrap_or_default();
+    let field = messages.first().map(|m| field_of(m, required)).unwrap_or_default();
     let more = errors.len().saturating_sub(MESSAGES_PER_ROW_MAX);
     let mut message = format!("{what}: {}", messages.join(" "));
     if more > 0 {
@@ -94,6 +125,11 @@ pub fn compile(xsd: &str) -> Result<Validator, String> {
 impl Validator {
     /// Parses `doc` (no network, no DTD, no entity expansion) and validates it.
     pub fn validate(&self, doc: &[u8]) -> Result<(), Invalid> {
+        self.validate_naming(doc, &[])
+    }
+
+    /// [`Self::validate`], naming a missing element among `required` when libxml2 lists several.
+    pub fn validate_naming(&self, doc: &[u8], required: &[String]) -> Result<(), Invalid> {
         let lower_has = |needle: &[u8]| doc.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
         if lower_has(b"<!doctype") || lower_has(b"<!entity") {
             return Err(Invalid {
@@ -111,14 +147,14 @@ impl Validator {
         };
         let document = match Parser::default().parse_string_with_diagnostics(doc, options) {
             Ok((document, _warnings)) => document,
-            Err(XmlParseFailure::ParseFailed(errors)) => return Err(invalid(&errors, "not well-formed XML")),
+            Err(XmlParseFailure::ParseFailed(errors)) => return Err(invalid(&errors, "not well-formed XML", &[])),
             Err(other) => return Err(Invalid { field: String::new(), message: format!("not parsed: {other}") }),
         };
         let Ok(mut ctx) = self.ctx.try_borrow_mut() else {
             // Only reachable by re-entering from libxml2's callbacks, which do not call back here.
             return Err(Invalid { field: String::new(), message: "the XSD validator is busy".into() });
         };
-        ctx.validate_document(&document).map_err(|errors| invalid(&errors, "not valid against the XSD"))
+        ctx.validate_document(&document).map_err(|errors| invalid(&errors, "not valid against the XSD", required))
     }
 }
 
@@ -191,11 +227,13 @@ pub fn published(dataset: &str, version: u32, title: &str, schema: &Value) -> Re
 pub struct RecordCheck {
     validator: Rc<Validator>,
     version: u32,
+    /// The JSON Schema's required properties, to name a missing one.
+    required: Vec<String>,
 }
 
 impl RecordCheck {
-    pub fn new(dataset: &str, version: u32, xsd: &str) -> Result<RecordCheck, String> {
-        Ok(RecordCheck { validator: cached(dataset, version, xsd)?, version })
+    pub fn new(dataset: &str, version: u32, xsd: &str, required: Vec<String>) -> Result<RecordCheck, String> {
+        Ok(RecordCheck { validator: cached(dataset, version, xsd)?, version, required })
     }
 }
 
@@ -205,7 +243,7 @@ impl dtm_formats::XmlCheck for RecordCheck {
     }
 
     fn record(&mut self, doc: &[u8]) -> Result<(), RowProblem> {
-        self.validator.validate(doc).map_err(|e| RowProblem {
+        self.validator.validate_naming(doc, &self.required).map_err(|e| RowProblem {
             field: e.field,
             message: format!("{} (dataset version {})", e.message, self.version),
         })
@@ -268,6 +306,20 @@ mod tests {
             assert!(e.message.contains(text), "{doc}: {e:?}");
             assert!(e.message.starts_with("not valid against the XSD: Element '"), "{e:?}");
         }
+        // Among the elements libxml2 still expects, the required one is named.
+        let missing = b"<record><agency>MoF</agency><channel>web</channel></record>";
+        let e = v.validate_naming(missing, &["agency".into(), "n".into()]).expect_err("missing");
+        assert_eq!(e.field, "/n", "{e:?}");
+        // A long value does not make a long message; the reason stays.
+        let long = format!("<record><agency>{}</agency><n>1</n><channel>web</channel></record>", "x".repeat(70_000));
+        let e = v.validate(long.as_bytes()).expect_err("too long");
+        assert!(e.message.len() < 600 && e.message.contains("maxLength"), "{e:?}");
+        let long = format!(
+            "<record><agency>MoF</agency><n>1</n><channel>web</channel><rate>{}</rate></record>",
+            "y".repeat(70_000)
+        );
+        let e = v.validate(long.as_bytes()).expect_err("not a number");
+        assert!(e.message.len() < 600 && e.message.contains("Element 'rate'"), "{e:?}");
         let e = v.validate(b"<record><agency>MoF</agency>").expect_err("truncated");
         assert!(e.message.starts_with("not well-formed XML"), "{e:?}");
     }
@@ -355,7 +407,7 @@ mod tests {
         };
         let xsd = crate::api::xsd::xsd_of("t", &schema()).expect("xsd");
         let compile_started = std::time::Instant::now();
-        let mut check = RecordCheck::new("bench", 1, &xsd).expect("compiles");
+        let mut check = RecordCheck::new("bench", 1, &xsd, Vec::new()).expect("compiles");
         let compile = compile_started.elapsed();
         let (plain, plain_ok) = run(None);
         let (checked, checked_ok) = run(Some(&mut check));
