@@ -6,7 +6,9 @@
 //! source's actors like a real-time request (validation, enrichment, masking, natural key) and is
 //! proposed as one `Submission` through group commit, at most `BATCH_CHUNKS_IN_FLIGHT_MAX` at once,
 //! with the idempotency key `batch:<batch id>:<chunk>`, so a retried chunk is never stored twice.
-//! Rows that fail validation are left out of their chunk and listed in the receipt.
+//! Rows that fail validation are left out of their chunk and listed in the receipt. XML records are
+//! first validated by the parser against the XSD the dataset version publishes (A3.2,
+//! `api::xsd::validator`, one record at a time); a record the XSD refuses is such a row.
 //!
 //! Three cases read the body twice, from a sealed spool file (`crate::spool`): Parquet and XLSX
 //! (their readers start at the end of the file), `?on_error=reject` (everything is validated before

@@ -9,7 +9,10 @@
 //!
 //! Records travel as JSON text in `<dtm:RecordsJson>` (one object or an array, exactly the REST
 //! body): datasets are defined by JSON Schemas, so JSON is their exact form, while a per-dataset
-//! XML form would need a WSDL per dataset and a lossy mapping of types.
+//! XML form would need a WSDL per dataset and a lossy mapping of types. A `SubmitBatch` whose
+//! `ContentType` is `application/xml` carries the dataset's XML form and goes through the batch
+//! path like a REST upload: each record is validated against the version's published XSD
+//! (`api::xsd::validator`) before the JSON Schema.
 
 mod wsdl;
 pub mod xml;
