@@ -355,6 +355,33 @@ mod tests {
     }
 
     #[test]
+    fn threads_validate_at_the_same_time_each_with_its_own_validator() {
+        let xsd = crate::api::xsd::xsd_of("t", &schema()).expect("xsd");
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let xsd = xsd.clone();
+                std::thread::spawn(move || {
+                    let v = cached("ds_threads", 1, &xsd).expect("compiles");
+                    let (mut ok, mut bad) = (0, 0);
+                    for i in 0..2_000 {
+                        let n = if i % 10 == 0 { "x".to_string() } else { (i % 100).to_string() };
+                        let doc = format!("<record><agency>T{t}</agency><n>{n}</n><channel>web</channel></record>");
+                        match v.validate(doc.as_bytes()) {
+                            Ok(()) => ok += 1,
+                            Err(e) if e.field == "/n" => bad += 1,
+                            Err(e) => panic!("{e:?}"),
+                        }
+                    }
+                    (ok, bad)
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().expect("thread"), (1_800, 200));
+        }
+    }
+
+    #[test]
     fn the_thread_local_cache_is_bounded_and_reused() {
         std::thread::spawn(|| {
             let xsd = crate::api::xsd::xsd_of("t", &schema()).expect("xsd");
