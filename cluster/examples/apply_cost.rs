@@ -72,6 +72,14 @@ fn record(n: usize, id: String) -> state::RecordIn {
     }
 }
 
+/// splitmix64: a fixed, well-spread sequence, so that trials are repeatable.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn entries(records: usize, shape: Shape) -> Vec<dtm_model::Entry> {
     let (submissions_per_entry, records_per_submission) =
         if shape.batch { (1, BATCH_RECORDS) } else { (SUBMISSIONS_PER_ENTRY, 1) };
@@ -87,7 +95,16 @@ fn entries(records: usize, shape: Shape) -> Vec<dtm_model::Entry> {
                 .map(|i| {
                     n += 1;
                     let id = if shape.uuid_ids {
-                        format!("00000000-0000-4000-8000-{n:012}")
+                        // Random like the v4 UUIDs the pipeline gave records before.
+                        let (a, b) = (mix(n as u64), mix(!(n as u64)));
+                        format!(
+                            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                            a >> 32,
+                            a & 0xffff,
+                            b >> 52,
+                            (b >> 40) & 0xfff,
+                            b & 0xffff_ffff_ffff
+                        )
                     } else {
                         dtm_model::record_id::of(&prefix, i)
                     };
