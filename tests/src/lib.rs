@@ -1,6 +1,8 @@
 //! Test harness: real `dtm serve` processes on loopback (port 0, real TLS, sled in temp dirs),
 //! started, killed, wiped and restarted the way an operator would. Waits poll with a deadline.
 
+pub mod mmdb;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::path::PathBuf;
