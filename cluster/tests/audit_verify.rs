@@ -3,9 +3,11 @@
 //! the verifier; a verification that continues from an earlier pass reaches the same verdict as a
 //! full one, including signatures that arrived after the checkpoint was first verified.
 
-use std::sync::Arc;
+#[path = "common/store.rs"]
+mod store;
 
-use dtm_cluster::DtmApplier;
+use store::Store;
+
 use dtm_cluster::audit::TrustedKeys;
 use dtm_cluster::audit::Verifier;
 use dtm_cluster::tables;
@@ -13,43 +15,12 @@ use dtm_model::state;
 use dtm_model::state::audit_command::Kind as A;
 use dtm_model::state::command::Kind;
 use dtm_model::state::command_response::Result as Reply;
-use dtm_storage::StateMachineStore;
-use dtm_storage::StateReader;
-use openraft::EntryPayload;
-use openraft::storage::RaftStateMachine;
 use ring::signature::Ed25519KeyPair;
 use ring::signature::KeyPair;
 
-struct Store {
-    _dir: tempfile::TempDir,
-    sm: StateMachineStore,
-    reader: StateReader,
-    index: u64,
-}
-
 impl Store {
-    fn open() -> Store {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (_log, sm, reader) =
-            dtm_storage::open(dir.path(), &dtm_storage::StoreOptions::for_tests(), Arc::new(DtmApplier::default()))
-                .expect("open store");
-        Store { _dir: dir, sm, reader, index: 0 }
-    }
-
     async fn apply(&mut self, kind: Kind) -> state::CommandResponse {
-        self.index += 1;
-        let cmd = state::Command {
-            actor: None,
-            version: 1,
-            proposed_at_ms: 1_000 + self.index,
-            origin_node: 1,
-            kind: Some(kind),
-        };
-        let entry = openraft::Entry {
-            log_id: openraft::LogId::new(openraft::LeaderId::new(1, 1), self.index),
-            payload: EntryPayload::Normal(cmd),
-        };
-        self.sm.apply(vec![entry]).await.expect("apply").pop().expect("one reply")
+        self.apply_at(1_000 + self.index + 1, kind).await
     }
 
     async fn control(&mut self, kind: A) -> state::CommandResponse {

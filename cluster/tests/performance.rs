@@ -3,49 +3,20 @@
 //! time, malformed samples are refused at their log position, the first report stored under an id
 //! wins, and storing a report is an audit entry while a sample is not.
 
-use std::sync::Arc;
+#[path = "common/store.rs"]
+mod store;
 
-use dtm_cluster::DtmApplier;
+use store::Store;
+
 use dtm_cluster::performance;
 use dtm_model::state;
 use dtm_model::state::command::Kind;
 use dtm_model::state::command_response::Result as Reply;
 use dtm_model::state::performance_command::Kind as P;
-use dtm_storage::StateMachineStore;
-use dtm_storage::StateReader;
-use openraft::EntryPayload;
-use openraft::storage::RaftStateMachine;
-
-struct Store {
-    _dir: tempfile::TempDir,
-    sm: StateMachineStore,
-    reader: StateReader,
-    index: u64,
-}
 
 impl Store {
-    fn open() -> Store {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (_log, sm, reader) =
-            dtm_storage::open(dir.path(), &dtm_storage::StoreOptions::for_tests(), Arc::new(DtmApplier::default()))
-                .expect("open store");
-        Store { _dir: dir, sm, reader, index: 0 }
-    }
-
     async fn apply(&mut self, kind: P) -> state::CommandResponse {
-        self.index += 1;
-        let cmd = state::Command {
-            actor: None,
-            version: 1,
-            proposed_at_ms: 1_000,
-            origin_node: 1,
-            kind: Some(Kind::Performance(state::PerformanceCommand { kind: Some(kind) })),
-        };
-        let entry = openraft::Entry {
-            log_id: openraft::LogId::new(openraft::LeaderId::new(1, 1), self.index),
-            payload: EntryPayload::Normal(cmd),
-        };
-        self.sm.apply(vec![entry]).await.expect("apply").pop().expect("one reply")
+        self.apply_at(1_000, Kind::Performance(state::PerformanceCommand { kind: Some(kind) })).await
     }
 
     fn audit_size(&self) -> u64 {
