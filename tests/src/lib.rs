@@ -441,3 +441,11 @@ pub fn run_dtm(args: &[&str]) -> anyhow::Result<String> {
     anyhow::ensure!(out.status.success(), "dtm {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// A process's peak resident memory (`VmHWM`), in bytes.
+pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
+    let kb: u64 = line.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    Ok(kb * 1024)
+}

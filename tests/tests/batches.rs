@@ -297,14 +297,6 @@ async fn bad_batches_are_refused_naming_the_problem() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The node's peak resident memory, in bytes.
-fn peak_rss(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
-    let kb: u64 = line.split_whitespace().nth(1).unwrap_or("0").parse()?;
-    Ok(kb * 1024)
-}
-
 /// A large NDJSON batch, generated while it is sent, streams through the receiving node: its peak
 /// RSS stays under 256 MB. Most rows carry a 64 KiB note the dataset refuses (so the bytes cross
 /// the parser and the validator but do not fill the store's cache); every 50th row is stored.
@@ -337,7 +329,7 @@ async fn a_large_ndjson_upload_streams_in_bounded_memory() -> anyhow::Result<()>
     assert_eq!(v["accepted"], stored_rows, "{v}");
     assert_eq!(v["rejected"], rows - stored_rows);
     assert_eq!(v["error_count"], rows - stored_rows);
-    let peak = peak_rss(pid)?;
+    let peak = dtm_tests::peak_rss(pid)?;
     eprintln!(
         "{mb} MB NDJSON ({rows} rows) in {secs:.1} s = {:.1} MB/s; node peak RSS {} MB",
         mb as f64 / secs,

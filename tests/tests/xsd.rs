@@ -285,13 +285,6 @@ async fn a3_2_open_records_publish_a_valid_xsd_and_dtds_stay_refused() -> anyhow
     Ok(())
 }
 
-fn peak_rss(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
-    let kb: u64 = line.split_whitespace().nth(1).unwrap_or("0").parse()?;
-    Ok(kb * 1024)
-}
-
 /// A large XML batch, generated while it is sent, is validated record by record: libxml2 never holds
 /// more than one record, so the node's peak RSS stays under 256 MB. Most records carry a 64 KiB note
 /// the XSD refuses (`maxLength` 1000), so every byte crosses the validator; every 50th is stored.
@@ -335,7 +328,7 @@ async fn a3_2_a_large_xml_upload_is_validated_in_bounded_memory() -> anyhow::Res
     assert_eq!(v["error_count"], rows - stored_rows, "{v}");
     let first = v["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(first.contains("Element 'note'") && first.contains("maxLength"), "{v}");
-    let peak = peak_rss(pid)?;
+    let peak = dtm_tests::peak_rss(pid)?;
     eprintln!(
         "{mb} MB XML ({rows} records) in {secs:.1} s = {:.1} MB/s; node peak RSS {} MB",
         mb as f64 / secs,
