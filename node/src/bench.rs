@@ -81,6 +81,9 @@ pub struct BenchArgs {
     /// With `--connections`: all connections to the first node instead of spread over the nodes.
     #[arg(long)]
     pub connections_one_node: bool,
+    /// With `--connections`: source systems (API keys) the connections are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub connection_sources: usize,
     /// Instead of the load levels: load this many records and report bytes on disk and memory per
     /// node (see `bench_disk.rs`).
     #[arg(long, default_value_t = 0)]
@@ -151,7 +154,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return crate::bench_etcd::run(&args, &ca_pem, &urls, &key, &dataset, &padding).await;
     }
     if args.connections > 0 {
-        return crate::bench_connections::run(&args, &demo, &ca_pem, &urls, &key, &dataset, &padding).await;
+        return crate::bench_connections::run(&args, &demo, &admin, &ca_pem, &urls, &dataset, &padding).await;
     }
     if args.disk_records > 0 {
         return crate::bench_disk::run(&args, &demo, &admin, &key, &dataset, &padding).await;

@@ -1,7 +1,9 @@
 //! `dtm bench --connections N`: N open TLS connections to the cluster at once (issue 4: 10,000
 //! with zero errors). The connections are spread round-robin over the nodes (or all on the first
 //! node with `--connections-one-node`), opened at most `HANDSHAKES_IN_FLIGHT` at a time, and held
-//! open together; then for `--connection-secs` every connection posts one record every
+//! open together, each the connection of one of `--connection-sources` source systems (API keys;
+//! one source's requests in progress per node are capped by the pipeline's queue depth, so one
+//! key for 10,000 connections would measure that cap instead); then for `--connection-secs` every connection posts one record every
 //! `--connection-interval-secs` (start times spread evenly over the interval) over its own
 //! connection, HTTP/1.1 with keep-alive, written by hand so that a connection the server closes or
 //! resets is seen as an error instead of being silently re-opened by a pooling client.
@@ -22,6 +24,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use reqwest::Method;
 use serde_json::Value;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -33,6 +36,7 @@ use tokio_rustls::client::TlsStream;
 use crate::bench::BenchArgs;
 use crate::bench::bench_record;
 use crate::bench_env::DemoNode;
+use crate::client::Client;
 
 /// TCP connects + TLS handshakes in progress at once while opening.
 const HANDSHAKES_IN_FLIGHT: usize = 200;
@@ -149,24 +153,48 @@ fn sample(nodes: &[DemoNode]) -> Vec<Value> {
         .collect()
 }
 
+/// Registers `count` benchmark sources and returns their API keys (admin calls answered 429 are
+/// retried after a pause).
+async fn sources(admin: &Client, dataset: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    let mut keys = Vec::with_capacity(count);
+    for k in 0..count {
+        let body = json!({"id": format!("{}-c{k}", dataset.replace('_', "-")), "name": "connections benchmark"});
+        let mut tries = 0;
+        loop {
+            let (status, v) = admin.call(Method::POST, "/api/v1/sources", Some(&body)).await?;
+            if status == 429 && tries < 20 {
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            anyhow::ensure!(status == 201 || status == 200, "creating a source: HTTP {status}: {v}");
+            keys.push(v["api_key"].as_str().context("no api_key")?.to_string());
+            break;
+        }
+    }
+    Ok(keys)
+}
+
 /// The `--connections N` run.
 pub async fn run(
     args: &BenchArgs,
     demo: &Value,
+    admin: &Client,
     ca_pem: &[u8],
     urls: &[String],
-    key: &str,
     dataset: &str,
     padding: &str,
 ) -> anyhow::Result<()> {
     let n = args.connections;
+    let keys = sources(admin, dataset, args.connection_sources.max(1)).await?;
     let (soft_before, soft) = crate::rlimit::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
     let header = crate::bench_env::header();
     for h in &header {
         println!("# {h}");
     }
     println!(
-        "# {n} connections, {} per node, one record every {} s per connection for {} s; bench RLIMIT_NOFILE {soft_before} -> {soft}",
+        "# {n} connections of {} sources, {} per node, one record every {} s per connection for {} s; bench RLIMIT_NOFILE {soft_before} -> {soft}",
+        keys.len(),
         if args.connections_one_node { "all on node 1".to_string() } else { format!("~{}", n / urls.len().max(1)) },
         args.connection_interval_secs,
         args.connection_secs
@@ -208,7 +236,7 @@ pub async fn run(
     for i in 0..n {
         let (connector, addr) = (connector.clone(), addrs[i % addrs.len()].clone());
         let path = format!("/api/v1/datasets/{dataset}/records");
-        let (key, padding) = (key.to_string(), padding.to_string());
+        let (key, padding) = (keys[i % keys.len()].clone(), padding.to_string());
         let (tally, established, alive, lost, ok, sent, handshakes, mut go_rx) = (
             tally.clone(),
             established.clone(),
@@ -272,6 +300,7 @@ pub async fn run(
                     Ok(Ok(201)) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
+                    Ok(Ok(status @ (429 | 503))) => t.error(format!("HTTP {status} (refused with Retry-After)")),
                     Ok(Ok(status)) => t.error(format!("HTTP {status}")),
                     Ok(Err(e)) => {
                         t.error(e);

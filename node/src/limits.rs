@@ -19,8 +19,15 @@ pub const RECORDS_PAGE_MAX: usize = 1_000;
 pub const RECORDS_PAGE_DEFAULT: usize = 100;
 /// Length of an `Idempotency-Key` header.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 200;
-/// Open HTTPS connections per node; further connections wait in the kernel's accept queue.
-pub const HTTP_CONNECTIONS_MAX: usize = 8_192;
+/// Open HTTPS connections per node; further connections wait in the kernel's accept queue. An idle
+/// TLS connection costs a node about 10 KB (docs/benchmarks.md, issue 4), so the bound is set by
+/// descriptors: the node holds at most this many, and at most its open-files limit less
+/// `HTTP_CONNECTIONS_FD_RESERVE` (`rlimit::connections_max`). 32,768 lets one node carry a
+/// national system's 10,000 held connections alone, with room.
+pub const HTTP_CONNECTIONS_MAX: usize = 32_768;
+/// Descriptors kept for the store, the peers, gRPC and outgoing connections when the open-files
+/// limit bounds the HTTPS connections.
+pub const HTTP_CONNECTIONS_FD_RESERVE: u64 = 1_024;
 /// TLS handshake deadline, so half-open connections cannot pin resources.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whole-request deadline at the gateway.

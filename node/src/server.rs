@@ -349,7 +349,9 @@ async fn serve_https(
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX));
+    let connections_max = crate::rlimit::connections_max(HTTP_CONNECTIONS_MAX);
+    tracing::info!(connections_max, "HTTPS connections held at most");
+    let connections = Arc::new(Semaphore::new(connections_max));
     loop {
         let permit = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
