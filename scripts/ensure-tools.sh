@@ -36,6 +36,12 @@ if ! need_cmd promtool; then
   echo "installing prometheus (promtool)…"
   apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# etcd (Debian `etcd-server`): the reference system of `dtm bench --reference etcd`; a dtm-node unit
+# test (bench_etcd) starts a 3-member cluster (issue 4).
+if ! need_cmd etcd; then
+  echo "installing etcd-server…"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest from crates.io…"
   cargo install --locked cargo-nextest

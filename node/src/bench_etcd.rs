@@ -194,9 +194,14 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts the members on `base_port` (clients) and `base_port + 100` (peers), … and waits until
-    /// every member reports itself healthy.
-    pub async fn start(bin: &Path, dir: &Path, base_port: u16) -> anyhow::Result<EtcdCluster> {
+    /// Starts member i with client port `client_ports[i]` and peer port `peer_ports[i]` and waits
+    /// until every member reports itself healthy.
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        client_ports: [u16; MEMBERS],
+        peer_ports: [u16; MEMBERS],
+    ) -> anyhow::Result<EtcdCluster> {
         let version_out = std::process::Command::new(bin)
             .arg("--version")
             .output()
@@ -208,8 +213,8 @@ impl EtcdCluster {
         std::fs::write(&ca, &ca_pem)?;
         std::fs::write(&cert, &cert_pem)?;
         std::fs::write(&key, &key_pem)?;
-        let client_port = |i: usize| base_port + i as u16;
-        let peer_port = |i: usize| base_port + 100 + i as u16;
+        let client_port = |i: usize| client_ports[i];
+        let peer_port = |i: usize| peer_ports[i];
         let initial: Vec<String> =
             (0..MEMBERS).map(|i| format!("m{}=https://127.0.0.1:{}", i + 1, peer_port(i))).collect();
         let mut cluster = EtcdCluster {
@@ -334,9 +339,10 @@ fn throwaway_certs() -> anyhow::Result<(String, String, String)> {
 
 /// Finds the etcd binary: `--etcd-bin`, else `etcd` on PATH, else Debian's `/usr/bin/etcd`.
 fn etcd_bin(args: &BenchArgs) -> PathBuf {
-    if let Some(b) = &args.etcd_bin {
-        return b.clone();
-    }
+    args.etcd_bin.clone().unwrap_or_else(default_etcd_bin)
+}
+
+fn default_etcd_bin() -> PathBuf {
     std::env::var_os("PATH")
         .and_then(|p| std::env::split_paths(&p).map(|d| d.join("etcd")).find(|c| c.is_file()))
         .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
@@ -355,7 +361,11 @@ pub async fn run(
     anyhow::ensure!(reference == "etcd", "unknown --reference `{reference}` (etcd)");
     let _ = crate::rlimit::raise_open_files_limit();
     let dir = std::env::temp_dir().join(format!("dtm-bench-etcd-{}", std::process::id()));
-    let etcd = EtcdCluster::start(&etcd_bin(args), &dir, args.etcd_base_port).await?;
+    let base = args.etcd_base_port;
+    anyhow::ensure!(base <= u16::MAX - 102, "--etcd-base-port too high");
+    let etcd =
+        EtcdCluster::start(&etcd_bin(args), &dir, [base, base + 1, base + 2], [base + 100, base + 101, base + 102])
+            .await?;
     let mut header = crate::bench_env::header();
     header.push(format!(
         "etcd: {} — 3 members on loopback, peer mTLS, client HTTPS, fsync on (default), JSON gateway POST /v3/kv/put",
@@ -459,5 +469,56 @@ mod tests {
         // The client the benchmark uses accepts the CA.
         crate::tls::install_crypto_provider();
         crate::tls::https_client(ca.as_bytes()).expect("client trusting the throwaway CA");
+    }
+
+    /// Free loopback ports (bound, read, released: a small race with other processes).
+    fn free_ports() -> [u16; MEMBERS] {
+        let listeners: Vec<std::net::TcpListener> =
+            (0..MEMBERS).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect();
+        [ports[0], ports[1], ports[2]]
+    }
+
+    /// Issue 4 (F5, the reference system): the etcd driver starts three members (Debian
+    /// etcd-server, installed by scripts/ensure-tools.sh), the benchmark's load function puts
+    /// records through its JSON gateway with no error, every acknowledged put is in the store, and
+    /// dropping the cluster stops the members and removes their directory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn f5_etcd_reference_cluster_takes_the_load_and_stops_cleanly() {
+        crate::tls::install_crypto_provider();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("etcd");
+        let etcd = EtcdCluster::start(&default_etcd_bin(), &dir, free_ports(), free_ports())
+            .await
+            .expect("a 3-member etcd cluster (is Debian's etcd-server installed?)");
+        assert_eq!(etcd.urls.len(), MEMBERS);
+        let target = Target { system: System::Etcd, urls: &etcd.urls, ca_pem: &etcd.ca_pem, api_key: "", dataset: "" };
+        let r = load(&target, false, "xx", 4, Duration::from_secs(1), 1).await.expect("load");
+        assert!(r.ok > 0 && r.errors == 0, "ok {} errors {} {:?}", r.ok, r.errors, r.first_errors);
+        assert!(r.record_bytes > 100, "{}", r.record_bytes);
+        // Every acknowledged put is readable (warm-up puts too, so at least as many).
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let http = crate::tls::https_client(&etcd.ca_pem).expect("client");
+        let range = json!({"key": b64.encode("bench/"), "range_end": b64.encode("bench0"), "count_only": true});
+        let v: Value = http
+            .post(format!("{}/v3/kv/range", etcd.urls[2]))
+            .json(&range)
+            .send()
+            .await
+            .expect("range")
+            .json()
+            .await
+            .expect("range JSON");
+        let count: u64 = v["count"].as_str().and_then(|c| c.parse().ok()).unwrap_or(0);
+        assert!(count >= r.ok, "{count} keys stored, {} puts acknowledged: {v}", r.ok);
+        let pids = etcd.pids();
+        drop(etcd);
+        for pid in pids {
+            // SAFETY: signal 0 only checks whether the process exists.
+            let alive = unsafe { libc::kill(pid, 0) } == 0;
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"));
+            assert!(!alive || zombie, "etcd member {pid} still running");
+        }
+        assert!(!dir.exists(), "{} not removed", dir.display());
     }
 }
