@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
@@ -167,6 +168,8 @@ struct Inner {
     /// every key changed since. Lets the copy run without holding `write_lock` (see `snapshot_begin`).
     preimages: Mutex<Option<Overlay>>,
     snapshot_seq: AtomicU64,
+    /// Whether the snapshot file was checked against the tables yet (`check_snapshot`).
+    snapshot_checked: AtomicBool,
     stats: Arc<crate::SnapshotStats>,
 }
 
@@ -194,6 +197,7 @@ impl StateMachineStore {
                 snapshot_file_lock: Mutex::new(()),
                 preimages: Mutex::new(None),
                 snapshot_seq: AtomicU64::new(0),
+                snapshot_checked: AtomicBool::new(false),
                 stats,
             }),
         })
@@ -384,8 +388,8 @@ impl StateMachineStore {
             format_version: SNAPSHOT_FORMAT_VERSION,
             pairs: pairs.into_iter().map(|(key, value)| pb::SnapshotPair { key, value }).collect(),
         };
-        self.store_snapshot(meta, &body.encode_to_vec())?;
         self.inner.db.flush()?;
+        self.store_snapshot(meta, &body.encode_to_vec())?;
         Ok(())
     }
 
@@ -462,6 +466,28 @@ impl StateMachineStore {
         Ok(())
     }
 
+    /// The first time the snapshot file is read (openraft does it while the node starts, after it
+    /// re-applied the committed log): the store must have applied at least up to the snapshot, which
+    /// it made durable before writing the file. Less means `store/db` went back in time — sled can
+    /// open a damaged file and hand back an older state — and the node must not serve it.
+    fn check_snapshot(&self, meta: &SnapshotMeta) -> std::result::Result<(), StoreError> {
+        let (applied, _) = self.read_applied()?;
+        let (snapshot_index, applied_index) = (meta.last_log_id.map(|l| l.index), applied.map(|l| l.index));
+        if snapshot_index > applied_index {
+            let dir = self.inner.snapshot_file.parent().unwrap_or(std::path::Path::new("."));
+            return Err(StoreError::Invalid(format!(
+                "{} is older than {} (applied index {} < snapshot index {}): the store went back in \
+                 time (a damaged file?) and is not served; remove the node's data directory and start \
+                 it again to recover from its peers",
+                dir.join("db").display(),
+                self.inner.snapshot_file.display(),
+                applied_index.unwrap_or(0),
+                snapshot_index.unwrap_or(0),
+            )));
+        }
+        Ok(())
+    }
+
     /// A read view of the same tables.
     pub(crate) fn reader(&self) -> crate::StateReader {
         crate::StateReader { tree: self.inner.tree.clone(), stats: self.inner.stats.clone() }
@@ -485,6 +511,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let this = self.clone();
         let built = tokio::task::spawn_blocking(move || {
             let (meta, data) = this.build_snapshot_now()?;
+            // The tables and `committed` up to the snapshot's index are made durable before the file
+            // says the snapshot exists, so the file is never ahead of the store (see `check_snapshot`).
+            this.inner.db.flush()?;
             this.store_snapshot(&meta, &data)?;
             Ok::<_, StoreError>((meta, data))
         })
@@ -579,6 +608,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let (this, meta_copy) = (self.clone(), meta.clone());
         let data = tokio::task::spawn_blocking(move || {
             this.install(&meta_copy, &data)?;
+            this.inner.db.flush()?;
             this.store_snapshot(&meta_copy, &data)?;
             Ok::<_, StoreError>(data)
         })
@@ -608,6 +638,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })?;
         let meta = dtm_model::snapshot_meta_from_pb(meta_pb)
             .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        if !self.inner.snapshot_checked.swap(true, Ordering::Relaxed) {
+            self.check_snapshot(&meta).map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        }
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }
@@ -679,6 +712,38 @@ mod tests {
         let snapshot = sm.snapshot_finish(copied);
         let want = pairs(&[("t/a", "changed"), ("t/c", "late"), ("t/d", "4"), ("t/e", "5"), ("t/f", "6")]);
         assert_eq!(snapshot, want);
+    }
+
+    /// P7 (issue 4): a store whose tables went back behind its snapshot file (sled can open a
+    /// damaged `store/db` and hand back an older state) is refused when the node starts, naming
+    /// the files, instead of being served; an intact store opens with its snapshot.
+    #[tokio::test]
+    async fn a_store_behind_its_snapshot_file_is_refused_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = crate::StoreOptions::for_tests();
+        {
+            let (_log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
+            sm.apply(vec![kv(1, "t/a", "1"), kv(2, "t/b", "2"), kv(3, "t/c", "3")]).await.expect("apply");
+            let mut builder = sm.get_snapshot_builder().await;
+            let snap = openraft::RaftSnapshotBuilder::build_snapshot(&mut builder).await.expect("snapshot");
+            assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(3));
+        }
+        {
+            let (_log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("reopen");
+            let snap = sm.get_current_snapshot().await.expect("an intact store opens").expect("its snapshot");
+            assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(3));
+            // Now the tables go back to index 1, as a rolled-back store/db would hold them.
+            let mut batch = sm.inner.tree.batch();
+            let old = dtm_model::log_id_to_pb(&openraft::LogId::new(openraft::LeaderId::new(1, 1), 1));
+            batch.insert(KEY_LAST_APPLIED, &old.encode_to_vec()).expect("batch");
+            sm.inner.tree.apply_batch(batch).expect("write");
+            sm.inner.db.flush().expect("flush");
+        }
+        let (_log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("reopen");
+        let err = sm.get_current_snapshot().await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("went back in time") && err.contains("applied index 1 < snapshot index 3"), "{err}");
+        assert!(err.contains(&dir.path().join("db").display().to_string()), "names the store: {err}");
+        assert!(err.contains("raft-snapshot.pb"), "names the snapshot file: {err}");
     }
 
     /// A4.2: values are sealed with the current data key; after a rotation new writes use the new
