@@ -7,9 +7,10 @@
 //! changes and the last-applied id land in one atomic sled batch, after which the applier is told
 //! (`Applier::committed`) so that state it derives in memory is published at that index; when the
 //! tables are replaced (snapshot install) or opened, `Applier::reset` rebuilds it. Snapshots copy
-//! the application tables at one applied index. A follower is sent at most
-//! `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so the engine
-//! can be replaced.
+//! the application tables at one applied index into `raft-snapshot.pb`, written only after the store
+//! is flushed; a store found behind that file at start-up (rolled back) is refused. A follower is
+//! sent at most `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so
+//! the engine can be replaced.
 
 pub mod crypto;
 mod error;
