@@ -1,6 +1,6 @@
 //! Domain types shared below `cluster`: the openraft type configuration (declared once for the whole
-//! workspace), the node descriptor, and checked conversions between openraft's types and their
-//! protobuf forms in `dtm-proto`.
+//! workspace), the node descriptor, checked conversions between openraft's types and their
+//! protobuf forms in `dtm-proto`, and the shape of record ids (`record_id.rs`).
 //!
 //! It sits under `storage` (which persists these types) and `cluster` (which sends them between
 //! nodes). Conversions from bytes that came from a peer or the disk are `TryFrom` and never panic: a
