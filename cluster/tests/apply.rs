@@ -387,3 +387,37 @@ async fn records_are_found_by_id_through_their_submission_or_their_own_index() {
     assert_eq!(legacy.record.id, "e-0");
     assert!(reader.get(&dtm_cluster::tables::record_id("e-0")).expect("read").is_some());
 }
+
+/// After a restart (the store reopened, derived state rebuilt from the tables) a record sent again
+/// is still a duplicate and a retried request still a replay (A1.5).
+#[tokio::test]
+async fn duplicates_and_replays_are_recognised_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = dtm_storage::StoreOptions::for_tests();
+    let first = keyed("p", &[(9, 1, 1.0), (10, 2, 2.0)]);
+    let stored = {
+        let (_log, mut sm, _reader) =
+            dtm_storage::open(dir.path(), &opts, Arc::new(DtmApplier::default())).expect("open");
+        let mut log = log();
+        log.push(entry(13, cmd(Kind::Ingest(state::IngestBatch { submissions: vec![first.clone()] }))));
+        let replies = sm.apply(log).await.expect("apply");
+        ingest_results(&replies[12])[0].clone()
+    };
+    assert_eq!(stored.outcomes, ["stored", "stored"]);
+    let (_log, mut sm, _reader) =
+        dtm_storage::open(dir.path(), &opts, Arc::new(DtmApplier::default())).expect("reopen");
+    let again = keyed("q", &[(9, 1, 1.0), (11, 3, 3.0)]);
+    let replies = sm
+        .apply(vec![
+            entry(14, cmd(Kind::Ingest(state::IngestBatch { submissions: vec![first] }))),
+            entry(15, cmd(Kind::Ingest(state::IngestBatch { submissions: vec![again] }))),
+        ])
+        .await
+        .expect("apply");
+    let replay = &ingest_results(&replies[0])[0];
+    assert!(replay.replayed, "{replay:?}");
+    assert_eq!(replay.ids, stored.ids);
+    let dup = &ingest_results(&replies[1])[0];
+    assert_eq!(dup.outcomes, ["duplicate", "stored"], "{dup:?}");
+    assert_eq!(dup.ids[0], stored.ids[0]);
+}
