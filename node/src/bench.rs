@@ -13,7 +13,6 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context;
-use hdrhistogram::Histogram;
 use reqwest::Method;
 use serde_json::Value;
 use serde_json::json;
@@ -122,14 +121,6 @@ pub(crate) fn bench_record(client: usize, seq: u64, padding: &str) -> Value {
            "citizen_id": "001203004567", "pad": padding})
 }
 
-struct Level {
-    clients: usize,
-    ok: u64,
-    errors: u64,
-    elapsed: Duration,
-    hist: Histogram<u64>,
-}
-
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let demo: Value = serde_json::from_slice(
         &std::fs::read(&args.cluster).with_context(|| format!("reading {}", args.cluster.display()))?,
@@ -176,23 +167,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     println!("{:>8} {:>12} {:>10} {:>10} {:>10} {:>8}", "clients", "records/s", "p50 ms", "p99 ms", "max ms", "errors");
     let mut results = Vec::new();
-    for &c in &args.clients {
-        let level =
-            load(&ca_pem, args.http1, &urls, &key, &dataset, &padding, c, Duration::from_secs(args.duration_secs))
-                .await?;
-        let rate = level.ok as f64 / level.elapsed.as_secs_f64();
-        let ms = |q: f64| level.hist.value_at_quantile(q) as f64 / 1000.0;
+    let target = crate::bench_etcd::Target {
+        system: crate::bench_etcd::System::Dtm,
+        urls: &urls,
+        ca_pem: &ca_pem,
+        api_key: &key,
+        dataset: &dataset,
+    };
+    for (tag, &c) in args.clients.iter().enumerate() {
+        // The same load function as the reference runs; `tag` keeps natural keys unique per level.
+        let duration = Duration::from_secs(args.duration_secs);
+        let level = crate::bench_etcd::load(&target, args.http1, &padding, c, duration, tag).await?;
         println!(
             "{:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8}",
             c,
-            rate,
-            ms(0.5),
-            ms(0.99),
-            level.hist.max() as f64 / 1000.0,
+            level.rate(),
+            level.ms(0.5),
+            level.ms(0.99),
+            level.max_ms(),
             level.errors
         );
-        results.push(json!({"clients": level.clients, "records_per_s": rate, "p50_ms": ms(0.5), "p99_ms": ms(0.99),
-            "max_ms": level.hist.max() as f64 / 1000.0, "ok": level.ok, "errors": level.errors}));
+        results.push(json!({"clients": c, "records_per_s": level.rate(), "p50_ms": level.ms(0.5),
+            "p99_ms": level.ms(0.99), "max_ms": level.max_ms(), "ok": level.ok, "errors": level.errors}));
     }
     let mut report = json!({"dataset": dataset, "definition": args.definition, "levels": results});
     if args.failover {
@@ -204,64 +200,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn load(
-    ca_pem: &[u8],
-    http1: bool,
-    urls: &[String],
-    key: &str,
-    dataset: &str,
-    padding: &str,
-    clients: usize,
-    duration: Duration,
-) -> anyhow::Result<Level> {
-    let warmup = Duration::from_secs(1);
-    let start = Instant::now();
-    let measure_from = start + warmup;
-    let end = measure_from + duration;
-    let mut tasks = Vec::new();
-    for i in 0..clients {
-        // Its own client per task: one connection each, like independent source systems.
-        let http = crate::tls::https_client_with(ca_pem, http1)?;
-        let url = format!("{}/api/v1/datasets/{dataset}/records", urls[i % urls.len()]);
-        let key = key.to_string();
-        let padding = padding.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("static bounds");
-            let (mut ok, mut errors, mut seq) = (0u64, 0u64, 0u64);
-            while Instant::now() < end {
-                seq += 1;
-                let t0 = Instant::now();
-                let r = http
-                    .post(&url)
-                    .header("x-api-key", &key)
-                    // Natural keys stay unique across levels: (level, client, seq).
-                    .json(&bench_record(clients * 100_000 + i, seq, &padding))
-                    .send()
-                    .await;
-                let good = matches!(&r, Ok(resp) if resp.status().as_u16() == 201);
-                if let Ok(resp) = r {
-                    let _ = resp.bytes().await;
-                }
-                if t0 >= measure_from {
-                    let _ = hist.record(t0.elapsed().as_micros() as u64);
-                    if good { ok += 1 } else { errors += 1 }
-                }
-            }
-            (hist, ok, errors)
-        }));
-    }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
-    let (mut ok, mut errors) = (0, 0);
-    for t in tasks {
-        let (h, o, e) = t.await?;
-        hist.add(h)?;
-        ok += o;
-        errors += e;
-    }
-    Ok(Level { clients, ok, errors, elapsed: duration, hist })
 }
 
 async fn failover(

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::client::Client;
 
 /// Records per request while loading, and requests in flight at once.
-const LOAD_RECORDS_PER_REQUEST: usize = 1_000;
+const LOAD_RECORDS_PER_REQUEST: u64 = 1_000;
 const LOAD_REQUESTS_IN_FLIGHT: usize = 8;
 /// Queries asked after loading (a rotating mix of shapes).
 const QUERIES: usize = 300;
@@ -54,19 +54,47 @@ pub async fn run(admin: &Client, key: &str, run: &str, records: u64, reuse: Opti
     let dataset = format!("aggbench_{run}");
     admin.expect(Method::POST, "/api/v1/datasets", Some(&definition(&dataset))).await?;
     let started = Instant::now();
+    let run_name = run.to_string();
+    let make = Arc::new(move |n: u64| event(&run_name, n));
+    load_arrays(admin, key, &dataset, records, LOAD_RECORDS_PER_REQUEST, LOAD_REQUESTS_IN_FLIGHT, false, make).await?;
+    let load_s = started.elapsed().as_secs_f64();
+    println!("loaded {records} events in {load_s:.1} s ({:.0} records/s)", records as f64 / load_s);
+    let mut report = query(admin, &dataset, records).await?;
+    report["load_records_per_s"] = json!(records as f64 / load_s);
+    Ok(report)
+}
+
+/// Loads records `0..records` (record `n` made by `make`) through the real-time API in arrays of
+/// `per_request`, `in_flight` requests at once round-robin over the nodes, each answered 201 or the
+/// load fails. Returns the records' logical size: the bytes of each one's JSON as it would be sent
+/// alone. With `progress`, prints a line every 100 requests.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn load_arrays(
+    admin: &Client,
+    key: &str,
+    dataset: &str,
+    records: u64,
+    per_request: u64,
+    in_flight: usize,
+    progress: bool,
+    make: Arc<dyn Fn(u64) -> Value + Send + Sync>,
+) -> anyhow::Result<u64> {
     let next = Arc::new(AtomicU64::new(0));
+    let logical = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for w in 0..LOAD_REQUESTS_IN_FLIGHT {
+    for w in 0..in_flight {
         let (http, url) = (admin.http.clone(), admin.nodes[w % admin.nodes.len()].clone());
-        let (key, run, dataset, next) = (key.to_string(), run.to_string(), dataset.clone(), next.clone());
+        let (key, dataset, next, logical, make) =
+            (key.to_string(), dataset.to_string(), next.clone(), logical.clone(), make.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                let from = next.fetch_add(LOAD_RECORDS_PER_REQUEST as u64, Ordering::Relaxed);
+                let from = next.fetch_add(per_request, Ordering::Relaxed);
                 if from >= records {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let to = (from + LOAD_RECORDS_PER_REQUEST as u64).min(records);
-                let body: Vec<Value> = (from..to).map(|n| event(&run, n)).collect();
+                let to = (from + per_request).min(records);
+                let body: Vec<Value> = (from..to).map(|n| make(n)).collect();
+                let bytes: u64 = body.iter().map(|r| serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0)).sum();
                 let r = http
                     .post(format!("{url}/api/v1/datasets/{dataset}/records"))
                     .header("x-api-key", &key)
@@ -75,17 +103,17 @@ pub async fn run(admin: &Client, key: &str, run: &str, records: u64, reuse: Opti
                     .await?;
                 let status = r.status().as_u16();
                 anyhow::ensure!(status == 201, "loading: HTTP {status}: {}", r.text().await.unwrap_or_default());
+                logical.fetch_add(bytes, Ordering::Relaxed);
+                if progress && (to / per_request).is_multiple_of(100) {
+                    println!("  {to} records sent");
+                }
             }
         }));
     }
     for t in tasks {
         t.await??;
     }
-    let load_s = started.elapsed().as_secs_f64();
-    println!("loaded {records} events in {load_s:.1} s ({:.0} records/s)", records as f64 / load_s);
-    let mut report = query(admin, &dataset, records).await?;
-    report["load_records_per_s"] = json!(records as f64 / load_s);
-    Ok(report)
+    Ok(logical.load(Ordering::Relaxed))
 }
 
 /// Asks one node the query mix over `dataset` and reports the latency.

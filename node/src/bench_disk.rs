@@ -10,8 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -132,44 +130,20 @@ pub async fn run(
     anyhow::ensure!(!nodes.is_empty(), "demo.json lists no nodes with pid and data_dir");
     let before = measure(&nodes);
     let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let logical = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..REQUESTS_IN_FLIGHT {
-        let (http, url) = (admin.http.clone(), admin.nodes[w % admin.nodes.len()].clone());
-        let (key, dataset, padding, next, logical) =
-            (key.to_string(), dataset.to_string(), padding.to_string(), next.clone(), logical.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let from = next.fetch_add(RECORDS_PER_REQUEST, Ordering::Relaxed);
-                if from >= records {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                let to = (from + RECORDS_PER_REQUEST).min(records);
-                // Logical size: each record's JSON as a client would send it alone.
-                let body: Vec<Value> =
-                    (from..to).map(|n| bench_record(8_000_000 + (n / 100_000) as usize, n, &padding)).collect();
-                let bytes: u64 = body.iter().map(|r| serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0)).sum();
-                let r = http
-                    .post(format!("{url}/api/v1/datasets/{dataset}/records"))
-                    .header("x-api-key", &key)
-                    .json(&body)
-                    .send()
-                    .await?;
-                let status = r.status().as_u16();
-                anyhow::ensure!(status == 201, "loading: HTTP {status}: {}", r.text().await.unwrap_or_default());
-                logical.fetch_add(bytes, Ordering::Relaxed);
-                if (to / RECORDS_PER_REQUEST).is_multiple_of(100) {
-                    println!("  {to} records sent");
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    let padding_text = padding.to_string();
+    let make = Arc::new(move |n: u64| bench_record(8_000_000 + (n / 100_000) as usize, n, &padding_text));
+    let logical = crate::bench_aggregates::load_arrays(
+        admin,
+        key,
+        dataset,
+        records,
+        RECORDS_PER_REQUEST,
+        REQUESTS_IN_FLIGHT,
+        true,
+        make,
+    )
+    .await?;
     let load_s = started.elapsed().as_secs_f64();
-    let logical = logical.load(Ordering::Relaxed);
     println!(
         "loaded {records} records ({:.1} MB of JSON, {:.0} bytes/record) in {load_s:.1} s ({:.0} records/s)",
         logical as f64 / 1e6,
