@@ -55,6 +55,8 @@ pub use rules::Rule;
 pub use rules::RuleCheck;
 pub use time::Interval;
 pub use time::TimePoint;
+pub use time::civil_from_days;
+pub use time::days_from_civil;
 pub use validate::CompiledDataset;
 pub use validate::NoReferences;
 pub use validate::References;

@@ -64,17 +64,9 @@ async fn soap_submit(c: &TestCluster, key: &str, records_json: &str) -> anyhow::
     Ok(resp.status().as_u16())
 }
 
-/// (year, month, day) in Vietnam time (UTC+7) of a time in ms (days to civil date, H. Hinnant).
+/// (year, month, day) in Vietnam time (UTC+7) of a time in ms.
 fn vietnam_date(ms: u64) -> (i64, u32, u32) {
-    let z = ((ms / 1000 + 7 * 3600) / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    dtm_dataset::civil_from_days(((ms / 1000 + 7 * 3600) / 86_400) as i64)
 }
 
 /// A5.3, F4: known successes and failures are counted with their causes in the on-demand, stored
