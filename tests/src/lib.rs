@@ -310,14 +310,7 @@ impl TestCluster {
             .json(&json!({"username": username, "password": password}))
             .send()
             .await?;
-        let cookie = resp
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with("__Host-dtm_session="))
-            .and_then(|v| v.split(';').next())
-            .map(str::to_string);
+        let cookie = session_cookie(resp.headers());
         let status = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         let cookie = cookie.with_context(|| format!("signing in as {username}: {status} {body}"))?;
@@ -448,4 +441,16 @@ pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
     let kb: u64 = line.split_whitespace().nth(1).unwrap_or("0").parse()?;
     Ok(kb * 1024)
+}
+
+/// The `__Host-dtm_session=…` pair of a sign-in answer's `Set-Cookie` headers, ready to send back
+/// as a `Cookie` header.
+pub fn session_cookie(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("__Host-dtm_session="))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
 }

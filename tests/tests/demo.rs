@@ -90,15 +90,7 @@ async fn demo_runs_a_three_node_cluster_with_data_and_resumes() -> anyhow::Resul
     let url = demo["nodes"][0]["http"].as_str().expect("http");
     let login = serde_json::json!({"username": reporting["username"], "password": reporting["password"]});
     let resp = http.post(format!("{url}/api/v1/auth/login")).json(&login).send().await?;
-    let cookie = resp
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("__Host-dtm_session="))
-        .and_then(|v| v.split(';').next())
-        .map(str::to_string)
-        .expect("the reporting user signs in");
+    let cookie = dtm_tests::session_cookie(resp.headers()).expect("the reporting user signs in");
     let due: Value =
         http.get(format!("{url}/api/v1/reporting/due")).header("cookie", cookie).send().await?.json().await?;
     assert!(

@@ -479,14 +479,7 @@ async fn reporting_pages_c2b_form_errors_draft_submit_receipt_status() -> anyhow
         // Signed in again with password and the next step's code: a full session for the pages.
         let login = json!({"username": "chief", "password": "paper kite orange river", "totp": totp.generate(now + 30).to_string()});
         let resp = c.http.post(format!("{}/api/v1/auth/login", c.url(1))).json(&login).send().await?;
-        let cookie = resp
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with("__Host-dtm_session="))
-            .and_then(|v| v.split(';').next())
-            .map(str::to_string);
+        let cookie = dtm_tests::session_cookie(resp.headers());
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         let chief = Session {
             cookie: cookie.ok_or_else(|| anyhow::anyhow!("admin sign-in with TOTP: {body}"))?,

@@ -228,15 +228,7 @@ async fn pages_redirect_translate_and_guard_forms() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!((r.status().as_u16(), r.headers()["location"].to_str()?), (303, "/ui/catalog"));
-    let cookie = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("__Host-dtm_session="))
-        .and_then(|v| v.split(';').next())
-        .context("session cookie")?
-        .to_string();
+    let cookie = dtm_tests::session_cookie(r.headers()).context("session cookie")?;
     // A wrong password: the form again, with an error summary linked to the field.
     let r = http.post(format!("{base}/ui/login")).form(&[("username", "pt-http"), ("password", "nope")]).send().await?;
     assert_eq!(r.status().as_u16(), 401);
