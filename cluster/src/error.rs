@@ -5,6 +5,10 @@ pub enum ClusterError {
     /// No leader could be reached in time (election in progress, partition, quorum lost).
     #[error("the cluster has no reachable leader")]
     Unavailable,
+    /// This node has heard from no leader (as a leader: from no quorum) for `since_ms`: it is cut off
+    /// from the cluster, and another node may well be able to take the request.
+    #[error("this node has had no contact with the cluster's leader for {since_ms} ms")]
+    CutOff { since_ms: u64 },
     /// The local submission queue is full; the client should retry after a short wait.
     #[error("too many concurrent submissions on this node")]
     Overloaded,
@@ -28,6 +32,7 @@ impl ClusterError {
     pub fn duplicate(&self) -> ClusterError {
         match self {
             ClusterError::Unavailable => ClusterError::Unavailable,
+            ClusterError::CutOff { since_ms } => ClusterError::CutOff { since_ms: *since_ms },
             ClusterError::Overloaded => ClusterError::Overloaded,
             ClusterError::Rejected { code, message } => {
                 ClusterError::Rejected { code: code.clone(), message: message.clone() }

@@ -18,6 +18,16 @@ pub const APPEND_ENTRIES_MAX: u64 = 256;
 /// A write that cannot be committed within this time (no leader, partition) fails with 503.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
+/// A node that has heard nothing from a leader for this long (a follower or learner: no
+/// append-entries; a leader: no acknowledgement from a quorum) is cut off: partitioned away, or the
+/// cluster has lost its quorum. It answers writes and linearizable reads 503 at once, and in-flight
+/// ones at this point, instead of holding them to `WRITE_DEADLINE`; `/ready` answers 503. Longer
+/// than an election after a leader crash (about 1 s, docs/benchmarks.md "Failover"), so an ordinary
+/// failover does not cut anyone off.
+pub const CUT_OFF_AFTER: Duration = Duration::from_millis(2_500);
+/// How often an in-flight write looks whether its node was cut off.
+pub const CUT_OFF_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Forwarding attempts per write (leader changes, unreachable leader) before giving up.
 pub const FORWARD_ATTEMPTS_MAX: u32 = 40;
 

@@ -17,6 +17,7 @@ use dtm_storage::StateReader;
 use dtm_storage::StoreOptions;
 use openraft::ChangeMembers;
 use openraft::Config;
+use openraft::ServerState;
 use openraft::SnapshotPolicy;
 use openraft::error::CheckIsLeaderError;
 use openraft::error::ClientWriteError;
@@ -94,13 +95,62 @@ pub struct Writer {
     pub(crate) id: NodeId,
     pub(crate) raft: Raft,
     pub(crate) pool: Arc<PeerPool>,
+    pub(crate) contact: Arc<LastContact>,
 }
 
 impl Writer {
+    /// How long this node has been cut off from the cluster, when it is (see `CUT_OFF_AFTER`): a
+    /// follower or learner that has had no append-entries from a leader, a candidate that has had
+    /// none since the last leader, a leader without an acknowledgement from a quorum. A leader that
+    /// is the only voter is never cut off.
+    pub fn cut_off_for(&self) -> Option<Duration> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let silent = if m.state == ServerState::Leader {
+            let mut voters = m.membership_config.membership().voter_ids();
+            if voters.next() == Some(self.id) && voters.next().is_none() {
+                return None;
+            }
+            // No acknowledgement yet: just elected, which took a quorum's votes.
+            Duration::from_millis(m.millis_since_quorum_ack?)
+        } else {
+            self.contact.since()
+        };
+        (silent >= CUT_OFF_AFTER).then_some(silent)
+    }
+
+    /// Resolves once this node is cut off, with the error to answer.
+    async fn until_cut_off(&self) -> ClusterError {
+        loop {
+            if let Some(d) = self.cut_off_for() {
+                return ClusterError::CutOff { since_ms: d.as_millis() as u64 };
+            }
+            tokio::time::sleep(CUT_OFF_CHECK_INTERVAL).await;
+        }
+    }
+
+    /// Runs `work` unless or until this node is cut off from the cluster: a request it cannot
+    /// serve is answered 503 at once (or as soon as the node is cut off), so that the client and
+    /// its load balancer take it to another node instead of waiting for `WRITE_DEADLINE`.
+    pub(crate) async fn unless_cut_off<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, ClusterError>>,
+    ) -> Result<T, ClusterError> {
+        tokio::select! {
+            r = work => r,
+            e = self.until_cut_off() => Err(e),
+        }
+    }
+
     /// Proposes `cmd` and returns its result and log index once it is committed and applied on the
     /// leader (and, on a follower, applied locally or `LOCAL_APPLY_WAIT` has passed). Retries across
-    /// leader changes within `WRITE_DEADLINE`; the client never sees "not leader".
+    /// leader changes within `WRITE_DEADLINE`; the client never sees "not leader". A node cut off
+    /// from the cluster answers `CutOff` instead (see `CUT_OFF_AFTER`).
     pub async fn write(&self, cmd: state::Command) -> Result<(state::CommandResponse, u64), ClusterError> {
+        self.unless_cut_off(self.write_within_deadline(cmd)).await
+    }
+
+    async fn write_within_deadline(&self, cmd: state::Command) -> Result<(state::CommandResponse, u64), ClusterError> {
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut backoff = FORWARD_BACKOFF_MIN;
         for _ in 0..FORWARD_ATTEMPTS_MAX {
@@ -222,12 +272,13 @@ impl ClusterNode {
         let raft = Raft::new(cfg.node_id, Arc::new(raft_config), Network { pool: pool.clone() }, log, sm)
             .await
             .map_err(|e| ClusterError::Stopped(e.to_string()))?;
-        let writer = Arc::new(Writer { id: cfg.node_id, raft: raft.clone(), pool: pool.clone() });
+        let contact = LastContact::new();
+        let writer =
+            Arc::new(Writer { id: cfg.node_id, raft: raft.clone(), pool: pool.clone(), contact: contact.clone() });
         cfg.group_commit.validate().map_err(ClusterError::BadRequest)?;
         let batcher = Batcher::start(writer.clone(), cfg.group_commit.clone());
         tokio::spawn(log_leader_changes(raft.clone()));
         tokio::spawn(snapshot_policy(raft.clone(), reader.clone(), cfg.raft.snapshot_after_logs));
-        let contact = LastContact::new();
         tokio::spawn(crate::detector::run(
             raft.clone(),
             pool.clone(),
@@ -282,6 +333,10 @@ impl ClusterNode {
     /// Waits until this node has applied everything committed before the call (read index): reads
     /// that follow are linearizable. Returns the index the reads reflect at least.
     pub async fn linearizable_barrier(&self) -> Result<u64, ClusterError> {
+        self.writer.unless_cut_off(self.read_index_barrier()).await
+    }
+
+    async fn read_index_barrier(&self) -> Result<u64, ClusterError> {
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut backoff = FORWARD_BACKOFF_MIN;
         while Instant::now() < deadline {
@@ -392,8 +447,24 @@ impl ClusterNode {
 
     /// True once the node belongs to a cluster that has a leader it knows of.
     pub fn is_ready(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.current_leader.is_some() && m.membership_config.membership().get_node(&self.id).is_some()
+        self.not_ready_because().is_none()
+    }
+
+    /// Why this node cannot serve reads and take writes right now, if it cannot: not (yet) a
+    /// member, no known leader, or cut off from the cluster (`CUT_OFF_AFTER`).
+    pub fn not_ready_because(&self) -> Option<String> {
+        let (member, leader) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.membership_config.membership().get_node(&self.id).is_some(), m.current_leader.is_some())
+        };
+        if !member {
+            return Some("this node is not (yet) a member of the cluster".into());
+        }
+        if let Some(d) = self.writer.cut_off_for() {
+            return Some(format!("this node has had no contact with the cluster's leader for {} ms", d.as_millis()));
+        }
+        (!leader).then(|| "this node knows no leader (an election is under way)".into())
     }
 
     fn leader(&self) -> Option<(NodeId, NodeInfo)> {

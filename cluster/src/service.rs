@@ -132,8 +132,9 @@ impl RaftService for RaftRpc {
         require_node_cert(&req)?;
         let r = req.into_inner();
         let meta = r.meta.ok_or_else(|| bad(dtm_model::DecodeError::Missing("meta")))?;
+        let vote = dtm_model::required_vote(r.vote.as_ref()).map_err(bad)?;
         let rpc = openraft::raft::InstallSnapshotRequest {
-            vote: dtm_model::required_vote(r.vote.as_ref()).map_err(bad)?,
+            vote,
             meta: dtm_model::snapshot_meta_from_pb(meta).map_err(bad)?,
             offset: r.offset,
             data: r.data,
@@ -141,7 +142,13 @@ impl RaftService for RaftRpc {
         };
         use pb::install_snapshot_response::Result as R;
         let result = match self.raft.install_snapshot(rpc).await {
-            Ok(resp) => R::Vote(dtm_model::vote_to_pb(&resp.vote)),
+            Ok(resp) => {
+                // A chunk accepted from the current leader is contact, as append-entries are.
+                if resp.vote == vote {
+                    self.contact.touch();
+                }
+                R::Vote(dtm_model::vote_to_pb(&resp.vote))
+            }
             Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m))) => R::Mismatch(pb::SnapshotMismatch {
                 expect_id: m.expect.id,
                 expect_offset: m.expect.offset,

@@ -464,3 +464,74 @@ async fn concurrent_submissions_share_log_entries() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A1.3: a node cut off from the cluster (here: both peers gone) says so on `/ready` and answers
+/// writes and linearizable reads 503 at once, naming why, so that clients and load balancers take
+/// them to another node instead of waiting out the 10 s write deadline. Once its peers are back it
+/// serves again, and a retry with the same Idempotency-Key is stored once. Both roles: the survivor
+/// is the leader (it loses its quorum's acknowledgements) and a follower (it loses the leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_its_peers_is_not_ready_and_refuses_writes_at_once() -> anyhow::Result<()> {
+    for survivor_leads in [true, false] {
+        let c = TestCluster::start(3, &[]).await?;
+        let key = setup(&c).await?;
+        let leader = c.leader().await?;
+        let survivor =
+            if survivor_leads { leader } else { c.running().into_iter().find(|id| *id != leader).expect("a follower") };
+        let others: Vec<u64> = c.running().into_iter().filter(|id| *id != survivor).collect();
+        let (s, v, _) = c.post(survivor, DATASET, &key, &json!({"before": "cut"}), None).await?;
+        assert_eq!(s, 201, "{v}");
+        let mut expected: BTreeSet<String> =
+            v["ids"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(str::to_string)).collect();
+        for id in &others {
+            c.kill(*id);
+        }
+        let ready_url = format!("{}/api/v1/ready", c.url(survivor));
+        let why = eventually("the survivor to answer /ready with 503", Duration::from_secs(20), || async {
+            let r = c.http.get(&ready_url).send().await.ok()?;
+            if r.status() != 503 {
+                return None;
+            }
+            let v: serde_json::Value = r.json().await.ok()?;
+            v["error"]["message"].as_str().map(str::to_string)
+        })
+        .await
+        .inspect_err(|_| c.dump_logs())?;
+        assert!(!why.is_empty(), "/ready says why");
+        // Cut off for longer than `CUT_OFF_AFTER`: the write is refused at once (not after 10 s).
+        eventually("the survivor to know it is cut off", Duration::from_secs(20), || async {
+            let r = c.http.get(&ready_url).send().await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            v["error"]["message"].as_str().filter(|m| m.contains("no contact")).map(str::to_string)
+        })
+        .await?;
+        let started = Instant::now();
+        let (s, v, _) = c.post(survivor, DATASET, &key, &json!({"during": "cut"}), Some("cut-1")).await?;
+        let took = started.elapsed();
+        assert_eq!(s, 503, "survivor leads: {survivor_leads}: {v}");
+        assert_eq!(v["error"]["code"], "unavailable", "{v}");
+        assert!(
+            v["error"]["message"].as_str().is_some_and(|m| m.contains("no contact")),
+            "the answer says the node is cut off: {v}"
+        );
+        assert!(took < Duration::from_secs(3), "answered in {took:?}, not held to the write deadline");
+        let path = format!("/api/v1/datasets/{DATASET}/records?consistency=linearizable");
+        let (s, v) = c.admin(reqwest::Method::GET, survivor, &path, None).await?;
+        assert_eq!(s, 503, "a linearizable read on a cut-off node: {v}");
+        for id in &others {
+            c.restart(*id)?;
+        }
+        let v = eventually("the write to succeed once the peers are back", Duration::from_secs(30), || async {
+            let (s, v, _) = c.post(survivor, DATASET, &key, &json!({"during": "cut"}), Some("cut-1")).await.ok()?;
+            (s == 201).then_some(v)
+        })
+        .await
+        .inspect_err(|_| c.dump_logs())?;
+        expected.extend(v["ids"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(str::to_string)));
+        assert_eq!(expected.len(), 2);
+        let r = c.http.get(&ready_url).send().await?;
+        assert_eq!(r.status(), 200, "ready again");
+        assert_everywhere(&c, &expected).await?;
+    }
+    Ok(())
+}

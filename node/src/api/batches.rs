@@ -892,9 +892,11 @@ async fn run_chunk(ctx: Arc<Ctx>, chunk: Chunk, mode: Mode) -> ApiResult<ChunkOu
         attempt += 1;
         match ctx.state.node.submit(submission.clone()).await {
             Ok(r) => break r,
-            Err(e @ (dtm_cluster::ClusterError::Unavailable | dtm_cluster::ClusterError::Overloaded))
-                if attempt < BATCH_CHUNK_ATTEMPTS_MAX =>
-            {
+            Err(
+                e @ (dtm_cluster::ClusterError::Unavailable
+                | dtm_cluster::ClusterError::CutOff { .. }
+                | dtm_cluster::ClusterError::Overloaded),
+            ) if attempt < BATCH_CHUNK_ATTEMPTS_MAX => {
                 tracing::debug!(error = %e, attempt, batch = %ctx.batch_id, "retrying a batch chunk");
                 tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
             }

@@ -21,14 +21,9 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    if state.node.is_ready() {
-        Ok(Json(json!({"status": "ready", "node_id": state.node.id})))
-    } else {
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "this node is not yet a member with a known leader",
-        ))
+    match state.node.not_ready_because() {
+        None => Ok(Json(json!({"status": "ready", "node_id": state.node.id}))),
+        Some(why) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why)),
     }
 }
 

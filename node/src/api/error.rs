@@ -73,6 +73,11 @@ impl From<ClusterError> for ApiError {
                 "unavailable",
                 "the cluster cannot commit right now (no quorum); retry",
             ),
+            e @ ClusterError::CutOff { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{e} (partitioned away, or the cluster lost its quorum); send the request to another node"),
+            ),
             ClusterError::Overloaded => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", "this node is at capacity; retry")
             }
