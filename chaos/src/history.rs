@@ -25,7 +25,8 @@ pub struct Event {
 }
 
 /// What happened. A submission (`op`) is one idempotency key; each of its attempts is a
-/// `WriteInvoke` followed by a `WriteOk` or a `WriteFail`.
+/// `WriteInvoke` followed by a `WriteOk` or a `WriteFail`, except an attempt abandoned because the
+/// other attempt of a hedged round was answered first (its outcome is unknown, like a timeout's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {

@@ -14,6 +14,10 @@ pub const WRITE_TIMEOUT_MS: u64 = 3_000;
 pub const READ_TIMEOUT_MS: u64 = 5_000;
 /// A submission is retried (same idempotency key) for at most this long, then left indeterminate.
 pub const SUBMISSION_GIVE_UP_MS: u64 = 60_000;
+/// A write without an answer after this long is also sent, with the same idempotency key, to a
+/// second node (a hedged request): a paused or cut-off node then holds one attempt, not the
+/// writer. Well above a healthy write's latency (tens of ms), below `WRITE_TIMEOUT_MS`.
+pub const HEDGE_AFTER_MS: u64 = 500;
 /// A writer sends nothing to a node for this long after a request to it failed.
 pub const NODE_AVOID_MS: u64 = 5_000;
 /// Pause between two attempts of one submission.
@@ -60,6 +64,7 @@ const _: () = assert!(FAULT_HOLD_MS_MAX < FAULT_INTERVAL_MS_SCENARIO);
 const _: () = assert!(FAULT_INTERVAL_MS_SCENARIO <= FAULT_INTERVAL_MS_SOAK);
 const _: () = assert!(CONNECT_TIMEOUT_MS < WRITE_TIMEOUT_MS);
 const _: () = assert!(WRITE_TIMEOUT_MS < SUBMISSION_GIVE_UP_MS);
+const _: () = assert!(HEDGE_AFTER_MS < WRITE_TIMEOUT_MS);
 const _: () = assert!(WRITERS_DEFAULT <= WRITERS_MAX);
 const _: () = assert!(NODES_DEFAULT <= NODES_MAX && NODES_MAX < 254);
 const _: () = assert!(LOGS_KEPT_AFTER_SNAPSHOT < SNAPSHOT_AFTER_LOGS);

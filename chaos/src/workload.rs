@@ -1,7 +1,8 @@
 //! The recording workload: writers that submit unique payloads `{"writer", "seq", "n"}` with one
 //! idempotency key per submission, retrying ambiguous failures (timeouts, refused connections,
-//! 5xx, 429) with the same key on a random node, and a reader doing linearizable reads on random
-//! nodes. Every request and every answer goes into the history.
+//! 5xx, 429) with the same key on a random node, and hedging a request that has no answer after
+//! `HEDGE_AFTER_MS` by sending it to a second node as well; and a reader doing linearizable reads
+//! on random nodes. Every request and every answer goes into the history.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use serde_json::json;
 use crate::cluster::Cluster;
 use crate::history::EventKind;
 use crate::history::History;
+use crate::limits::HEDGE_AFTER_MS;
 use crate::limits::NODE_AVOID_MS;
 use crate::limits::READ_PACE_MS;
 use crate::limits::RETRY_BACKOFF_MS;
@@ -73,6 +75,14 @@ fn definite_refusal(status: u16) -> bool {
     matches!(status, 400 | 403 | 409 | 413 | 422)
 }
 
+/// How one round of a submission ended.
+enum Round {
+    /// Answered 201, or refused with a definite 4xx: the submission is done.
+    Done,
+    /// Every attempt of the round failed ambiguously: retry.
+    Retry,
+}
+
 async fn writer(c: Arc<Cluster>, h: Arc<History>, spec: WorkloadSpec, w: u64, stop: Arc<AtomicBool>) {
     let mut rng = task_rng(spec.seed, w);
     let nodes = c.ids();
@@ -84,56 +94,123 @@ async fn writer(c: Arc<Cluster>, h: Arc<History>, spec: WorkloadSpec, w: u64, st
     let mut seq = 0u64;
     while !stop.load(Ordering::SeqCst) {
         seq += 1;
-        let op = (w << 32) | seq;
-        let n: u64 = rng.random_range(1..=1_000);
-        let key = format!("s{}-w{w}-{seq}", spec.seed);
-        let body = json!({"writer": w, "seq": seq, "n": n});
+        let sub = Sub {
+            op: (w << 32) | seq,
+            writer: w,
+            seq,
+            n: rng.random_range(1..=1_000),
+            dataset: dataset.clone(),
+            key: format!("s{}-w{w}-{seq}", spec.seed),
+        };
         let started = Instant::now();
-        for attempt in 1u32.. {
-            let now = Instant::now();
-            let healthy: Vec<u64> =
-                nodes.iter().copied().filter(|n| avoid_until.get(n).is_none_or(|t| *t <= now)).collect();
-            let choice = if healthy.is_empty() { &nodes } else { &healthy };
-            let node = choice[rng.random_range(0..choice.len())];
-            h.record(EventKind::WriteInvoke {
-                op,
-                writer: w,
-                seq,
-                n,
-                dataset: dataset.clone(),
-                idempotency_key: key.clone(),
-                node,
-                attempt,
-            });
-            let answer = c.post(node, &dataset, &spec.api_key, &body, &key).await;
-            match answer {
-                Ok((201, v, replayed)) => {
-                    let ids = v["ids"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
-                        .unwrap_or_default();
-                    let commit_index = v["commit_index"].as_u64().unwrap_or(0);
-                    h.record(EventKind::WriteOk { op, node, ids, commit_index, replayed });
-                    break;
-                }
-                Ok((s, v, _)) => {
-                    let definite = definite_refusal(s);
-                    h.record(EventKind::WriteFail { op, node, status: Some(s), error: v.to_string(), definite });
-                    if definite {
-                        break;
-                    }
-                    avoid_until.insert(node, Instant::now() + Duration::from_millis(NODE_AVOID_MS));
-                }
-                Err(e) => {
-                    let error = if e.is_timeout() { format!("timeout: {e}") } else { e.to_string() };
-                    h.record(EventKind::WriteFail { op, node, status: None, error, definite: false });
-                    avoid_until.insert(node, Instant::now() + Duration::from_millis(NODE_AVOID_MS));
-                }
-            }
-            if stop.load(Ordering::SeqCst) || started.elapsed() > Duration::from_millis(SUBMISSION_GIVE_UP_MS) {
+        let mut attempt = 0u32;
+        loop {
+            let round = round(&c, &h, &spec, &sub, &nodes, &mut rng, &mut avoid_until, &mut attempt).await;
+            if matches!(round, Round::Done)
+                || stop.load(Ordering::SeqCst)
+                || started.elapsed() > Duration::from_millis(SUBMISSION_GIVE_UP_MS)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(RETRY_BACKOFF_MS)).await;
+        }
+    }
+}
+
+/// One submission: its payload `{"writer", "seq", "n"}` and idempotency key.
+struct Sub {
+    op: u64,
+    writer: u64,
+    seq: u64,
+    n: u64,
+    dataset: String,
+    key: String,
+}
+
+/// A node not being avoided, other than `except`, at random; any node when all are avoided.
+fn pick(nodes: &[u64], avoid_until: &BTreeMap<u64, Instant>, except: Option<u64>, rng: &mut StdRng) -> Option<u64> {
+    let now = Instant::now();
+    let others: Vec<u64> = nodes.iter().copied().filter(|n| Some(*n) != except).collect();
+    let healthy: Vec<u64> = others.iter().copied().filter(|n| avoid_until.get(n).is_none_or(|t| *t <= now)).collect();
+    let choice = if healthy.is_empty() { &others } else { &healthy };
+    (!choice.is_empty()).then(|| choice[rng.random_range(0..choice.len())])
+}
+
+/// Sends the submission to one node; if no answer came within `HEDGE_AFTER_MS`, also to another
+/// (same idempotency key: at most one of them stores it, the other is answered as a replay or
+/// left). The first 201 or definite refusal ends the round and abandons the other attempt; an
+/// ambiguous failure is recorded, its node avoided, and the round waits for the other attempt.
+#[allow(clippy::too_many_arguments)]
+async fn round(
+    c: &Arc<Cluster>,
+    h: &History,
+    spec: &WorkloadSpec,
+    sub: &Sub,
+    nodes: &[u64],
+    rng: &mut StdRng,
+    avoid_until: &mut BTreeMap<u64, Instant>,
+    attempt: &mut u32,
+) -> Round {
+    let body = json!({"writer": sub.writer, "seq": sub.seq, "n": sub.n});
+    let mut inflight = tokio::task::JoinSet::new();
+    let send = |node: u64, attempt: &mut u32, inflight: &mut tokio::task::JoinSet<_>| {
+        *attempt += 1;
+        h.record(EventKind::WriteInvoke {
+            op: sub.op,
+            writer: sub.writer,
+            seq: sub.seq,
+            n: sub.n,
+            dataset: sub.dataset.clone(),
+            idempotency_key: sub.key.clone(),
+            node,
+            attempt: *attempt,
+        });
+        let (c, dataset, api_key, body, key) =
+            (c.clone(), sub.dataset.clone(), spec.api_key.clone(), body.clone(), sub.key.clone());
+        inflight.spawn(async move { (node, c.post(node, &dataset, &api_key, &body, &key).await) });
+    };
+    let Some(first) = pick(nodes, avoid_until, None, rng) else { return Round::Retry };
+    send(first, attempt, &mut inflight);
+    let hedge = tokio::time::sleep(Duration::from_millis(HEDGE_AFTER_MS));
+    tokio::pin!(hedge);
+    let mut hedged = false;
+    loop {
+        tokio::select! {
+            joined = inflight.join_next() => {
+                let Some(Ok((node, answer))) = joined else { return Round::Retry };
+                match answer {
+                    Ok((201, v, replayed)) => {
+                        let ids = v["ids"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
+                            .unwrap_or_default();
+                        let commit_index = v["commit_index"].as_u64().unwrap_or(0);
+                        h.record(EventKind::WriteOk { op: sub.op, node, ids, commit_index, replayed });
+                        return Round::Done;
+                    }
+                    Ok((s, v, _)) => {
+                        let definite = definite_refusal(s);
+                        h.record(EventKind::WriteFail { op: sub.op, node, status: Some(s), error: v.to_string(), definite });
+                        if definite {
+                            return Round::Done;
+                        }
+                    }
+                    Err(e) => {
+                        let error = if e.is_timeout() { format!("timeout: {e}") } else { e.to_string() };
+                        h.record(EventKind::WriteFail { op: sub.op, node, status: None, error, definite: false });
+                    }
+                }
+                avoid_until.insert(node, Instant::now() + Duration::from_millis(NODE_AVOID_MS));
+                if inflight.is_empty() {
+                    return Round::Retry;
+                }
+            }
+            () = &mut hedge, if !hedged => {
+                hedged = true;
+                if let Some(other) = pick(nodes, avoid_until, Some(first), rng) {
+                    send(other, attempt, &mut inflight);
+                }
+            }
         }
     }
 }
