@@ -10,6 +10,11 @@
 //! (`lineage.rs`) and aggregate cells, which `aggregates.rs` mirrors in memory for queries at a known
 //! log index. After every command, `audit.rs` appends the audit
 //! entries it makes to the hash-chained trail and closes checkpoints that the leader signs.
+//!
+//! Elections: openraft's own timer is off; `election.rs` campaigns only after a pre-vote won, and
+//! `detector.rs` starts an early election when the leader's process is gone. A node cut off from
+//! the leader (or, as leader, from its quorum) answers writes and linearizable reads at once with
+//! [`ClusterError::CutOff`] (`Writer::cut_off_for`).
 
 pub mod aggregates;
 mod applier;
@@ -17,6 +22,7 @@ pub mod audit;
 pub mod batch;
 mod batcher;
 mod detector;
+mod election;
 mod error;
 pub mod gateway;
 mod ingest;

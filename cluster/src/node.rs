@@ -151,6 +151,8 @@ impl Writer {
     }
 
     async fn write_within_deadline(&self, cmd: state::Command) -> Result<(state::CommandResponse, u64), ClusterError> {
+        let idempotent = matches!(&cmd.kind, Some(state::command::Kind::Ingest(b))
+            if b.submissions.iter().all(|s| !s.idempotency_key.is_empty()));
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut backoff = FORWARD_BACKOFF_MIN;
         for _ in 0..FORWARD_ATTEMPTS_MAX {
@@ -169,12 +171,28 @@ impl Writer {
                     if let (Some(leader), Some(node)) = (f.leader_id, f.leader_node)
                         && leader != self.id
                     {
-                        match self.forward(leader, &node, &cmd, remaining).await {
-                            Ok((resp, index)) => {
+                        let forwarded = if idempotent {
+                            // A leader that stopped answering (paused, cut off) would hold this write
+                            // to the deadline; once another leader is elected, send it there. Safe
+                            // because every submission carries an idempotency key: if the old
+                            // leader's copy commits too, `apply` answers it as a replay.
+                            tokio::select! {
+                                r = self.forward(leader, &node, &cmd, remaining) => Some(r),
+                                () = self.until_leader_other_than(leader) => None,
+                            }
+                        } else {
+                            Some(self.forward(leader, &node, &cmd, remaining).await)
+                        };
+                        match forwarded {
+                            Some(Ok((resp, index))) => {
                                 self.wait_applied(index, LOCAL_APPLY_WAIT).await;
                                 return Ok((resp, index));
                             }
-                            Err(e) => tracing::info!(leader, error = %e, "forwarding failed; retrying"),
+                            Some(Err(e)) => tracing::info!(leader, error = %e, "forwarding failed; retrying"),
+                            None => {
+                                tracing::info!(leader, "a new leader was elected while forwarding; sending it there");
+                                continue;
+                            }
                         }
                     }
                 }
@@ -194,6 +212,17 @@ impl Writer {
             .wait(Some(max))
             .metrics(|m| m.current_leader.is_some() && m.current_leader != tried, "a new leader")
             .await;
+    }
+
+    /// Resolves once a leader other than `leader` is known.
+    async fn until_leader_other_than(&self, leader: NodeId) {
+        let mut metrics = self.raft.metrics();
+        while metrics.borrow().current_leader.is_none_or(|l| l == leader) {
+            if metrics.changed().await.is_err() {
+                // Raft stopped: the forward's own error or deadline ends the attempt.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     async fn forward(
@@ -258,6 +287,8 @@ impl ClusterNode {
             // threshold so that a small threshold (tests, small deployments) really purges.
             purge_batch_size: (cfg.raft.snapshot_after_logs / 2).clamp(1, 256),
             replication_lag_threshold: 5_000,
+            // Elections start from `election.rs`, after a pre-vote, not from openraft's timer.
+            enable_elect: false,
             ..Default::default()
         }
         .validate()
@@ -279,6 +310,16 @@ impl ClusterNode {
         let batcher = Batcher::start(writer.clone(), cfg.group_commit.clone());
         tokio::spawn(log_leader_changes(raft.clone()));
         tokio::spawn(snapshot_policy(raft.clone(), reader.clone(), cfg.raft.snapshot_after_logs));
+        tokio::spawn(crate::election::run(
+            raft.clone(),
+            stores.0.clone(),
+            pool.clone(),
+            contact.clone(),
+            cfg.node_id,
+            Duration::from_millis(cfg.raft.heartbeat_interval_ms),
+            Duration::from_millis(cfg.raft.election_timeout_min_ms),
+            Duration::from_millis(cfg.raft.election_timeout_max_ms),
+        ));
         tokio::spawn(crate::detector::run(
             raft.clone(),
             pool.clone(),
@@ -303,7 +344,7 @@ impl ClusterNode {
 
     /// The node-to-node gRPC service to serve on the gRPC port (mutual TLS).
     pub fn grpc_service(&self) -> pb::raft_service_server::RaftServiceServer<crate::service::RaftRpc> {
-        crate::service::server(self.raft.clone(), self.contact.clone())
+        crate::service::server(self.raft.clone(), self.stores.0.clone(), self.contact.clone())
     }
 
     /// Makes this fresh node the single voter of a new cluster. A node that already has state (a

@@ -26,11 +26,12 @@ use crate::limits::LEARNER_CATCH_UP_DEADLINE;
 
 pub struct RaftRpc {
     raft: Raft,
+    log: dtm_storage::LogStore,
     contact: Arc<LastContact>,
 }
 
-pub(crate) fn server(raft: Raft, contact: Arc<LastContact>) -> RaftServiceServer<RaftRpc> {
-    RaftServiceServer::new(RaftRpc { raft, contact })
+pub(crate) fn server(raft: Raft, log: dtm_storage::LogStore, contact: Arc<LastContact>) -> RaftServiceServer<RaftRpc> {
+    RaftServiceServer::new(RaftRpc { raft, log, contact })
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
 }
@@ -208,6 +209,15 @@ impl RaftService for RaftRpc {
         require_node_cert(&req)?;
         let index = crate::node::remove_member(&self.raft, req.into_inner().node_id).await.map_err(write_err)?;
         Ok(Response::new(pb::MembershipResponse { log_index: index }))
+    }
+
+    async fn pre_vote(&self, req: Request<pb::PreVoteRequest>) -> Result<Response<pb::PreVoteResponse>, Status> {
+        require_node_cert(&req)?;
+        let r = req.into_inner();
+        let candidate_log = dtm_model::opt_log_id_from_pb(&r.last_log_id);
+        Ok(Response::new(
+            crate::election::answer(&self.raft, &self.log, &self.contact, r.candidate_id, candidate_log).await,
+        ))
     }
 
     async fn node_status(

@@ -535,3 +535,38 @@ async fn a_node_cut_off_from_its_peers_is_not_ready_and_refuses_writes_at_once()
     }
     Ok(())
 }
+
+/// A1.3: a follower that was out of touch for a while (here: paused for 3 s, longer than any
+/// election timeout) comes back without deposing a healthy leader. Without a pre-vote it would
+/// campaign at a higher term on waking, and the leader would step down for an election the cluster
+/// did not need: a stall after every healed fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_back_from_a_pause_does_not_depose_the_leader() -> anyhow::Result<()> {
+    let c = TestCluster::start(3, &[]).await?;
+    let key = setup(&c).await?;
+    let leader = c.leader().await?;
+    let term = c.status(leader).await?["term"].as_u64().unwrap_or(0);
+    for round in 0..3 {
+        let follower = c.running().into_iter().find(|id| *id != leader).expect("a follower");
+        let pid = c.nodes[&follower].pid().expect("running") as i32;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let (s, v, _) = c.post(leader, DATASET, &key, &json!({"round": round}), None).await?;
+        assert_eq!(s, 201, "the two others keep writing: {v}");
+        // Out of touch for longer than any election timeout (the pause is the fault under test).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        eventually("the follower to catch up", Duration::from_secs(20), || async {
+            let v = c.status(follower).await.ok()?;
+            let l = c.status(leader).await.ok()?;
+            (v["applied_index"].as_u64()? >= l["applied_index"].as_u64()? && v["leader_id"].as_u64().is_some())
+                .then_some(())
+        })
+        .await?;
+        let now = c.status(leader).await?;
+        assert_eq!(now["leader_id"].as_u64(), Some(leader), "round {round}: the leader was deposed: {now}");
+        assert_eq!(now["term"].as_u64(), Some(term), "round {round}: an election was held: {now}");
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Elections with a pre-vote (Raft thesis, section 9.6).
+//!
+//! openraft 0.9 has no pre-vote: a follower that stops hearing from the leader raises its term and
+//! campaigns. When that follower was the one cut off (partitioned away, paused, stalled), the others
+//! refuse it, but its higher term reaches the leader in the next append-entries answer and the leader
+//! steps down: every healed fault would cost an election and a stall of writes. So openraft's own
+//! election timer is off (`Config::enable_elect = false`) and this task starts elections instead:
+//! once a voter has heard from no leader for the lease plus a random part of the election timeout,
+//! it asks the other voters whether they would vote for it (`PreVote`, which changes nothing on
+//! them) and campaigns only with a majority of yeses. A voter says yes when it has itself heard from
+//! no leader for the lease (a leader: no quorum acknowledgement for the lease) and the candidate's
+//! log is at least as up to date as its own, the same conditions under which openraft would grant
+//! the real vote. The crash detector (`detector.rs`) still starts an early election when the
+//! leader's process is gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use dtm_model::LogId;
+use dtm_model::NodeId;
+use dtm_model::Raft;
+use dtm_model::pb;
+use dtm_storage::LogStore;
+use openraft::ServerState;
+use openraft::storage::RaftLogStorage;
+
+use crate::detector::LastContact;
+use crate::network::PeerPool;
+
+/// How long a candidate waits for each voter's pre-vote answer.
+const PRE_VOTE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// This node's last log id (`None`: empty; the last purged one when the log is empty after a
+/// snapshot), or `None` when the log cannot be read.
+async fn last_log_id(log: &LogStore) -> Option<Option<LogId>> {
+    let mut log = log.clone();
+    log.get_log_state().await.ok().map(|s| s.last_log_id)
+}
+
+/// The answer to a candidate's pre-vote.
+pub(crate) async fn answer(
+    raft: &Raft,
+    log: &LogStore,
+    contact: &LastContact,
+    candidate: NodeId,
+    candidate_log: Option<LogId>,
+) -> pb::PreVoteResponse {
+    let refuse = |reason: String| pb::PreVoteResponse { granted: false, reason };
+    let lease = Duration::from_millis(raft.config().election_timeout_max);
+    let (state, since_quorum_ack, empty) = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        (m.state, m.millis_since_quorum_ack, m.last_log_index.is_none() && m.snapshot.is_none())
+    };
+    if empty {
+        // As for real votes (the amnesia guard in `service.rs`): an empty node does not vote.
+        return refuse("this node has no log yet".into());
+    }
+    if state == ServerState::Leader {
+        match since_quorum_ack {
+            Some(ms) if Duration::from_millis(ms) >= lease => {}
+            _ => return refuse("this node is the leader and a quorum acknowledges it".into()),
+        }
+    } else if contact.since() < lease {
+        return refuse(format!("this node heard from the leader {} ms ago", contact.since().as_millis()));
+    }
+    let Some(mine) = last_log_id(log).await else { return refuse("this node cannot read its log".into()) };
+    if candidate_log < mine {
+        return refuse(format!("node {candidate}'s log is behind this node's"));
+    }
+    pb::PreVoteResponse { granted: true, reason: String::new() }
+}
+
+/// A duration in `[0, span]`, at random.
+fn jitter(span: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        return span / 2;
+    }
+    let ms = span.as_millis() as u64;
+    Duration::from_millis(if ms == 0 { 0 } else { u64::from(u32::from_le_bytes(b)) % (ms + 1) })
+}
+
+/// Asks one voter for its pre-vote. A voter that does not know the call (an older version during a
+/// rolling upgrade) counts as a yes: it would have campaigned itself without asking.
+async fn ask(pool: &PeerPool, id: NodeId, addr: &str, req: pb::PreVoteRequest) -> (NodeId, Result<bool, String>) {
+    let mut client = match pool.client(id, addr) {
+        Ok(c) => c,
+        Err(e) => return (id, Err(e.to_string())),
+    };
+    match tokio::time::timeout(PRE_VOTE_TIMEOUT, client.pre_vote(req)).await {
+        Err(_) => (id, Err("no answer in time".into())),
+        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => (id, Ok(true)),
+        Ok(Err(s)) => (id, Err(s.message().to_string())),
+        Ok(Ok(r)) => {
+            let r = r.into_inner();
+            if !r.granted {
+                tracing::debug!(voter = id, reason = %r.reason, "pre-vote refused");
+            }
+            (id, Ok(r.granted))
+        }
+    }
+}
+
+/// The election timer: runs for the life of the node.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run(
+    raft: Raft,
+    log: LogStore,
+    pool: Arc<PeerPool>,
+    contact: Arc<LastContact>,
+    id: NodeId,
+    heartbeat: Duration,
+    timeout_min: Duration,
+    timeout_max: Duration,
+) {
+    let lease = timeout_max;
+    let spread = timeout_max.saturating_sub(timeout_min);
+    let mut timeout = lease + jitter(spread);
+    let mut last_attempt: Option<Instant> = None;
+    let mut tick = tokio::time::interval(heartbeat / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (state, voters) = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            let voters: Vec<(NodeId, String)> = membership
+                .voter_ids()
+                .map(|v| (v, membership.get_node(&v).map(|n| n.grpc_addr.clone()).unwrap_or_default()))
+                .collect();
+            (m.state, voters)
+        };
+        if state == ServerState::Leader || !voters.iter().any(|(v, _)| *v == id) {
+            continue;
+        }
+        if contact.since() < timeout || last_attempt.is_some_and(|t| t.elapsed() < timeout) {
+            continue;
+        }
+        last_attempt = Some(Instant::now());
+        timeout = lease + jitter(spread);
+        let Some(mine) = last_log_id(&log).await else { continue };
+        let req = pb::PreVoteRequest { candidate_id: id, last_log_id: dtm_model::opt_log_id_to_pb(&mine) };
+        let asks = voters.iter().filter(|(v, _)| *v != id).map(|(v, addr)| ask(&pool, *v, addr, req));
+        let answers = futures::future::join_all(asks).await;
+        let yes = 1 + answers.iter().filter(|(_, a)| matches!(a, Ok(true))).count();
+        let needed = voters.len() / 2 + 1;
+        if yes < needed {
+            tracing::debug!(yes, needed, ?answers, "pre-vote lost; not campaigning");
+            continue;
+        }
+        tracing::info!(yes, voters = voters.len(), "pre-vote won; starting an election");
+        if let Err(e) = raft.trigger().elect().await {
+            tracing::warn!(error = %e, "could not start an election");
+            return;
+        }
+    }
+}
