@@ -38,6 +38,38 @@ async fn last_log_id(log: &LogStore) -> Option<Option<LogId>> {
     log.get_log_state().await.ok().map(|s| s.last_log_id)
 }
 
+/// What a voter knows when a pre-vote arrives.
+struct Voter {
+    leader: bool,
+    /// As leader: since a quorum last acknowledged it (`None`: not yet measured).
+    since_quorum_ack: Option<Duration>,
+    /// Since the last append-entries or snapshot chunk from a leader.
+    since_contact: Duration,
+    /// Neither log nor snapshot.
+    empty: bool,
+    last_log_id: Option<LogId>,
+}
+
+/// Would `voter` vote for a candidate whose last log id is `candidate_log`, under a leader lease of
+/// `lease`? `Err` says why not.
+fn decide(voter: &Voter, candidate_log: Option<LogId>, lease: Duration) -> Result<(), String> {
+    if voter.empty {
+        // As for real votes (the amnesia guard in `service.rs`): an empty node does not vote.
+        return Err("this node has no log yet".into());
+    }
+    if voter.leader {
+        if !voter.since_quorum_ack.is_some_and(|d| d >= lease) {
+            return Err("this node is the leader and a quorum acknowledges it".into());
+        }
+    } else if voter.since_contact < lease {
+        return Err(format!("this node heard from the leader {} ms ago", voter.since_contact.as_millis()));
+    }
+    if candidate_log < voter.last_log_id {
+        return Err("the candidate's log is behind this node's".into());
+    }
+    Ok(())
+}
+
 /// The answer to a candidate's pre-vote.
 pub(crate) async fn answer(
     raft: &Raft,
@@ -46,30 +78,27 @@ pub(crate) async fn answer(
     candidate: NodeId,
     candidate_log: Option<LogId>,
 ) -> pb::PreVoteResponse {
-    let refuse = |reason: String| pb::PreVoteResponse { granted: false, reason };
     let lease = Duration::from_millis(raft.config().election_timeout_max);
-    let (state, since_quorum_ack, empty) = {
+    let (leader, since_quorum_ack, empty) = {
         let metrics = raft.metrics();
         let m = metrics.borrow();
-        (m.state, m.millis_since_quorum_ack, m.last_log_index.is_none() && m.snapshot.is_none())
+        (
+            m.state == ServerState::Leader,
+            m.millis_since_quorum_ack.map(Duration::from_millis),
+            m.last_log_index.is_none() && m.snapshot.is_none(),
+        )
     };
-    if empty {
-        // As for real votes (the amnesia guard in `service.rs`): an empty node does not vote.
-        return refuse("this node has no log yet".into());
-    }
-    if state == ServerState::Leader {
-        match since_quorum_ack {
-            Some(ms) if Duration::from_millis(ms) >= lease => {}
-            _ => return refuse("this node is the leader and a quorum acknowledges it".into()),
+    let Some(last_log_id) = last_log_id(log).await else {
+        return pb::PreVoteResponse { granted: false, reason: "this node cannot read its log".into() };
+    };
+    let voter = Voter { leader, since_quorum_ack, since_contact: contact.since(), empty, last_log_id };
+    match decide(&voter, candidate_log, lease) {
+        Ok(()) => pb::PreVoteResponse { granted: true, reason: String::new() },
+        Err(reason) => {
+            tracing::debug!(candidate, %reason, "pre-vote refused");
+            pb::PreVoteResponse { granted: false, reason }
         }
-    } else if contact.since() < lease {
-        return refuse(format!("this node heard from the leader {} ms ago", contact.since().as_millis()));
     }
-    let Some(mine) = last_log_id(log).await else { return refuse("this node cannot read its log".into()) };
-    if candidate_log < mine {
-        return refuse(format!("node {candidate}'s log is behind this node's"));
-    }
-    pb::PreVoteResponse { granted: true, reason: String::new() }
 }
 
 /// A duration in `[0, span]`, at random.
@@ -156,5 +185,61 @@ pub(crate) async fn run(
             tracing::warn!(error = %e, "could not start an election");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_millis(800);
+
+    fn log_id(term: u64, index: u64) -> Option<LogId> {
+        Some(LogId::new(openraft::CommittedLeaderId::new(term, 1), index))
+    }
+
+    fn follower(since_contact_ms: u64, last: Option<LogId>) -> Voter {
+        Voter {
+            leader: false,
+            since_quorum_ack: None,
+            since_contact: Duration::from_millis(since_contact_ms),
+            empty: false,
+            last_log_id: last,
+        }
+    }
+
+    #[test]
+    fn a_follower_that_hears_its_leader_refuses() {
+        assert!(decide(&follower(100, log_id(2, 10)), log_id(2, 10), LEASE).is_err());
+        assert!(decide(&follower(799, log_id(2, 10)), log_id(3, 20), LEASE).is_err());
+    }
+
+    #[test]
+    fn a_follower_without_a_leader_grants_a_candidate_at_least_as_up_to_date() {
+        assert!(decide(&follower(800, log_id(2, 10)), log_id(2, 10), LEASE).is_ok());
+        assert!(decide(&follower(5_000, log_id(2, 10)), log_id(2, 11), LEASE).is_ok());
+        assert!(decide(&follower(5_000, log_id(2, 10)), log_id(3, 1), LEASE).is_ok(), "a higher term wins");
+        assert!(decide(&follower(5_000, log_id(2, 10)), log_id(2, 9), LEASE).is_err(), "a shorter log");
+        assert!(decide(&follower(5_000, log_id(3, 1)), log_id(2, 50), LEASE).is_err(), "an older term");
+        assert!(decide(&follower(5_000, log_id(2, 10)), None, LEASE).is_err(), "an empty candidate");
+    }
+
+    #[test]
+    fn a_live_leader_refuses_and_one_without_its_quorum_grants() {
+        let mut leader = follower(60_000, log_id(2, 10));
+        leader.leader = true;
+        leader.since_quorum_ack = Some(Duration::from_millis(50));
+        assert!(decide(&leader, log_id(2, 10), LEASE).is_err());
+        leader.since_quorum_ack = None;
+        assert!(decide(&leader, log_id(2, 10), LEASE).is_err(), "just elected");
+        leader.since_quorum_ack = Some(Duration::from_millis(3_000));
+        assert!(decide(&leader, log_id(2, 10), LEASE).is_ok());
+    }
+
+    #[test]
+    fn an_empty_node_never_grants() {
+        let mut v = follower(60_000, None);
+        v.empty = true;
+        assert!(decide(&v, log_id(2, 10), LEASE).is_err());
     }
 }
