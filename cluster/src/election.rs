@@ -58,7 +58,7 @@ fn decide(voter: &Voter, candidate_log: Option<LogId>, lease: Duration) -> Resul
         return Err("this node has no log yet".into());
     }
     if voter.leader {
-        if !voter.since_quorum_ack.is_some_and(|d| d >= lease) {
+        if voter.since_quorum_ack.is_none_or(|d| d < lease) {
             return Err("this node is the leader and a quorum acknowledges it".into());
         }
     } else if voter.since_contact < lease {
