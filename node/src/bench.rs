@@ -2,7 +2,8 @@
 //! level it runs that many clients, each with its own HTTPS connection, posting one record per
 //! request round-robin over the nodes for a fixed time, and reports records/s and p50/p99/max
 //! latency. `--failover` then kills the leader with SIGKILL under load, measures the time until the
-//! first write that started after the kill succeeds, and restarts the killed node with its `cmd`.
+//! first write that started after the kill succeeds, and restarts the killed node with its `cmd`;
+//! `--failover-pause` does the same with SIGSTOP and SIGCONT (a leader that hangs rather than dies).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +37,11 @@ pub struct BenchArgs {
     /// Also measure failover time: kill -9 the leader under load, then restart it.
     #[arg(long)]
     pub failover: bool,
+    /// Also measure failover from a leader that stops answering without dying: SIGSTOP it under
+    /// load (its port still accepts connections, so only the leader lease and the pre-vote tell
+    /// the others), then SIGCONT it.
+    #[arg(long)]
+    pub failover_pause: bool,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -192,9 +198,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let mut report = json!({"dataset": dataset, "definition": args.definition, "levels": results});
     if args.failover {
-        let ms = failover(&admin, &demo, &ca_pem, &urls, &key, &dataset, &padding).await?;
+        let ms = failover(&admin, &demo, &ca_pem, &urls, &key, &dataset, &padding, Fault::Kill).await?;
         println!("failover: leader killed -> first successful write in {ms:.0} ms");
         report["failover_ms"] = json!(ms);
+    }
+    if args.failover_pause {
+        let ms = failover(&admin, &demo, &ca_pem, &urls, &key, &dataset, &padding, Fault::Pause).await?;
+        println!("failover: leader paused -> first successful write in {ms:.0} ms");
+        report["failover_pause_ms"] = json!(ms);
     }
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
@@ -202,6 +213,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How `failover` takes the leader away.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// SIGKILL, then start it again with its own command line.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Pause,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn failover(
     admin: &Client,
     demo: &Value,
@@ -210,6 +231,7 @@ async fn failover(
     key: &str,
     dataset: &str,
     padding: &str,
+    fault: Fault,
 ) -> anyhow::Result<f64> {
     let status = admin.expect(Method::GET, "/api/v1/cluster", None).await?;
     let leader = status["leader_id"].as_u64().context("no leader")?;
@@ -257,8 +279,9 @@ async fn failover(
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = killed_at.set(Instant::now());
+    let signal = if fault == Fault::Kill { libc::SIGKILL } else { libc::SIGSTOP };
     // SAFETY: signalling the leader process named in the cluster file, as an operator would.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    unsafe { libc::kill(pid, signal) };
     let deadline = Instant::now() + Duration::from_secs(30);
     while first_ok_after_kill_us.load(Ordering::Relaxed) == u64::MAX && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -268,8 +291,12 @@ async fn failover(
     for t in tasks {
         let _ = t.await;
     }
-    // Bring the killed node back with its own command line.
-    if let Some(cmd) = node["cmd"].as_array() {
+    if fault == Fault::Pause {
+        // SAFETY: as above; the paused leader continues (and becomes a follower).
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        println!("continued node {leader}");
+    } else if let Some(cmd) = node["cmd"].as_array() {
+        // Bring the killed node back with its own command line.
         let cmd: Vec<String> = cmd.iter().filter_map(|c| c.as_str().map(str::to_string)).collect();
         if let Some((exe, rest)) = cmd.split_first() {
             let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("node.log"))?;
@@ -283,7 +310,7 @@ async fn failover(
         }
     }
     let us = first_ok_after_kill_us.load(Ordering::Relaxed);
-    anyhow::ensure!(us != u64::MAX, "no write succeeded within 30 s of the leader kill");
+    anyhow::ensure!(us != u64::MAX, "no write succeeded within 30 s of the leader fault");
     Ok(us as f64 / 1000.0)
 }
 
