@@ -178,14 +178,23 @@ pub async fn inject(c: &Cluster, kind: FaultKind, rng: &mut StdRng, h: &History)
         }
         FaultKind::Membership => {
             c.kill(target);
-            c.remove(target).await?;
+            if let Err(e) = c.remove(target).await {
+                // Not injected, so no heal would follow: start the node again on its data before
+                // saying so. (Should the removal still commit later, `heal_all` re-adds it.)
+                c.restart(target).await?;
+                return Err(e);
+            }
             c.wipe(target)?;
             format!("kill -9 node {target}, remove it from the membership while down, wipe it; re-added empty at heal")
         }
         FaultKind::MembershipPartition => {
             let net = c.network().ok_or(ChaosError::Options("partitions need network namespaces".into()))?;
             net.partition(&BTreeSet::from([target]))?;
-            c.remove(target).await?;
+            if let Err(e) = c.remove(target).await {
+                // As for `Membership`: undo what was done, since nothing will heal it.
+                net.heal()?;
+                return Err(e);
+            }
             format!("node {target} cut off from its peers and removed from the membership; wiped and re-added at heal")
         }
         FaultKind::DiskFull => {
@@ -303,6 +312,24 @@ pub async fn heal_all(c: &Cluster, h: &History) -> Result<()> {
         c.reap(id);
         if !c.is_running(id) {
             c.restart(id).await?;
+        }
+    }
+    // A node whose removal went through although the call that asked for it gave up (a membership
+    // fault that could not be injected) is running outside the cluster: bring it back in, empty,
+    // as a membership fault's heal would.
+    let mut members = None;
+    if let Some(leader) = c.leader().await
+        && let Ok(v) = c.status(leader).await
+        && let Some(m) = v["members"].as_array()
+    {
+        members = Some(m.iter().filter_map(|m| m["id"].as_u64()).collect::<BTreeSet<u64>>());
+    }
+    for id in c.ids() {
+        if members.as_ref().is_some_and(|m| !m.contains(&id)) {
+            c.kill(id);
+            c.wipe(id)?;
+            c.restart(id).await?;
+            c.join(id).await?;
         }
     }
     h.record(EventKind::Heal { name: "all".into(), nodes: c.ids() });

@@ -296,12 +296,17 @@ async fn drive(c: &Arc<Cluster>, h: &Arc<History>, opts: &RunOptions, soak_kinds
         Scenario::Soak => FAULT_INTERVAL_MS_SOAK,
         _ => FAULT_INTERVAL_MS_SCENARIO,
     }));
+    // Faults are held 4-9 s; a faster schedule (`--fault-interval` under 12 s) holds each for at
+    // most three quarters of its slot, so that it is healed before the next one starts.
+    let slot_ms = interval.as_millis() as u64;
+    let hold_max_ms = FAULT_HOLD_MS_MAX.min(slot_ms * 3 / 4);
+    let hold_min_ms = FAULT_HOLD_MS_MIN.min(hold_max_ms / 2);
     let end = Instant::now() + opts.duration;
     let mut faults = Vec::new();
     let mut errors = Vec::new();
     loop {
         let slot = Instant::now();
-        let hold = Duration::from_millis(rng.random_range(FAULT_HOLD_MS_MIN..=FAULT_HOLD_MS_MAX));
+        let hold = Duration::from_millis(rng.random_range(hold_min_ms..=hold_max_ms));
         let kind = match opts.scenario {
             Scenario::Fault(k) => Some(k),
             Scenario::Soak => Some(soak_kinds[rng.random_range(0..soak_kinds.len())]),
