@@ -26,7 +26,8 @@ use crate::network::PeerPool;
 const ELECTION_ATTEMPTS_MAX: u32 = 5;
 const ELECTION_RETRY_AFTER: Duration = Duration::from_millis(150);
 
-/// When this node last heard from a leader (an append-entries or heartbeat RPC).
+/// When this node last heard from a leader (an append-entries or heartbeat RPC, or a snapshot
+/// chunk) or granted its vote to a candidate: Raft's election timer.
 pub struct LastContact {
     start: Instant,
     last_ms: AtomicU64,

@@ -146,13 +146,16 @@ pub(crate) async fn run(
 ) {
     let lease = timeout_max;
     let spread = timeout_max.saturating_sub(timeout_min);
+    let mut last_leader: Option<NodeId> = None;
     let mut timeout = lease + jitter(spread);
-    let mut last_attempt: Option<Instant> = None;
+    // Pre-votes change nothing on the voters, so a lost one is asked again soon; after an election
+    // was started, the next waits a whole randomised timeout (as Raft's candidates do).
+    let mut next_try = Instant::now();
     let mut tick = tokio::time::interval(heartbeat / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (state, voters) = {
+        let (state, leader, voters) = {
             let metrics = raft.metrics();
             let m = metrics.borrow();
             let membership = m.membership_config.membership();
@@ -160,24 +163,39 @@ pub(crate) async fn run(
                 .voter_ids()
                 .map(|v| (v, membership.get_node(&v).map(|n| n.grpc_addr.clone()).unwrap_or_default()))
                 .collect();
-            (m.state, voters)
+            (m.state, m.current_leader, voters)
         };
         if state == ServerState::Leader || !voters.iter().any(|(v, _)| *v == id) {
             continue;
         }
-        if contact.since() < timeout || last_attempt.is_some_and(|t| t.elapsed() < timeout) {
+        if leader.is_some() && leader != last_leader {
+            // A new leader: this node's turn when it goes silent (see `stagger`).
+            last_leader = leader;
+            timeout = lease + stagger(id, last_leader, &voters, spread);
+        }
+        if contact.since() < timeout || Instant::now() < next_try {
             continue;
         }
-        last_attempt = Some(Instant::now());
-        timeout = lease + jitter(spread);
         let Some(mine) = last_log_id(&log).await else { continue };
         let req = pb::PreVoteRequest { candidate_id: id, last_log_id: dtm_model::opt_log_id_to_pb(&mine) };
-        let asks = voters.iter().filter(|(v, _)| *v != id).map(|(v, addr)| ask(&pool, *v, addr, req));
-        let answers = futures::future::join_all(asks).await;
-        let yes = 1 + answers.iter().filter(|(_, a)| matches!(a, Ok(true))).count();
+        // Count the answers as they come: a hung voter (the very leader that went silent, often)
+        // must not hold the decision to its timeout once a majority said yes.
+        let mut asks: futures::stream::FuturesUnordered<_> =
+            voters.iter().filter(|(v, _)| *v != id).map(|(v, addr)| ask(&pool, *v, addr, req)).collect();
         let needed = voters.len() / 2 + 1;
+        let (mut yes, mut answered) = (1, 1);
+        let mut refusals = Vec::new();
+        while yes < needed && voters.len() - answered + yes >= needed {
+            let Some((voter, answer)) = futures::StreamExt::next(&mut asks).await else { break };
+            answered += 1;
+            match answer {
+                Ok(true) => yes += 1,
+                other => refusals.push((voter, other)),
+            }
+        }
         if yes < needed {
-            tracing::debug!(yes, needed, ?answers, "pre-vote lost; not campaigning");
+            tracing::debug!(yes, needed, ?refusals, "pre-vote lost; not campaigning");
+            next_try = Instant::now() + heartbeat;
             continue;
         }
         tracing::info!(yes, voters = voters.len(), "pre-vote won; starting an election");
@@ -185,7 +203,20 @@ pub(crate) async fn run(
             tracing::warn!(error = %e, "could not start an election");
             return;
         }
+        next_try = Instant::now() + lease + jitter(spread);
     }
+}
+
+/// How long after the lease this voter waits before its first pre-vote once the leader went
+/// silent: the voters other than the silent leader take turns by id, half the election timeout's
+/// spread apart, each with a little randomness. The first in line usually wins at once (a pre-vote
+/// costs nothing when it loses), instead of every voter waiting a random part of the whole spread,
+/// so a hung leader is replaced about a fifth of a second sooner on average.
+fn stagger(id: NodeId, leader: Option<NodeId>, voters: &[(NodeId, String)], spread: Duration) -> Duration {
+    let mut others: Vec<NodeId> = voters.iter().map(|(v, _)| *v).filter(|v| Some(*v) != leader).collect();
+    others.sort_unstable();
+    let rank = others.iter().position(|v| *v == id).unwrap_or(0) as u32;
+    spread / 2 * rank + jitter(spread / 4)
 }
 
 #[cfg(test)]
@@ -234,6 +265,18 @@ mod tests {
         assert!(decide(&leader, log_id(2, 10), LEASE).is_err(), "just elected");
         leader.since_quorum_ack = Some(Duration::from_millis(3_000));
         assert!(decide(&leader, log_id(2, 10), LEASE).is_ok());
+    }
+
+    #[test]
+    fn voters_take_turns_by_id_after_the_silent_leader() {
+        let voters: Vec<(NodeId, String)> = [1, 2, 3].iter().map(|v| (*v, String::new())).collect();
+        let spread = Duration::from_millis(400);
+        for _ in 0..20 {
+            let first = stagger(1, Some(3), &voters, spread);
+            let second = stagger(2, Some(3), &voters, spread);
+            assert!(first <= Duration::from_millis(100), "{first:?}");
+            assert!(second >= Duration::from_millis(200) && second <= Duration::from_millis(300), "{second:?}");
+        }
     }
 
     #[test]

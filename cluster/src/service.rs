@@ -119,6 +119,11 @@ impl RaftService for RaftRpc {
             last_log_id: dtm_model::opt_log_id_from_pb(&r.last_log_id),
         };
         let resp = self.raft.vote(rpc).await.map_err(raft_err)?;
+        if resp.vote_granted {
+            // Raft's election timer restarts when a vote is granted: this node waits for the
+            // candidate it voted for instead of campaigning against it (`election.rs`).
+            self.contact.touch();
+        }
         Ok(Response::new(pb::VoteResponse {
             vote: Some(dtm_model::vote_to_pb(&resp.vote)),
             vote_granted: resp.vote_granted,
