@@ -405,7 +405,7 @@ async fn duplicates_and_replays_are_recognised_after_a_restart() {
     };
     assert_eq!(stored.outcomes, ["stored", "stored"]);
     let (_log, mut sm, _reader) =
-        dtm_storage::open(dir.path(), &opts, Arc::new(DtmApplier::default())).expect("reopen");
+        dtm_storage::reopen(dir.path(), &opts, Arc::new(DtmApplier::default())).await.expect("reopen");
     let again = keyed("q", &[(9, 1, 1.0), (11, 3, 3.0)]);
     let replies = sm
         .apply(vec![

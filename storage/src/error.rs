@@ -16,6 +16,9 @@ pub enum StoreError {
     Corrupt(#[from] DecodeError),
     #[error("{0}")]
     Invalid(String),
+    /// Another process (or a store not yet fully closed in this one) holds the store's lock.
+    #[error("{0}")]
+    InUse(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -97,6 +97,27 @@ pub fn test_master_key() -> MasterKey {
 
 /// Opens (or creates) the node's store in `dir`. A store that sled cannot read (a corrupted file)
 /// is an error here: the node refuses to start rather than serve damaged data.
+/// Opens a store this process closed a moment ago. sled lets go of the store's lock only when its
+/// background threads are done with the closed instance, which on a busy machine can come a little
+/// after the drop; this waits for that (at most `REOPEN_WAIT`) instead of failing with `InUse`.
+/// For tests and in-process restarts; separate processes never need it (the kernel drops the lock
+/// with the process).
+pub async fn reopen(
+    dir: &Path,
+    opts: &StoreOptions,
+    applier: Arc<dyn Applier>,
+) -> Result<(LogStore, StateMachineStore, StateReader), StoreError> {
+    let deadline = std::time::Instant::now() + limits::REOPEN_WAIT;
+    loop {
+        match open(dir, opts, applier.clone()) {
+            Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 pub fn open(
     dir: &Path,
     opts: &StoreOptions,
@@ -109,11 +130,17 @@ pub fn open(
         // bounds how much unflushed state-machine work a crash can cost.
         .flush_every_ms(Some(500))
         .open()
-        .map_err(|e| {
-            StoreError::Invalid(format!(
+        .map_err(|e| match &e {
+            // sled reports a held lock as an `Other` I/O error with this text (sled 0.34 config.rs).
+            sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => StoreError::InUse(format!(
+                "the store in {} is in use by another process (is another `dtm serve` running on this data \
+                 directory?): {e}",
+                dir.display()
+            )),
+            _ => StoreError::Invalid(format!(
                 "the store in {} cannot be opened (a damaged file, or not a DTM store): {e}",
                 dir.display()
-            ))
+            )),
         })?;
     let master = opts.master_key.clone().ok_or_else(|| {
         StoreError::Invalid("no master key: the store is encrypted at rest and needs one (see docs/security.md)".into())

@@ -22,3 +22,6 @@ pub const APPEND_ENTRIES_BYTES_MAX: usize = 1024 * 1024;
 /// Pairs written per sled batch when a backup is restored into a new store (one batch of millions
 /// of pairs takes sled minutes; batches of this size go at disk speed).
 pub const RESTORE_BATCH_PAIRS: usize = 16 * 1024;
+
+/// How long `reopen` waits for a store closed in this process to release its lock.
+pub const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);

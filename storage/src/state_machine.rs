@@ -729,7 +729,7 @@ mod tests {
             assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(3));
         }
         {
-            let (_log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("reopen");
+            let (_log, mut sm, _reader) = crate::reopen(dir.path(), &opts, Arc::new(KvApplier)).await.expect("reopen");
             let snap = sm.get_current_snapshot().await.expect("an intact store opens").expect("its snapshot");
             assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(3));
             // Now the tables go back to index 1, as a rolled-back store/db would hold them.
@@ -739,11 +739,25 @@ mod tests {
             sm.inner.tree.apply_batch(batch).expect("write");
             sm.inner.db.flush().expect("flush");
         }
-        let (_log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("reopen");
+        let (_log, mut sm, _reader) = crate::reopen(dir.path(), &opts, Arc::new(KvApplier)).await.expect("reopen");
         let err = sm.get_current_snapshot().await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("went back in time") && err.contains("applied index 1 < snapshot index 3"), "{err}");
         assert!(err.contains(&dir.path().join("db").display().to_string()), "names the store: {err}");
         assert!(err.contains("raft-snapshot.pb"), "names the snapshot file: {err}");
+    }
+
+    /// A second `open` of a store that is open answers `InUse`, saying another process may hold
+    /// it, not that the store is damaged.
+    #[tokio::test]
+    async fn a_store_in_use_is_named_as_such_not_as_damaged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = crate::StoreOptions::for_tests();
+        let _open = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
+        match crate::open(dir.path(), &opts, Arc::new(KvApplier)) {
+            Err(StoreError::InUse(m)) => assert!(m.contains("in use by another process"), "{m}"),
+            Err(e) => panic!("expected InUse, got {e}"),
+            Ok(_) => panic!("a store was opened twice"),
+        }
     }
 
     /// A4.2: values are sealed with the current data key; after a rotation new writes use the new
