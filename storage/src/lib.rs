@@ -150,6 +150,7 @@ pub fn open(
     let stats = Arc::new(SnapshotStats::default());
     let log = LogStore::new(db.clone(), cipher.clone(), stats.clone())?;
     let tree = SealedTree::new(db.open_tree("sm")?, cipher);
+    log.check_start(dir, tree.raw.is_empty())?;
     let sm =
         StateMachineStore::new(db.clone(), tree.clone(), dir.join("raft-snapshot.pb"), applier.clone(), stats.clone())?;
     let reader = StateReader { tree, stats };

@@ -69,6 +69,51 @@ impl LogStore {
         }
     }
 
+    /// At start-up: the log must go on from the last purged entry (or from the start). A node
+    /// stopped while it caught up through a snapshot can hold entries the leader sent after the
+    /// snapshot while neither the snapshot (its state machine is still empty) nor the purge that
+    /// follows it reached the disk; openraft would then read a log that starts in the middle and
+    /// stop on it, at every start. With an empty state machine those entries cannot be applied
+    /// anyway: they are dropped, and the node catches up from the leader as a wiped node does (and,
+    /// like one, does not vote until it has). A gap with applied state is refused, naming the fix.
+    pub(crate) fn check_start(
+        &self,
+        dir: &std::path::Path,
+        state_machine_empty: bool,
+    ) -> std::result::Result<(), StoreError> {
+        let last_purged = self.read_log_id(KEY_LAST_PURGED)?;
+        let Some((first_key, _)) = self.log.raw.first()? else { return Ok(()) };
+        let first =
+            first_key.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
+                StoreError::Invalid(format!("a log key of {} bytes in {}", first_key.len(), dir.display()))
+            })?;
+        let expected = last_purged.map_or(0, |l| l.index + 1);
+        if first <= expected {
+            return Ok(());
+        }
+        if !state_machine_empty {
+            return Err(StoreError::Invalid(format!(
+                "the Raft log in {} starts at entry {first}, but entries before {expected} were never purged \
+                 or applied: the store is incomplete; remove this node's data directory and let it rejoin \
+                 (docs/operations.md, \"A node lost its data\")",
+                dir.display()
+            )));
+        }
+        tracing::warn!(
+            first,
+            expected,
+            "the log starts after a gap and nothing is applied (the node stopped while catching up through a \
+             snapshot): dropping the log; the node catches up from the leader"
+        );
+        let mut batch = sled::Batch::default();
+        for k in self.log.raw.iter().keys() {
+            batch.remove(k?);
+        }
+        self.log.raw.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     async fn flush(&self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> Result<()> {
         self.db.flush_async().await.map_err(|e| sto(subject, verb, e))?;
         Ok(())
