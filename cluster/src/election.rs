@@ -155,7 +155,7 @@ pub(crate) async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (state, leader, voters) = {
+        let (state, leader, voters, configs) = {
             let metrics = raft.metrics();
             let m = metrics.borrow();
             let membership = m.membership_config.membership();
@@ -163,7 +163,7 @@ pub(crate) async fn run(
                 .voter_ids()
                 .map(|v| (v, membership.get_node(&v).map(|n| n.grpc_addr.clone()).unwrap_or_default()))
                 .collect();
-            (m.state, m.current_leader, voters)
+            (m.state, m.current_leader, voters, membership.get_joint_config().clone())
         };
         if state == ServerState::Leader || !voters.iter().any(|(v, _)| *v == id) {
             continue;
@@ -182,19 +182,22 @@ pub(crate) async fn run(
         // must not hold the decision to its timeout once a majority said yes.
         let mut asks: futures::stream::FuturesUnordered<_> =
             voters.iter().filter(|(v, _)| *v != id).map(|(v, addr)| ask(&pool, *v, addr, req)).collect();
-        let needed = voters.len() / 2 + 1;
-        let (mut yes, mut answered) = (1, 1);
+        // A quorum as openraft counts it: a majority of every configuration (two during a
+        // membership change), so a pre-vote never wins an election openraft cannot.
+        let mut granted = std::collections::BTreeSet::from([id]);
         let mut refusals = Vec::new();
-        while yes < needed && voters.len() - answered + yes >= needed {
+        while !is_quorum(&configs, &granted) {
             let Some((voter, answer)) = futures::StreamExt::next(&mut asks).await else { break };
-            answered += 1;
             match answer {
-                Ok(true) => yes += 1,
+                Ok(true) => {
+                    granted.insert(voter);
+                }
                 other => refusals.push((voter, other)),
             }
         }
-        if yes < needed {
-            tracing::debug!(yes, needed, ?refusals, "pre-vote lost; not campaigning");
+        let yes = granted.len();
+        if !is_quorum(&configs, &granted) {
+            tracing::debug!(yes, ?refusals, "pre-vote lost; not campaigning");
             next_try = Instant::now() + heartbeat;
             continue;
         }
@@ -205,6 +208,11 @@ pub(crate) async fn run(
         }
         next_try = Instant::now() + lease + jitter(spread);
     }
+}
+
+/// Whether `granted` holds a majority of every configuration in `configs`.
+fn is_quorum(configs: &[std::collections::BTreeSet<NodeId>], granted: &std::collections::BTreeSet<NodeId>) -> bool {
+    configs.iter().all(|c| c.iter().filter(|v| granted.contains(v)).count() * 2 > c.len())
 }
 
 /// How long after the lease this voter waits before its first pre-vote once the leader went
@@ -277,6 +285,18 @@ mod tests {
             assert!(first <= Duration::from_millis(100), "{first:?}");
             assert!(second >= Duration::from_millis(200) && second <= Duration::from_millis(300), "{second:?}");
         }
+    }
+
+    #[test]
+    fn a_pre_vote_needs_a_majority_of_every_configuration() {
+        use std::collections::BTreeSet;
+        let one = vec![BTreeSet::from([1, 2, 3])];
+        assert!(is_quorum(&one, &BTreeSet::from([1, 3])));
+        assert!(!is_quorum(&one, &BTreeSet::from([3])));
+        // Removing node 1 while node 2 is down: {1,2,3} and {2,3} both need a majority.
+        let joint = vec![BTreeSet::from([1, 2, 3]), BTreeSet::from([2, 3])];
+        assert!(!is_quorum(&joint, &BTreeSet::from([1, 3])));
+        assert!(is_quorum(&joint, &BTreeSet::from([2, 3])));
     }
 
     #[test]
