@@ -23,6 +23,7 @@ use dtm_storage::StoreError;
 use dtm_storage::Txn;
 
 use crate::DtmApplier;
+use crate::limits::GROUP_COMMIT_SUBMISSIONS_MAX;
 use crate::limits::IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX;
 use crate::limits::IDEMPOTENCY_RETENTION_MS;
 use crate::limits::NATURAL_KEY_VERSIONS_MAX;
@@ -47,8 +48,13 @@ impl DtmApplier {
         // Positions run over the whole entry so that records of different submissions never collide.
         let mut position: u32 = 0;
         let mut changed = Changed::default();
+        let mut remembered = Remembered::default();
         for sub in &c.submissions {
-            results.push(ingest_one(txn, log_id, sub, &mut position, &mut changed)?);
+            results.push(ingest_one(txn, log_id, sub, &mut position, &mut changed, &mut remembered)?);
+        }
+        if !remembered.keys.is_empty() {
+            let k = tables::idempotency_expiry_of_entry(remembered.expires_at_ms, log_id.index);
+            txn.put_msg(k, &state::IdempotencyExpiry { keys: remembered.keys });
         }
         // Each changed cell and its lineage are written once per entry, however many of its records
         // it holds. A cell a correction emptied is removed, as if it had never held anything.
@@ -135,12 +141,28 @@ impl Changed {
 }
 
 /// Forgets idempotency entries older than `IDEMPOTENCY_RETENTION_MS`, at most
-/// `IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX` per entry. "Now" is the entry's proposal time, carried in the
-/// log, so every node forgets the same entries at the same position.
+/// `IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX` per entry (an expiry list holds the keys of one log entry, at
+/// most `GROUP_COMMIT_SUBMISSIONS_MAX`; each entry adds at most one list and expires several, so the
+/// index never grows behind). "Now" is the entry's proposal time, carried in the log, so every node
+/// forgets the same entries at the same position.
 fn expire_idempotency_keys(txn: &mut Txn<'_>, now_ms: u64) -> Result<(), StoreError> {
+    let lists = txn.scan_range(
+        tables::IDEMPOTENCY_EXPIRY_BY_ENTRY,
+        &tables::idempotency_expired_before(tables::IDEMPOTENCY_EXPIRY_BY_ENTRY, now_ms),
+        IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX / GROUP_COMMIT_SUBMISSIONS_MAX,
+    )?;
+    for (index_key, list) in lists {
+        let list = <state::IdempotencyExpiry as prost::Message>::decode(list.as_slice())
+            .map_err(|e| StoreError::Invalid(format!("idempotency expiry list: {e}")))?;
+        for idem_key in list.keys {
+            txn.remove(idem_key);
+        }
+        txn.remove(index_key);
+    }
+    // Stores written before the per-entry index drain their one-key-per-submission index.
     let expired = txn.scan_range(
         tables::IDEMPOTENCY_EXPIRY,
-        &tables::idempotency_expired_before(now_ms),
+        &tables::idempotency_expired_before(tables::IDEMPOTENCY_EXPIRY, now_ms),
         IDEMPOTENCY_EXPIRY_PER_ENTRY_MAX,
     )?;
     for (index_key, idem_key) in expired {
@@ -148,6 +170,13 @@ fn expire_idempotency_keys(txn: &mut Txn<'_>, now_ms: u64) -> Result<(), StoreEr
         txn.remove(idem_key);
     }
     Ok(())
+}
+
+/// The idempotency entries one log entry wrote, and when the last of them may be forgotten.
+#[derive(Default)]
+struct Remembered {
+    keys: Vec<Vec<u8>>,
+    expires_at_ms: u64,
 }
 
 /// What storing a submission's records gave: per record its id and outcome, and the counts.
@@ -164,6 +193,7 @@ fn ingest_one(
     sub: &state::Submission,
     position: &mut u32,
     changed: &mut Changed,
+    remembered: &mut Remembered,
 ) -> Result<state::SubmissionResult, StoreError> {
     let idem_key = tables::idempotency(&sub.source, &sub.idempotency_key);
     if !sub.idempotency_key.is_empty()
@@ -218,7 +248,8 @@ fn ingest_one(
     let result = state::SubmissionResult { ids, outcomes, commit_index: log_id.index, ..Default::default() };
     if !sub.idempotency_key.is_empty() {
         let expires_at_ms = sub.received_at_ms.saturating_add(IDEMPOTENCY_RETENTION_MS);
-        txn.put(tables::idempotency_expiry(expires_at_ms, &idem_key), idem_key.clone());
+        remembered.expires_at_ms = remembered.expires_at_ms.max(expires_at_ms);
+        remembered.keys.push(idem_key.clone());
         txn.put_msg(
             idem_key,
             &state::IdempotencyEntry {

@@ -1,6 +1,12 @@
 //! The client side of node-to-node gRPC: openraft's `RaftNetworkFactory` over one pooled, lazily
 //! connected tonic channel per peer, with mutual TLS. Channels reconnect by themselves; openraft
 //! bounds and backs off its own retries, and every call carries the deadline openraft gives it.
+//!
+//! Only a peer that cannot be reached at all (connection refused or reset, no channel) is reported
+//! `Unreachable`, which makes openraft send that peer nothing, not even heartbeats, for
+//! [`UNREACHABLE_BACKOFF`]. A call that merely ran out of time (a follower busy with a large append)
+//! is a network error, retried at the next heartbeat: a backoff there would silence a live follower
+//! for longer than the leader lease and invite a needless election.
 
 // openraft's `RPCError` is large by design; boxing it would only add allocations on every RPC.
 #![allow(clippy::result_large_err)]
@@ -38,6 +44,11 @@ use tonic::transport::Endpoint;
 use crate::limits::GRPC_MESSAGE_BYTES_MAX;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long openraft waits before calling an unreachable peer again (openraft's default is 500 ms).
+/// Shorter, so that a restarted node is caught up soon after it listens again; a refused
+/// connection costs next to nothing.
+pub const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
 /// One channel per peer, shared by Raft replication and write forwarding.
 pub struct PeerPool {
@@ -94,12 +105,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
 
-/// Transport trouble makes openraft back off (`Unreachable`); anything else is a network error.
+/// A peer that cannot be reached makes openraft back off (`Unreachable`); anything else, a call that
+/// ran out of time included, is a network error that openraft retries at the next heartbeat.
 fn status_to_rpc<E: std::error::Error>(status: tonic::Status) -> RpcErr<E> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            RPCError::Unreachable(Unreachable::new(&status))
-        }
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
         _ => RPCError::Network(NetworkError::new(&status)),
     }
 }
@@ -121,11 +131,15 @@ async fn with_deadline<T, E: std::error::Error>(
     match tokio::time::timeout(option.hard_ttl(), fut).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(status)) => Err(status_to_rpc(status)),
-        Err(_) => Err(RPCError::Unreachable(Unreachable::new(&tonic::Status::deadline_exceeded("rpc deadline")))),
+        Err(_) => Err(RPCError::Network(NetworkError::new(&tonic::Status::deadline_exceeded("rpc deadline")))),
     }
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

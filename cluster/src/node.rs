@@ -50,8 +50,8 @@ impl Default for RaftOptions {
     fn default() -> Self {
         RaftOptions {
             heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 500,
             snapshot_after_logs: 5_000,
             logs_kept_after_snapshot: 1_000,
         }
@@ -190,7 +190,10 @@ impl Writer {
                             }
                             Some(Err(e)) => tracing::info!(leader, error = %e, "forwarding failed; retrying"),
                             None => {
-                                tracing::info!(leader, "a new leader was elected while forwarding; sending it there");
+                                tracing::info!(
+                                    old_leader = leader,
+                                    "a new leader was elected while forwarding; sending it there"
+                                );
                                 continue;
                             }
                         }

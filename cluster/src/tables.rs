@@ -10,6 +10,7 @@ pub const RECORD: &[u8] = b"rec/";
 pub const IDEMPOTENCY: &[u8] = b"idem/";
 pub const RECORD_COUNT: &[u8] = b"cnt/";
 pub const IDEMPOTENCY_EXPIRY: &[u8] = b"idx/";
+pub const IDEMPOTENCY_EXPIRY_BY_ENTRY: &[u8] = b"idxe/";
 
 fn join(table: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = table.to_vec();
@@ -61,8 +62,10 @@ pub fn record_count(dataset: &str) -> Vec<u8> {
     join(RECORD_COUNT, &[dataset.as_bytes()])
 }
 
-/// Expiry index of idempotency entries: `idx/<expires_at_ms be64><idempotency key>`; the value is
-/// the idempotency table key it expires.
+/// Expiry index of idempotency entries, one key per idempotency entry, as written before the
+/// per-log-entry index (`idempotency_expiry_of_entry`): `idx/<expires_at_ms be64><idempotency
+/// key>`; the value is the idempotency table key it expires. Still expired, so stores written by
+/// older versions drain; nothing writes it any more.
 pub fn idempotency_expiry(expires_at_ms: u64, idempotency_key: &[u8]) -> Vec<u8> {
     let mut k = IDEMPOTENCY_EXPIRY.to_vec();
     k.extend_from_slice(&expires_at_ms.to_be_bytes());
@@ -70,10 +73,21 @@ pub fn idempotency_expiry(expires_at_ms: u64, idempotency_key: &[u8]) -> Vec<u8>
     k
 }
 
-/// The end (exclusive) of the expiry index range that has expired at `now_ms`.
-pub fn idempotency_expired_before(now_ms: u64) -> Vec<u8> {
-    let mut k = IDEMPOTENCY_EXPIRY.to_vec();
+/// The end (exclusive) of the range of `table` (`IDEMPOTENCY_EXPIRY` or
+/// `IDEMPOTENCY_EXPIRY_BY_ENTRY`) that has expired at `now_ms`.
+pub fn idempotency_expired_before(table: &[u8], now_ms: u64) -> Vec<u8> {
+    let mut k = table.to_vec();
     k.extend_from_slice(&now_ms.to_be_bytes());
+    k
+}
+
+/// Expiry index of the idempotency entries one log entry wrote:
+/// `idxe/<expires_at_ms be64><log index be64>`, the value an `IdempotencyExpiry` listing them. One
+/// key per log entry, not per submission: a write fewer per submission.
+pub fn idempotency_expiry_of_entry(expires_at_ms: u64, log_index: u64) -> Vec<u8> {
+    let mut k = IDEMPOTENCY_EXPIRY_BY_ENTRY.to_vec();
+    k.extend_from_slice(&expires_at_ms.to_be_bytes());
+    k.extend_from_slice(&log_index.to_be_bytes());
     k
 }
 

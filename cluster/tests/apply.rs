@@ -274,10 +274,15 @@ async fn apply_answers_idempotency_revocation_and_conflicts() {
         reader.get_msg(&dtm_cluster::tables::aggregate_cell("etx", b"cell")).expect("read").expect("cell");
     let x = &cell.measures["x"];
     assert_eq!((cell.count, x.sum, x.min, x.max), (2, 15.0, 5.0, 10.0));
-    // Only the last request's idempotency entry (and its expiry index key) is left: the test
+    // Only the last request's idempotency entry (and its entry's expiry list) is left: the test
     // submissions were all received at time 0, so each later entry expires the ones before it.
     assert_eq!(reader.scan(dtm_cluster::tables::IDEMPOTENCY, None, 100).expect("scan").len(), 1);
-    assert_eq!(reader.scan(dtm_cluster::tables::IDEMPOTENCY_EXPIRY, None, 100).expect("scan").len(), 1);
+    let lists = reader.scan(dtm_cluster::tables::IDEMPOTENCY_EXPIRY_BY_ENTRY, None, 100).expect("scan");
+    assert_eq!(lists.len(), 1);
+    assert_eq!(lists[0].0, dtm_cluster::tables::idempotency_expiry_of_entry(DAY_MS, 12));
+    let list: state::IdempotencyExpiry = prost::Message::decode(lists[0].1.as_slice()).expect("list");
+    assert_eq!(list.keys, vec![dtm_cluster::tables::idempotency("moj", "f")]);
+    assert!(reader.scan(dtm_cluster::tables::IDEMPOTENCY_EXPIRY, None, 100).expect("scan").is_empty());
     let (applied, _) = sm.applied_state().await.expect("applied state");
     assert_eq!(applied.map(|l| l.index), Some(12));
 }
@@ -386,6 +391,30 @@ async fn records_are_found_by_id_through_their_submission_or_their_own_index() {
     let legacy = dtm_cluster::lineage::find_record(&reader, "e-0").expect("read").expect("found");
     assert_eq!(legacy.record.id, "e-0");
     assert!(reader.get(&dtm_cluster::tables::record_id("e-0")).expect("read").is_some());
+}
+
+/// A store written before the per-entry expiry index (one `idx/` key per idempotency entry) still
+/// forgets those entries when they expire, beside the new lists.
+#[tokio::test]
+async fn idempotency_entries_indexed_the_old_way_still_expire() {
+    let (_dir, mut sm, _reader, _) = open();
+    let mut first = log();
+    first.truncate(9);
+    sm.apply(first).await.expect("apply");
+    let (meta, mut pairs) = sm.consistent_copy().expect("copy");
+    // The first request's entry, as an older version indexed it (received at 0: expires after a day).
+    let idem_d = dtm_cluster::tables::idempotency("moj", "c");
+    assert!(pairs.iter().any(|(k, _)| *k == idem_d));
+    pairs.retain(|(k, _)| !k.starts_with(dtm_cluster::tables::IDEMPOTENCY_EXPIRY_BY_ENTRY));
+    pairs.push((dtm_cluster::tables::idempotency_expiry(DAY_MS, &idem_d), idem_d.clone()));
+    pairs.sort();
+    let (_dir2, mut old, reader, _) = open();
+    old.restore(&meta, pairs).expect("restore");
+    assert!(reader.get(&idem_d).expect("read").is_some());
+    let rest: Vec<_> = log().into_iter().skip(9).take(1).collect();
+    old.apply(rest).await.expect("apply");
+    assert!(reader.get(&idem_d).expect("read").is_none(), "the old index still expires its entry");
+    assert!(reader.scan(dtm_cluster::tables::IDEMPOTENCY_EXPIRY, None, 100).expect("scan").is_empty());
 }
 
 /// After a restart (the store reopened, derived state rebuilt from the tables) a record sent again
