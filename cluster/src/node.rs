@@ -568,7 +568,7 @@ impl ClusterNode {
         self.on_leader(
             |raft| {
                 let node = node.clone();
-                async move { raft.add_learner(id, node, true).await.map(|r| r.log_id.index) }
+                async move { add_learner_once(&raft, id, node).await }
             },
             |mut c| {
                 let req = pb::AddLearnerRequest { node_id: id, node: Some(pbnode.clone()) };
@@ -643,6 +643,43 @@ impl ClusterNode {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+}
+
+/// Adds `id` as a learner and waits until it has caught up with the log, unless it is already a
+/// member at the same addresses: then it only waits. A retried request (say, from a client whose
+/// own timeout ran out while a large snapshot streamed to the new node) must not append another
+/// membership entry: openraft rebuilds a learner's replication on every one, aborting the snapshot
+/// it was sending, so each retry started the catch-up again from nothing.
+pub(crate) async fn add_learner_once(
+    raft: &Raft,
+    id: NodeId,
+    node: NodeInfo,
+) -> Result<u64, RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> {
+    let (known, membership_index, last_index) = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let mc = &m.membership_config;
+        (mc.membership().get_node(&id) == Some(&node), mc.log_id().map_or(0, |l| l.index), m.last_log_index)
+    };
+    if !known {
+        return raft.add_learner(id, node, true).await.map(|r| r.log_id.index);
+    }
+    let me = raft.metrics().borrow().id;
+    let caught_up_or_deposed = raft
+        .wait(Some(LEARNER_CATCH_UP_DEADLINE))
+        .metrics(
+            |m| {
+                let matched = m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|l| l.index);
+                m.current_leader != Some(me) || matched >= last_index
+            },
+            "the learner to catch up",
+        )
+        .await;
+    match caught_up_or_deposed {
+        Ok(m) if m.current_leader == Some(me) => Ok(membership_index),
+        // Another node leads now (the caller asks it), or the deadline passed.
+        _ => Err(RaftError::APIError(ClientWriteError::ForwardToLeader(openraft::error::ForwardToLeader::empty()))),
     }
 }
 

@@ -188,12 +188,12 @@ impl RaftService for RaftRpc {
         require_node_cert(&req)?;
         let r = req.into_inner();
         let node = dtm_model::node_from_pb(r.node.ok_or_else(|| Status::invalid_argument("missing node"))?);
-        let fut = self.raft.add_learner(r.node_id, node, true);
-        let resp = tokio::time::timeout(LEARNER_CATCH_UP_DEADLINE, fut)
+        let fut = crate::node::add_learner_once(&self.raft, r.node_id, node);
+        let log_index = tokio::time::timeout(LEARNER_CATCH_UP_DEADLINE, fut)
             .await
             .map_err(|_| Status::deadline_exceeded("learner did not catch up in time"))?
             .map_err(write_err)?;
-        Ok(Response::new(pb::MembershipResponse { log_index: resp.log_id.index }))
+        Ok(Response::new(pb::MembershipResponse { log_index }))
     }
 
     async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::MembershipResponse>, Status> {

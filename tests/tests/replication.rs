@@ -266,6 +266,35 @@ async fn a_lagging_follower_catches_up_through_large_entries() -> anyhow::Result
     Ok(())
 }
 
+/// F6: adding a node that is already a learner again (an operator's retry, or a client that gave up
+/// waiting while a snapshot streamed) appends no membership entry: openraft would rebuild the
+/// learner's replication on each one and abort the catch-up it was doing. The repeated request
+/// answers with the membership entry of the first, after writes have moved the log on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_learner_again_appends_no_membership_entry() -> anyhow::Result<()> {
+    let mut c = TestCluster::start(3, &[]).await?;
+    let key = setup(&c).await?;
+    dtm_tests::run_dtm(&["certs", "init", "--dir", &c.tls_dir.display().to_string(), "--nodes", "4"])?;
+    c.spawn(4, false, None)?;
+    let n4 = &c.nodes[&4];
+    let body = json!({"id": 4, "http_addr": n4.http_addr, "grpc_addr": n4.grpc_addr, "site": "site-4"});
+    let (s, first) = c.admin(reqwest::Method::POST, 2, "/api/v1/cluster/nodes", Some(body.clone())).await?;
+    assert_eq!(s, 201, "{first}");
+    for seq in 0..5 {
+        let (s, v, _) = c.post(1, DATASET, &key, &json!({"seq": seq}), None).await?;
+        assert_eq!(s, 201, "{v}");
+    }
+    for via in [1, 3] {
+        let (s, again) = c.admin(reqwest::Method::POST, via, "/api/v1/cluster/nodes", Some(body.clone())).await?;
+        assert_eq!(s, 201, "{again}");
+        assert_eq!(again["commit_index"], first["commit_index"], "a second membership entry: {first} then {again}");
+    }
+    let status = c.status(3).await?;
+    let learner = status["members"].as_array().into_iter().flatten().find(|m| m["id"] == 4);
+    assert_eq!(learner.map(|m| m["voter"] == false), Some(true), "{status}");
+    Ok(())
+}
+
 /// AC4 (A1.1, F6): a 4th node is added as learner and promoted to voter during writes; a node is
 /// removed; writes never fail (each write is retried inside the cluster across the changes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
