@@ -150,7 +150,14 @@ pub fn open(
     let stats = Arc::new(SnapshotStats::default());
     let log = LogStore::new(db.clone(), cipher.clone(), stats.clone())?;
     let tree = SealedTree::new(db.open_tree("sm")?, cipher);
-    log.check_start(dir, tree.raw.is_empty())?;
+    if log.check_start(dir, &tree)? {
+        // The snapshot file describes state the reset removed; the node receives a new one.
+        match std::fs::remove_file(dir.join("raft-snapshot.pb")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let sm =
         StateMachineStore::new(db.clone(), tree.clone(), dir.join("raft-snapshot.pb"), applier.clone(), stats.clone())?;
     let reader = StateReader { tree, stats };

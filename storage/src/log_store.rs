@@ -69,54 +69,75 @@ impl LogStore {
         }
     }
 
-    /// At start-up: the log must go on from the last purged entry (or from the start). A node
-    /// stopped while it caught up through a snapshot can hold entries the leader sent after the
-    /// snapshot while neither the snapshot (its state machine is still empty) nor the purge that
-    /// follows it reached the disk; openraft would then read a log that starts in the middle and
-    /// stop on it, at every start. With an empty state machine those entries cannot be applied
-    /// anyway: they are dropped, and the node catches up from the leader as a wiped node does (and,
-    /// like one, does not vote until it has). A gap with applied state is refused, naming the fix.
+    /// At start-up: the log and the state machine must agree. The log must go on from the last
+    /// purged entry (or from the start), and the state machine must hold at least everything the
+    /// log no longer does. openraft 0.9 breaks both on a follower that installs a snapshot: it
+    /// purges the log the snapshot covers, and accepts the leader's next entries, without waiting
+    /// for the state machine to finish installing it (`install_full_snapshot` in openraft's
+    /// following handler). A node killed in between (the install of a large state takes seconds)
+    /// holds a purged log, or entries after a gap, over an older state: openraft then stops on it
+    /// at every start (`try to get log at index 0 but got Some(229671)`), a crash loop the chaos
+    /// soaks hit twice. A snapshot whose install was cut short (`KEY_INSTALLING`) is incomplete
+    /// too. Such a node is reset: log, purge and commit marks and tables are cleared
+    /// (the caller removes the snapshot file), keeping its vote, so it catches up from the leader
+    /// as a wiped node does and, like one, does not vote until it has. Returns whether it was reset.
     pub(crate) fn check_start(
         &self,
         dir: &std::path::Path,
-        state_machine_empty: bool,
-    ) -> std::result::Result<(), StoreError> {
+        state: &crate::sealed::SealedTree,
+    ) -> std::result::Result<bool, StoreError> {
         let last_purged = self.read_log_id(KEY_LAST_PURGED)?;
-        let Some((first_key, _)) = self.log.raw.first()? else { return Ok(()) };
-        let first =
-            first_key.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
-                StoreError::Invalid(format!("a log key of {} bytes in {}", first_key.len(), dir.display()))
-            })?;
+        let applied = crate::state_machine::read_applied(state)?;
+        let first = match self.log.raw.first()? {
+            Some((k, _)) => Some(
+                key_index(&k)
+                    .map_err(|_| StoreError::Invalid(format!("a log key of {} bytes in {}", k.len(), dir.display())))?,
+            ),
+            None => None,
+        };
         let expected = last_purged.map_or(0, |l| l.index + 1);
-        if first <= expected {
-            return Ok(());
-        }
-        if !state_machine_empty {
-            return Err(StoreError::Invalid(format!(
-                "the Raft log in {} starts at entry {first}, but entries before {expected} were never purged \
-                 or applied: the store is incomplete; remove this node's data directory and let it rejoin \
-                 (docs/operations.md, \"A node lost its data\")",
-                dir.display()
-            )));
+        let purged_past_state = last_purged.is_some_and(|p| applied.is_none_or(|a| a < p.index));
+        let gap = first.is_some_and(|f| f > expected);
+        let half_installed = state.raw.contains_key(crate::state_machine::KEY_INSTALLING)?;
+        if !purged_past_state && !gap && !half_installed {
+            return Ok(false);
         }
         tracing::warn!(
-            first,
-            expected,
-            "the log starts after a gap and nothing is applied (the node stopped while catching up through a \
-             snapshot): dropping the log; the node catches up from the leader"
+            first_entry = ?first,
+            last_purged = ?last_purged.map(|l| l.index),
+            applied = ?applied,
+            half_installed,
+            store = %dir.display(),
+            "the log and the state machine disagree (the node stopped while it installed a snapshot): \
+             resetting this node's log and tables; it catches up from the leader"
         );
-        let mut batch = sled::Batch::default();
-        for k in self.log.raw.iter().keys() {
-            batch.remove(k?);
-        }
-        self.log.raw.apply_batch(batch)?;
+        clear(&self.log.raw)?;
+        clear(&state.raw)?;
+        self.meta.remove(KEY_LAST_PURGED)?;
+        self.meta.remove(KEY_COMMITTED)?;
         self.db.flush()?;
-        Ok(())
+        Ok(true)
     }
 
     async fn flush(&self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> Result<()> {
         self.db.flush_async().await.map_err(|e| sto(subject, verb, e))?;
         Ok(())
+    }
+}
+
+/// Removes every key of `tree`, in bounded batches.
+fn clear(tree: &sled::Tree) -> std::result::Result<(), StoreError> {
+    loop {
+        let keys =
+            tree.iter().keys().take(crate::limits::RESTORE_BATCH_PAIRS).collect::<std::result::Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k);
+        }
+        tree.apply_batch(batch)?;
     }
 }
 
