@@ -199,6 +199,14 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Cluster { .. }) {
+        // A report piped into `head` ends quietly when the reader goes away, as other command-line
+        // tools do, instead of panicking on a failed print. Only for these short-lived commands:
+        // a server must keep ignoring SIGPIPE (Rust's default), or a client that resets its
+        // connection would kill it.
+        // SAFETY: restoring the default disposition of one signal before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(cli))
