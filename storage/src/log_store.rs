@@ -78,9 +78,12 @@ impl LogStore {
     /// holds a purged log, or entries after a gap, over an older state: openraft then stops on it
     /// at every start (`try to get log at index 0 but got Some(229671)`), a crash loop the chaos
     /// soaks hit twice. A snapshot whose install was cut short (`KEY_INSTALLING`) is incomplete
-    /// too. Such a node is reset: log, purge and commit marks and tables are cleared
+    /// too. When the log holds no entries (nothing this node acknowledged can be lost), such a node
+    /// is reset: log, purge and commit marks and tables are cleared
     /// (the caller removes the snapshot file), keeping its vote, so it catches up from the leader
-    /// as a wiped node does and, like one, does not vote until it has. Returns whether it was reset.
+    /// as a wiped node does and, like one, does not vote until it has. With entries in the log the
+    /// store is refused, naming the fix: dropping entries the node acknowledged is not safe to do
+    /// unasked. Returns whether it was reset.
     pub(crate) fn check_start(
         &self,
         dir: &std::path::Path,
@@ -101,6 +104,17 @@ impl LogStore {
         let half_installed = state.raw.contains_key(crate::state_machine::KEY_INSTALLING)?;
         if !purged_past_state && !gap && !half_installed {
             return Ok(false);
+        }
+        if first.is_some() && (purged_past_state || gap) {
+            // Entries this node may have acknowledged to a leader: dropping them could lose a
+            // committed write if other nodes fail too. Leave the decision to the operator.
+            return Err(StoreError::Invalid(format!(
+                "the Raft log in {} (first entry {first:?}, last purged {:?}) cannot be continued by the state \
+                 machine (applied {applied:?}): the store is incomplete; remove this node from the cluster, \
+                 wipe its data directory and add it again (docs/operations.md, \"A node lost its data\")",
+                dir.display(),
+                last_purged.map(|l| l.index),
+            )));
         }
         tracing::warn!(
             first_entry = ?first,

@@ -835,9 +835,9 @@ mod tests {
 
     /// A1.3 (found by the 5 s chaos soaks): openraft purges the log a snapshot covers, and takes
     /// the leader's next entries, before the state machine has installed the snapshot. A node
-    /// killed in between held a log that starts after a gap, or a purged log over an older state,
-    /// and openraft stopped on it at every start. Such a store is reset at start (log, marks,
-    /// tables, snapshot file; the vote stays), so the node catches up from the leader.
+    /// killed in between held a purged log over an older state, and openraft stopped on it at
+    /// every start. Without log entries such a store is reset at start (marks, tables, snapshot
+    /// file; the vote stays), so the node catches up from the leader; with entries it is refused.
     #[tokio::test]
     async fn a_log_the_state_machine_cannot_continue_from_is_reset_at_start() {
         async fn reopened_empty(dir: std::path::PathBuf, opts: &crate::StoreOptions) {
@@ -861,24 +861,23 @@ mod tests {
         };
         let opts = crate::StoreOptions::for_tests();
         let vote = openraft::Vote::new_committed(3, 1);
-        // Entries after a gap over an empty state machine.
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let (mut log, _sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
-            openraft::storage::RaftLogStorage::save_vote(&mut log, &vote).await.expect("vote");
-            write(&log, 5);
+        // Entries after a gap (over an empty state machine, or an older state): entries the node
+        // may have acknowledged are not dropped unasked; the store is refused, naming the fix.
+        for applied in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            {
+                let (log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
+                if applied {
+                    sm.apply(vec![kv(1, "t/a", "1")]).await.expect("apply");
+                }
+                write(&log, 5);
+            }
+            let err = crate::reopen(dir.path(), &opts, Arc::new(KvApplier)).await.err().map(|e| e.to_string());
+            let err = err.unwrap_or_default();
+            assert!(err.contains("first entry Some(5)") && err.contains("wipe its data directory"), "{err}");
         }
-        reopened_empty(dir.path().to_path_buf(), &opts).await;
-        // Entries after a gap over an older state (applied 1, log from 5).
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let (mut log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
-            openraft::storage::RaftLogStorage::save_vote(&mut log, &vote).await.expect("vote");
-            sm.apply(vec![kv(1, "t/a", "1")]).await.expect("apply");
-            write(&log, 5);
-        }
-        reopened_empty(dir.path().to_path_buf(), &opts).await;
-        // The purge durable, the state behind it (applied 1, purged up to 4), with a snapshot file.
+        // The purge durable, the state behind it (applied 1, purged up to 4), with a snapshot file,
+        // and no entries left: reset.
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let (mut log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
@@ -887,7 +886,7 @@ mod tests {
             let _ = RaftSnapshotBuilder::build_snapshot(&mut sm).await.expect("snapshot");
             assert!(dir.path().join("raft-snapshot.pb").exists());
             write(&log, 2);
-            let upto = kv(4, "t/x", "1").log_id;
+            let upto = kv(7, "t/x", "1").log_id;
             openraft::storage::RaftLogStorage::purge(&mut log, upto).await.expect("purge");
         }
         reopened_empty(dir.path().to_path_buf(), &opts).await;
