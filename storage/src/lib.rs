@@ -11,7 +11,8 @@
 //! is flushed; a store found behind that file at start-up (rolled back) is refused. A snapshot
 //! from the leader is installed in bounded batches under a mark; a store whose tables cannot
 //! continue from its log (openraft purges before the install is durable) or whose install was cut
-//! short is reset at start and catches up again (`LogStore::check_start`). A follower is
+//! short is reset at start and catches up again when its log holds no entries, and refused
+//! otherwise (`LogStore::check_start`). A follower is
 //! sent at most `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so
 //! the engine can be replaced.
 
