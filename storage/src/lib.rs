@@ -99,8 +99,6 @@ pub fn test_master_key() -> MasterKey {
     MasterKey::parse(&text).unwrap_or_else(|_| unreachable!("64 hex digits parse"))
 }
 
-/// Opens (or creates) the node's store in `dir`. A store that sled cannot read (a corrupted file)
-/// is an error here: the node refuses to start rather than serve damaged data.
 /// Opens a store this process closed a moment ago. sled lets go of the store's lock only when its
 /// background threads are done with the closed instance, which on a busy machine can come a little
 /// after the drop; this waits for that (at most `REOPEN_WAIT`) instead of failing with `InUse`.
@@ -122,6 +120,8 @@ pub async fn reopen(
     }
 }
 
+/// Opens (or creates) the node's store in `dir`. A store that sled cannot read (a corrupted file)
+/// is an error here: the node refuses to start rather than serve damaged data.
 pub fn open(
     dir: &Path,
     opts: &StoreOptions,

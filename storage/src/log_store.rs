@@ -79,11 +79,11 @@ impl LogStore {
     /// at every start (`try to get log at index 0 but got Some(229671)`), a crash loop the chaos
     /// soaks hit twice. A snapshot whose install was cut short (`KEY_INSTALLING`) is incomplete
     /// too. When the log holds no entries (nothing this node acknowledged can be lost), such a node
-    /// is reset: log, purge and commit marks and tables are cleared
-    /// (the caller removes the snapshot file), keeping its vote, so it catches up from the leader
-    /// as a wiped node does and, like one, does not vote until it has. With entries in the log the
-    /// store is refused, naming the fix: dropping entries the node acknowledged is not safe to do
-    /// unasked. Returns whether it was reset.
+    /// is reset: purge and commit marks and tables are cleared (the caller removes the snapshot
+    /// file), keeping its vote, so it catches up from the leader as a wiped node does and, like
+    /// one, does not vote until it has. With entries in the log the store is refused, naming the
+    /// fix: dropping entries the node acknowledged is not safe to do unasked. Returns whether it
+    /// was reset.
     pub(crate) fn check_start(
         &self,
         dir: &std::path::Path,
@@ -105,7 +105,7 @@ impl LogStore {
         if !purged_past_state && !gap && !half_installed {
             return Ok(false);
         }
-        if first.is_some() && (purged_past_state || gap) {
+        if first.is_some() {
             // Entries this node may have acknowledged to a leader: dropping them could lose a
             // committed write if other nodes fail too. Leave the decision to the operator.
             return Err(StoreError::Invalid(format!(
@@ -125,8 +125,7 @@ impl LogStore {
             "the log and the state machine disagree (the node stopped while it installed a snapshot): \
              resetting this node's log and tables; it catches up from the leader"
         );
-        clear(&self.log.raw)?;
-        clear(&state.raw)?;
+        state.remove_all_but(None, |_| Ok(()))?;
         self.meta.remove(KEY_LAST_PURGED)?;
         self.meta.remove(KEY_COMMITTED)?;
         self.db.flush()?;
@@ -136,22 +135,6 @@ impl LogStore {
     async fn flush(&self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> Result<()> {
         self.db.flush_async().await.map_err(|e| sto(subject, verb, e))?;
         Ok(())
-    }
-}
-
-/// Removes every key of `tree`, in bounded batches.
-fn clear(tree: &sled::Tree) -> std::result::Result<(), StoreError> {
-    loop {
-        let keys =
-            tree.iter().keys().take(crate::limits::RESTORE_BATCH_PAIRS).collect::<std::result::Result<Vec<_>, _>>()?;
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
-        tree.apply_batch(batch)?;
     }
 }
 

@@ -80,6 +80,35 @@ impl SealedTree {
         Ok((resealed, left))
     }
 
+    /// Removes every key but `keep`, in batches of at most `RESTORE_BATCH_PAIRS` (one sled batch of
+    /// millions of keys takes sled minutes and gigabytes), calling `before` with each batch's keys
+    /// before it is written.
+    pub(crate) fn remove_all_but(
+        &self,
+        keep: Option<&[u8]>,
+        mut before: impl FnMut(&[Vec<u8>]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        loop {
+            let keys: Vec<Vec<u8>> = self
+                .raw
+                .iter()
+                .keys()
+                .filter(|k| k.as_ref().map_or(true, |k| Some(k.as_ref()) != keep))
+                .take(crate::limits::RESTORE_BATCH_PAIRS)
+                .map(|k| k.map(|k| k.to_vec()))
+                .collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            before(&keys)?;
+            let mut batch = sled::Batch::default();
+            for k in &keys {
+                batch.remove(k.as_slice());
+            }
+            self.raw.apply_batch(batch)?;
+        }
+    }
+
     pub(crate) fn batch(&self) -> SealedBatch {
         SealedBatch { batch: sled::Batch::default(), cipher: self.cipher.clone() }
     }

@@ -53,10 +53,7 @@ type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
 /// The index of the last applied log entry recorded in `tree` (0 before the first).
 pub(crate) fn read_applied_index(tree: &SealedTree) -> std::result::Result<u64, StoreError> {
-    match tree.get(KEY_LAST_APPLIED)? {
-        None => Ok(0),
-        Some(v) => Ok(pb::LogId::decode(v.as_ref())?.index),
-    }
+    Ok(read_applied(tree)?.unwrap_or(0))
 }
 
 /// Calls `f` with each pair of an encoded `SnapshotBody`, decoding one at a time (a large state is
@@ -486,12 +483,10 @@ impl StateMachineStore {
     /// Reads at default consistency on this node can see part of the snapshot while it installs;
     /// linearizable reads wait for it.
     fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> std::result::Result<(), StoreError> {
-        let mut pairs = 0usize;
         let format = for_each_pair(data, |p| {
             if p.key.first() == Some(&RESERVED_PREFIX) {
                 return Err(StoreError::Invalid("snapshot carries a reserved key".into()));
             }
-            pairs += 1;
             Ok(())
         })?;
         if format != SNAPSHOT_FORMAT_VERSION {
@@ -505,25 +500,7 @@ impl StateMachineStore {
         tree.apply_batch(mark)?;
         self.inner.db.flush()?;
         // The old tables out, then the snapshot's in, each in bounded batches.
-        loop {
-            let keys: Vec<Vec<u8>> = tree
-                .raw
-                .iter()
-                .keys()
-                .filter(|k| k.as_ref().map_or(true, |k| k.as_ref() != KEY_INSTALLING))
-                .take(crate::limits::RESTORE_BATCH_PAIRS)
-                .map(|k| k.map(|k| k.to_vec()))
-                .collect::<std::result::Result<_, _>>()?;
-            if keys.is_empty() {
-                break;
-            }
-            self.record_preimages(keys.iter())?;
-            let mut batch = tree.batch();
-            for k in &keys {
-                batch.remove(k);
-            }
-            tree.apply_batch(batch)?;
-        }
+        tree.remove_all_but(Some(KEY_INSTALLING), |keys| self.record_preimages(keys.iter()))?;
         let mut chunk: Vec<pb::SnapshotPair> = Vec::with_capacity(crate::limits::RESTORE_BATCH_PAIRS);
         let write = |chunk: &mut Vec<pb::SnapshotPair>| -> std::result::Result<(), StoreError> {
             self.record_preimages(chunk.iter().map(|p| &p.key))?;
@@ -548,7 +525,6 @@ impl StateMachineStore {
         done.insert(KEY_MEMBERSHIP, &dtm_model::stored_membership_to_pb(&meta.last_membership).encode_to_vec())?;
         done.remove(KEY_INSTALLING);
         tree.apply_batch(done)?;
-        tracing::debug!(pairs, "snapshot tables written");
         self.inner.applier.reset(&self.reader())?;
         Ok(())
     }
@@ -861,20 +837,27 @@ mod tests {
         };
         let opts = crate::StoreOptions::for_tests();
         let vote = openraft::Vote::new_committed(3, 1);
-        // Entries after a gap (over an empty state machine, or an older state): entries the node
-        // may have acknowledged are not dropped unasked; the store is refused, naming the fix.
-        for applied in [false, true] {
+        // Entries after a gap (over an empty state machine, or an older state), or entries under a
+        // half-installed snapshot: entries the node may have acknowledged are not dropped unasked;
+        // the store is refused, naming the fix.
+        for (applied, from, half_installed) in [(false, 5, false), (true, 5, false), (false, 0, true)] {
             let dir = tempfile::tempdir().expect("tempdir");
             {
                 let (log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
                 if applied {
                     sm.apply(vec![kv(1, "t/a", "1")]).await.expect("apply");
                 }
-                write(&log, 5);
+                if half_installed {
+                    let mut batch = sm.inner.tree.batch();
+                    batch.insert(KEY_INSTALLING, b"test").expect("mark");
+                    sm.inner.tree.apply_batch(batch).expect("write");
+                }
+                write(&log, from);
             }
             let err = crate::reopen(dir.path(), &opts, Arc::new(KvApplier)).await.err().map(|e| e.to_string());
             let err = err.unwrap_or_default();
-            assert!(err.contains("first entry Some(5)") && err.contains("wipe its data directory"), "{err}");
+            let first = format!("first entry Some({from})");
+            assert!(err.contains(&first) && err.contains("wipe its data directory"), "{err}");
         }
         // The purge durable, the state behind it (applied 1, purged up to 4), with a snapshot file,
         // and no entries left: reset.
