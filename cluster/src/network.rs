@@ -211,3 +211,25 @@ impl RaftNetwork<TypeConfig> for Connection {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a peer that cannot be reached makes openraft back off (and send it nothing, heartbeats
+    /// included); a call that ran out of time is retried at the next heartbeat.
+    #[test]
+    fn only_an_unreachable_peer_is_backed_off() {
+        let rpc = |code| status_to_rpc::<openraft::error::Infallible>(tonic::Status::new(code, "x"));
+        assert!(matches!(rpc(tonic::Code::Unavailable), RPCError::Unreachable(_)));
+        for code in [tonic::Code::DeadlineExceeded, tonic::Code::Cancelled, tonic::Code::Internal] {
+            assert!(matches!(rpc(code), RPCError::Network(_)), "{code:?}");
+        }
+        let backoff: Vec<Duration> =
+            Connection { target: 2, addr: String::new(), pool: PeerPool::new(ClientTlsConfig::new()) }
+                .backoff()
+                .take(2)
+                .collect();
+        assert_eq!(backoff, vec![UNREACHABLE_BACKOFF; 2]);
+    }
+}

@@ -656,16 +656,15 @@ pub(crate) async fn add_learner_once(
     id: NodeId,
     node: NodeInfo,
 ) -> Result<u64, RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> {
-    let (known, membership_index, last_index) = {
+    let (me, known, membership_index, last_index) = {
         let metrics = raft.metrics();
         let m = metrics.borrow();
         let mc = &m.membership_config;
-        (mc.membership().get_node(&id) == Some(&node), mc.log_id().map_or(0, |l| l.index), m.last_log_index)
+        (m.id, mc.membership().get_node(&id) == Some(&node), mc.log_id().map_or(0, |l| l.index), m.last_log_index)
     };
     if !known {
         return raft.add_learner(id, node, true).await.map(|r| r.log_id.index);
     }
-    let me = raft.metrics().borrow().id;
     let caught_up_or_deposed = raft
         .wait(Some(LEARNER_CATCH_UP_DEADLINE))
         .metrics(

@@ -266,16 +266,22 @@ async fn a_lagging_follower_catches_up_through_large_entries() -> anyhow::Result
     Ok(())
 }
 
+/// A 3-node cluster with the test source and dataset, and a 4th node running, not yet a member.
+async fn with_spare_node() -> anyhow::Result<(TestCluster, String)> {
+    let mut c = TestCluster::start(3, &[]).await?;
+    let key = setup(&c).await?;
+    dtm_tests::run_dtm(&["certs", "init", "--dir", &c.tls_dir.display().to_string(), "--nodes", "4"])?;
+    c.spawn(4, false, None)?;
+    Ok((c, key))
+}
+
 /// F6: adding a node that is already a learner again (an operator's retry, or a client that gave up
 /// waiting while a snapshot streamed) appends no membership entry: openraft would rebuild the
 /// learner's replication on each one and abort the catch-up it was doing. The repeated request
 /// answers with the membership entry of the first, after writes have moved the log on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_a_learner_again_appends_no_membership_entry() -> anyhow::Result<()> {
-    let mut c = TestCluster::start(3, &[]).await?;
-    let key = setup(&c).await?;
-    dtm_tests::run_dtm(&["certs", "init", "--dir", &c.tls_dir.display().to_string(), "--nodes", "4"])?;
-    c.spawn(4, false, None)?;
+    let (c, key) = with_spare_node().await?;
     let n4 = &c.nodes[&4];
     let body = json!({"id": 4, "http_addr": n4.http_addr, "grpc_addr": n4.grpc_addr, "site": "site-4"});
     let (s, first) = c.admin(reqwest::Method::POST, 2, "/api/v1/cluster/nodes", Some(body.clone())).await?;
@@ -299,10 +305,7 @@ async fn adding_a_learner_again_appends_no_membership_entry() -> anyhow::Result<
 /// removed; writes never fail (each write is retried inside the cluster across the changes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_during_writes() -> anyhow::Result<()> {
-    let mut c = TestCluster::start(3, &[]).await?;
-    let key = setup(&c).await?;
-    dtm_tests::run_dtm(&["certs", "init", "--dir", &c.tls_dir.display().to_string(), "--nodes", "4"])?;
-    c.spawn(4, false, None)?;
+    let (c, key) = with_spare_node().await?;
     let c = Arc::new(c);
     let stop = Arc::new(AtomicBool::new(false));
     // Plain writers (no retries of their own): any failed write fails the test.
