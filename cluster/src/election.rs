@@ -45,17 +45,17 @@ struct Voter {
     since_quorum_ack: Option<Duration>,
     /// Since the last append-entries or snapshot chunk from a leader.
     since_contact: Duration,
-    /// Neither log nor snapshot.
-    empty: bool,
+    /// Started without data and not caught up yet (`LogStore::catching_up`).
+    catching_up: bool,
     last_log_id: Option<LogId>,
 }
 
 /// Would `voter` vote for a candidate whose last log id is `candidate_log`, under a leader lease of
 /// `lease`? `Err` says why not.
 fn decide(voter: &Voter, candidate_log: Option<LogId>, lease: Duration) -> Result<(), String> {
-    if voter.empty {
-        // As for real votes (the amnesia guard in `service.rs`): an empty node does not vote.
-        return Err("this node has no log yet".into());
+    if voter.catching_up {
+        // As for real votes (the amnesia guard in `service.rs`).
+        return Err("this node started without data and has not caught up with a leader yet".into());
     }
     if voter.leader {
         if voter.since_quorum_ack.is_none_or(|d| d < lease) {
@@ -79,19 +79,16 @@ pub(crate) async fn answer(
     candidate_log: Option<LogId>,
 ) -> pb::PreVoteResponse {
     let lease = Duration::from_millis(raft.config().election_timeout_max);
-    let (leader, since_quorum_ack, empty) = {
+    let (leader, since_quorum_ack) = {
         let metrics = raft.metrics();
         let m = metrics.borrow();
-        (
-            m.state == ServerState::Leader,
-            m.millis_since_quorum_ack.map(Duration::from_millis),
-            m.last_log_index.is_none() && m.snapshot.is_none(),
-        )
+        (m.state == ServerState::Leader, m.millis_since_quorum_ack.map(Duration::from_millis))
     };
     let Some(last_log_id) = last_log_id(log).await else {
         return pb::PreVoteResponse { granted: false, reason: "this node cannot read its log".into() };
     };
-    let voter = Voter { leader, since_quorum_ack, since_contact: contact.since(), empty, last_log_id };
+    let voter =
+        Voter { leader, since_quorum_ack, since_contact: contact.since(), catching_up: log.catching_up(), last_log_id };
     match decide(&voter, candidate_log, lease) {
         Ok(()) => pb::PreVoteResponse { granted: true, reason: String::new() },
         Err(reason) => {
@@ -242,7 +239,7 @@ mod tests {
             leader: false,
             since_quorum_ack: None,
             since_contact: Duration::from_millis(since_contact_ms),
-            empty: false,
+            catching_up: false,
             last_log_id: last,
         }
     }
@@ -300,9 +297,13 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_node_never_grants() {
+    fn a_node_catching_up_never_grants() {
         let mut v = follower(60_000, None);
-        v.empty = true;
+        v.catching_up = true;
+        assert!(decide(&v, log_id(2, 10), LEASE).is_err());
+        // Not even with a log of its own that the candidate's is ahead of.
+        let mut v = follower(60_000, log_id(2, 5));
+        v.catching_up = true;
         assert!(decide(&v, log_id(2, 10), LEASE).is_err());
     }
 }

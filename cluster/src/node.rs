@@ -357,6 +357,10 @@ impl ClusterNode {
             return Ok(false);
         }
         let members = std::collections::BTreeMap::from([(self.id, self.info.clone())]);
+        // The first voter of a new cluster has nothing to catch up with (and votes for itself
+        // without asking anyone). Should `initialize` fail, a restart finds the store empty and
+        // marks it again.
+        self.stores.0.bootstrapped().map_err(|e| ClusterError::Internal(e.to_string()))?;
         match self.raft.initialize(members).await {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),

@@ -77,6 +77,9 @@ impl RaftService for RaftRpc {
             entries,
             leader_commit: dtm_model::opt_log_id_from_pb(&r.leader_commit),
         };
+        // What a success would prove this node holds: the leader's log up to here.
+        let matched = rpc.entries.last().map(|e: &dtm_model::Entry| e.log_id).or(rpc.prev_log_id);
+        let (leader_term, leader_commit) = (rpc.vote.leader_id.term, rpc.leader_commit);
         use openraft::raft::AppendEntriesResponse as A;
         use pb::append_entries_response::Result as R;
         let result = match self.raft.append_entries(rpc).await.map_err(raft_err)? {
@@ -87,6 +90,19 @@ impl RaftService for RaftRpc {
             }
             other => other,
         };
+        if matches!(result, A::Success) && self.log.catching_up() {
+            // openraft answers an append only once it is flushed, so the log up to `matched` is on disk.
+            match self.log.leader_contact_caught_up(leader_term, leader_commit, matched) {
+                Ok(true) => tracing::info!(
+                    matched = ?matched.map(|l| l.index),
+                    "caught up with the leader after starting without data: this node votes again"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record that this node caught up; it still does not vote")
+                }
+            }
+        }
         let result = match result {
             A::Success => R::Success(pb::Blank {}),
             A::PartialSuccess(m) => R::PartialSuccess(pb::PartialSuccess { matching: dtm_model::opt_log_id_to_pb(&m) }),
@@ -98,20 +114,19 @@ impl RaftService for RaftRpc {
 
     async fn request_vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         require_node_cert(&req)?;
-        // Amnesia guard: a node with neither log nor snapshot has lost (or never had) its data. If it
-        // granted votes it could help elect a leader that lacks entries it acknowledged before its
-        // data was wiped. It votes again once it has caught up (a snapshot or log arrived). New
-        // members never need to vote while empty: they join as learners.
-        let (empty, id) = {
-            let m = self.raft.metrics().borrow().clone();
-            (m.last_log_index.is_none() && m.snapshot.is_none(), m.id)
-        };
-        if empty {
+        // Amnesia guard: a node that started without data (new, wiped, or reset at start) may have
+        // lost entries it acknowledged and votes it cast. If it granted votes it could help elect a
+        // leader that lacks a committed write. It votes again once it holds the leader's log up to a
+        // commit of the leader's own term (`LogStore::catching_up`); a log or a snapshot alone is not
+        // enough. New members never need to vote while catching up: they join as learners.
+        if self.log.catching_up() {
             tracing::warn!(
-                node_id = id,
-                "refusing to vote: this node has no log yet (new or wiped); it votes once caught up"
+                node_id = self.raft.metrics().borrow().id,
+                "refusing to vote: this node started without data and has not caught up with a leader yet"
             );
-            return Err(Status::unavailable("this node has no log yet and does not vote until it has caught up"));
+            return Err(Status::unavailable(
+                "this node started without data and does not vote until it has caught up with a leader",
+            ));
         }
         let r = req.into_inner();
         let rpc = openraft::raft::VoteRequest {

@@ -12,8 +12,9 @@
 //! from the leader is installed in bounded batches under a mark; a store whose tables cannot
 //! continue from its log (openraft purges before the install is durable) or whose install was cut
 //! short is reset at start and catches up again when its log holds no entries, and refused
-//! otherwise (`LogStore::check_start`). A follower is
-//! sent at most `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so
+//! otherwise (`LogStore::check_start`). A store that starts with no data at all, or is reset, is
+//! marked as catching up until it holds the log up to a commit of the current leader's term, and
+//! does not vote while marked (`LogStore::catching_up`). A follower is sent at most `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so
 //! the engine can be replaced.
 
 pub mod crypto;
@@ -162,6 +163,7 @@ pub fn open(
             Err(e) => return Err(e.into()),
         }
     }
+    log.mark_if_empty(&tree)?;
     let sm =
         StateMachineStore::new(db.clone(), tree.clone(), dir.join("raft-snapshot.pb"), applier.clone(), stats.clone())?;
     let reader = StateReader { tree, stats };

@@ -34,6 +34,8 @@ use crate::limits::LOG_READ_ENTRIES_MAX;
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
+/// Present while this node is catching up after it started with no data (`LogStore::catching_up`).
+const KEY_CATCHING_UP: &[u8] = b"catching_up";
 
 /// The Raft log store. Cheap to clone: clones share the same sled trees.
 #[derive(Clone)]
@@ -43,6 +45,8 @@ pub struct LogStore {
     pub(crate) log: crate::sealed::SealedTree,
     pub(crate) meta: sled::Tree,
     stats: std::sync::Arc<crate::SnapshotStats>,
+    /// `KEY_CATCHING_UP`, cached: read on every vote request.
+    catching_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
@@ -59,7 +63,67 @@ impl LogStore {
     ) -> std::result::Result<Self, StoreError> {
         let log = crate::sealed::SealedTree::new(db.open_tree("raft_log")?, cipher);
         let meta = db.open_tree("raft_meta")?;
-        Ok(LogStore { db, log, meta, stats })
+        let catching_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(meta.contains_key(KEY_CATCHING_UP)?));
+        Ok(LogStore { db, log, meta, stats, catching_up })
+    }
+
+    /// Whether this node is still catching up after it started without data (a new node, a wiped
+    /// one, or one reset at start by `check_start`). Such a node must not vote: it cannot know
+    /// which entries it acknowledged, or whom it voted for, before its data went, so a vote from
+    /// it could elect a leader that lacks a committed write. Having some log is not enough (a
+    /// wiped node that received half of the leader's log, or a snapshot, is still behind what it
+    /// once acknowledged); it votes again once `leader_contact_caught_up` says so.
+    pub fn catching_up(&self) -> bool {
+        self.catching_up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// At open: marks a store with no vote, no log, no purge mark and no applied state (nothing at
+    /// all) as catching up, durably, so a restart during the catch-up keeps the mark.
+    pub(crate) fn mark_if_empty(&self, state: &crate::sealed::SealedTree) -> std::result::Result<(), StoreError> {
+        let empty = !self.meta.contains_key(KEY_VOTE)?
+            && !self.meta.contains_key(KEY_LAST_PURGED)?
+            && self.log.raw.first()?.is_none()
+            && crate::state_machine::read_applied(state)?.is_none();
+        if empty {
+            self.set_catching_up(true)?;
+        }
+        Ok(())
+    }
+
+    fn set_catching_up(&self, on: bool) -> std::result::Result<(), StoreError> {
+        if on {
+            self.meta.insert(KEY_CATCHING_UP, &[])?;
+        } else {
+            self.meta.remove(KEY_CATCHING_UP)?;
+        }
+        self.db.flush()?;
+        self.catching_up.store(on, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// This node is the first voter of a new cluster: there is nothing to catch up with.
+    pub fn bootstrapped(&self) -> std::result::Result<(), StoreError> {
+        if self.catching_up() { self.set_catching_up(false) } else { Ok(()) }
+    }
+
+    /// Called after an append-entries call from the leader of `leader_term` succeeded: this node's
+    /// log now matches the leader's up to `matched` (the request's last entry, or its previous log
+    /// id). Once the leader's commit index is an entry of its own term, everything committed before
+    /// this node lost its data precedes it in the leader's log (a leader holds every committed
+    /// entry, and commits an entry of its term only after all earlier ones); a node that holds the
+    /// log up to there holds everything it ever acknowledged, and may vote again. Answers whether
+    /// the mark was cleared by this call.
+    pub fn leader_contact_caught_up(
+        &self,
+        leader_term: u64,
+        leader_commit: Option<LogId>,
+        matched: Option<LogId>,
+    ) -> std::result::Result<bool, StoreError> {
+        if !self.catching_up() || !caught_up(leader_term, leader_commit, matched) {
+            return Ok(false);
+        }
+        self.set_catching_up(false)?;
+        Ok(true)
     }
 
     fn read_log_id(&self, key: &[u8]) -> std::result::Result<Option<LogId>, StoreError> {
@@ -81,7 +145,7 @@ impl LogStore {
     /// too. When the log holds no entries (nothing this node acknowledged can be lost), such a node
     /// is reset: purge and commit marks and tables are cleared (the caller removes the snapshot
     /// file), keeping its vote, so it catches up from the leader as a wiped node does and, like
-    /// one, does not vote until it has. With entries in the log the store is refused, naming the
+    /// one, does not vote until it has (`catching_up`). With entries in the log the store is refused, naming the
     /// fix: dropping entries the node acknowledged is not safe to do unasked. Returns whether it
     /// was reset.
     pub(crate) fn check_start(
@@ -128,13 +192,22 @@ impl LogStore {
         state.remove_all_but(None, |_| Ok(()))?;
         self.meta.remove(KEY_LAST_PURGED)?;
         self.meta.remove(KEY_COMMITTED)?;
-        self.db.flush()?;
+        // Flushes all of the above.
+        self.set_catching_up(true)?;
         Ok(true)
     }
 
     async fn flush(&self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> Result<()> {
         self.db.flush_async().await.map_err(|e| sto(subject, verb, e))?;
         Ok(())
+    }
+}
+
+/// The rule of `LogStore::leader_contact_caught_up`.
+fn caught_up(leader_term: u64, leader_commit: Option<LogId>, matched: Option<LogId>) -> bool {
+    match (leader_commit, matched) {
+        (Some(c), Some(m)) => c.leader_id.term == leader_term && m.index >= c.index,
+        _ => false,
     }
 }
 

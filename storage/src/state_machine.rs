@@ -825,6 +825,7 @@ mod tests {
             assert!(!dir.join("raft-snapshot.pb").exists(), "the snapshot file is removed");
             let kept = openraft::storage::RaftLogStorage::read_vote(&mut log).await.expect("vote");
             assert_eq!(kept, Some(openraft::Vote::new_committed(3, 1)), "the vote is kept");
+            assert!(log.catching_up(), "a reset node does not vote until it has caught up");
         }
         let write = |log: &crate::LogStore, from: u64| {
             let mut batch = log.log.batch();
@@ -877,6 +878,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let (log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
+            // Without the mark, as a store written before the mark existed.
+            log.bootstrapped().expect("unmark");
             write(&log, 0);
             sm.apply(vec![kv(0, "t/a", "1"), kv(1, "t/b", "1")]).await.expect("apply");
         }
@@ -884,6 +887,49 @@ mod tests {
         let state = openraft::storage::RaftLogStorage::get_log_state(&mut log).await.expect("state");
         assert_eq!(state.last_log_id.map(|l| l.index), Some(7));
         assert_eq!(sm.applied_state().await.expect("applied").0.map(|l| l.index), Some(1));
+        assert!(!log.catching_up(), "a consistent store is not marked at start");
+    }
+
+    /// A1.3, the amnesia guard: a node that starts without data is marked as catching up, durably,
+    /// until an append from the leader shows it holds the log up to a commit of the leader's term.
+    #[tokio::test]
+    async fn a_node_that_starts_without_data_votes_only_once_caught_up_with_a_leader() {
+        let opts = crate::StoreOptions::for_tests();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = |term: u64, index: u64| {
+            Some(kv(index, "t/x", "1").log_id).map(|mut l| {
+                l.leader_id = openraft::CommittedLeaderId::new(term, 1);
+                l
+            })
+        };
+        {
+            let (log, _sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
+            assert!(log.catching_up(), "an empty store is marked");
+            // A commit of an earlier term: entries committed before the wipe may lie beyond it.
+            assert!(!log.leader_contact_caught_up(5, id(4, 100), id(5, 120)).expect("check"));
+            // The leader's own commit, but this node's log does not reach it yet.
+            assert!(!log.leader_contact_caught_up(5, id(5, 100), id(5, 99)).expect("check"));
+            assert!(!log.leader_contact_caught_up(5, None, id(5, 99)).expect("check"));
+            assert!(!log.leader_contact_caught_up(5, id(5, 100), None).expect("check"));
+            assert!(log.catching_up());
+        }
+        // Killed while catching up: still marked after a restart, although it now has a log.
+        {
+            let (mut log, _sm, _reader) = crate::reopen(dir.path(), &opts, Arc::new(KvApplier)).await.expect("reopen");
+            openraft::storage::RaftLogStorage::save_vote(&mut log, &openraft::Vote::new_committed(5, 1))
+                .await
+                .expect("vote");
+            assert!(log.catching_up(), "the mark survives a restart");
+            assert!(log.leader_contact_caught_up(5, id(5, 100), id(5, 100)).expect("check"));
+            assert!(!log.catching_up());
+        }
+        let (log, _sm, _reader) = crate::reopen(dir.path(), &opts, Arc::new(KvApplier)).await.expect("reopen");
+        assert!(!log.catching_up(), "caught up is durable too");
+        // The first voter of a new cluster has nothing to catch up with.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
+        log.bootstrapped().expect("bootstrapped");
+        assert!(!log.catching_up());
     }
 
     /// A snapshot larger than one write batch replaces the tables whole (old keys gone, every new

@@ -227,6 +227,25 @@ async fn wiped_node_rejoins_through_a_snapshot() -> anyhow::Result<()> {
     assert_eq!(s, 201, "{v}");
     expected.extend(v["ids"].as_array().expect("ids").iter().map(|x| x.as_str().expect("id").to_string()));
     assert_everywhere(&c, &expected).await?;
+    // A1.3, the amnesia guard: while it caught up it did not vote; once it holds the leader's log
+    // up to a commit of the leader's term it votes again, so losing the leader now leaves a
+    // majority (the wiped node and the other follower) that elects a new one.
+    eventually("the wiped node votes again", Duration::from_secs(30), || async {
+        c.log(victim).contains("this node votes again").then_some(())
+    })
+    .await?;
+    c.kill(leader);
+    let v = eventually("a write without the old leader", Duration::from_secs(30), || async {
+        let body = json!({"i": "without the old leader"});
+        match c.post(victim, DATASET, &key, &body, Some("after-the-leader-died")).await {
+            Ok((201, v, _)) => Some(v),
+            _ => None,
+        }
+    })
+    .await?;
+    expected.extend(v["ids"].as_array().expect("ids").iter().map(|x| x.as_str().expect("id").to_string()));
+    c.restart(leader)?;
+    assert_everywhere(&c, &expected).await?;
     Ok(())
 }
 
