@@ -66,6 +66,7 @@ async fn last_log_index_of(pool: &PeerPool, id: NodeId, addr: &str) -> Option<u6
 
 pub(crate) async fn run(
     raft: Raft,
+    log: dtm_storage::LogStore,
     pool: Arc<PeerPool>,
     contact: Arc<LastContact>,
     id: NodeId,
@@ -80,6 +81,10 @@ pub(crate) async fn run(
         let m = raft.metrics().borrow().clone();
         let Some(leader) = m.current_leader else { continue };
         if m.state != ServerState::Follower || leader == id || m.current_term == handled_term {
+            continue;
+        }
+        if log.catching_up() {
+            // Not a candidate while it may have lost what it acknowledged (`LogStore::catching_up`).
             continue;
         }
         if contact.since() < heartbeat * 3 {

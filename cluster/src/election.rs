@@ -173,6 +173,11 @@ pub(crate) async fn run(
         if contact.since() < timeout || Instant::now() < next_try {
             continue;
         }
+        if log.catching_up() {
+            // A candidate votes for itself: a node that started without data does not stand either
+            // (the amnesia guard, `LogStore::catching_up`).
+            continue;
+        }
         let Some(mine) = last_log_id(&log).await else { continue };
         let req = pb::PreVoteRequest { candidate_id: id, last_log_id: dtm_model::opt_log_id_to_pb(&mine) };
         // Count the answers as they come: a hung voter (the very leader that went silent, often)

@@ -325,6 +325,7 @@ impl ClusterNode {
         ));
         tokio::spawn(crate::detector::run(
             raft.clone(),
+            stores.0.clone(),
             pool.clone(),
             contact.clone(),
             cfg.node_id,
