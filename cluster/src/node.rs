@@ -88,6 +88,9 @@ pub struct MemberStatus {
     pub voter: bool,
     /// Last applied log index as the member reports it; `None` when it did not answer.
     pub applied_index: Option<u64>,
+    /// The member started without data (new, wiped or reset) and has not caught up with a leader
+    /// yet, so it does not vote (`LogStore::catching_up`); `None` when it did not answer.
+    pub catching_up: Option<bool>,
 }
 
 /// Writes commands from any node: the leader proposes, a follower forwards.
@@ -617,8 +620,8 @@ impl ClusterNode {
             async move {
                 let mut c = client?;
                 let ask = c.node_status(pb::NodeStatusRequest {});
-                let r = tokio::time::timeout(Duration::from_millis(500), ask).await.ok()?.ok()?;
-                Some(r.into_inner().applied_index)
+                let r = tokio::time::timeout(Duration::from_millis(500), ask).await.ok()?.ok()?.into_inner();
+                Some((r.applied_index, r.catching_up))
             }
         });
         let answers = futures::future::join_all(asks).await;
@@ -631,7 +634,8 @@ impl ClusterNode {
                 http: node.http_addr.clone(),
                 grpc: node.grpc_addr.clone(),
                 voter: voters.contains(id),
-                applied_index: if *id == self.id { m.last_applied.map(|l| l.index) } else { answer },
+                applied_index: if *id == self.id { m.last_applied.map(|l| l.index) } else { answer.map(|a| a.0) },
+                catching_up: if *id == self.id { Some(self.stores.0.catching_up()) } else { answer.map(|a| a.1) },
             })
             .collect();
         ClusterStatus {

@@ -252,6 +252,7 @@ impl RaftService for RaftRpc {
             term: m.current_term,
             leader_id: m.current_leader,
             last_log_index: m.last_log_index.unwrap_or(0),
+            catching_up: self.log.catching_up(),
         }))
     }
 }

@@ -293,7 +293,12 @@ async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
             let mut members: Vec<&serde_json::Value> = v["members"].as_array().into_iter().flatten().collect();
             members.sort_by_key(|m| (m["site"].as_str().unwrap_or("").to_string(), m["id"].as_u64()));
             for m in members {
-                let role = if m["voter"].as_bool().unwrap_or(false) { "voter" } else { "learner" };
+                let role = match (m["voter"].as_bool().unwrap_or(false), m["catching_up"] == true) {
+                    (true, false) => "voter",
+                    // Started without data: a voter that does not vote until it has caught up.
+                    (true, true) => "voter*",
+                    (false, _) => "learner",
+                };
                 let leader = if m["id"] == v["leader_id"] { "*" } else { "" };
                 let applied = m["applied_index"].as_u64().map(|i| i.to_string()).unwrap_or_else(|| "-".into());
                 println!(

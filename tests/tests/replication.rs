@@ -246,6 +246,10 @@ async fn wiped_node_rejoins_through_a_snapshot() -> anyhow::Result<()> {
     expected.extend(v["ids"].as_array().expect("ids").iter().map(|x| x.as_str().expect("id").to_string()));
     c.restart(leader)?;
     assert_everywhere(&c, &expected).await?;
+    // `dtm cluster status` no longer lists it as catching up.
+    let status = c.status(victim).await?;
+    let member = status["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == victim).cloned());
+    assert_eq!(member.map(|m| m["catching_up"].clone()), Some(json!(false)), "{status}");
     Ok(())
 }
 

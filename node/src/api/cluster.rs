@@ -54,6 +54,12 @@ pub fn site_survival(members: &[Value]) -> (Vec<Value>, Vec<String>) {
     let voters: u64 = sites.values().map(|(v, _)| v).sum();
     let quorum = voters / 2 + 1;
     let mut warnings = Vec::new();
+    for m in members.iter().filter(|m| m["catching_up"] == true) {
+        warnings.push(format!(
+            "node {} started without data and does not vote until it has caught up with the leader",
+            m["id"]
+        ));
+    }
     if sites.len() < 2 {
         warnings.push("all members are in one site: losing it loses the cluster".to_string());
     }
@@ -145,5 +151,13 @@ mod tests {
         assert_eq!(sites[1]["survives_loss"], true);
         let (_, w) = site_survival(&[m(1, "x", true), m(2, "x", true), m(3, "x", true)]);
         assert!(w[0].contains("one site"), "{w:?}");
+    }
+
+    #[test]
+    fn a_member_that_does_not_vote_yet_is_named() {
+        let m = |id: u64, site: &str, catching_up: bool| json!({"id": id, "site": site, "voter": true, "catching_up": catching_up});
+        let (_, w) = site_survival(&[m(1, "hanoi", false), m(2, "danang", true), m(3, "hcmc", false)]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("node 2") && w[0].contains("does not vote"), "{w:?}");
     }
 }
