@@ -12,7 +12,9 @@
 //! entries it makes to the hash-chained trail and closes checkpoints that the leader signs.
 //!
 //! Elections: openraft's own timer is off; `election.rs` campaigns only after a pre-vote won, and
-//! `detector.rs` starts an early election when the leader's process is gone. A node cut off from
+//! `detector.rs` starts an early election when the leader's process is gone; neither runs, and
+//! `service.rs` grants no vote, on a node still catching up after it started without data (the
+//! amnesia guard, `LogStore::catching_up`). A node cut off from
 //! the leader (or, as leader, from its quorum) answers writes and linearizable reads at once with
 //! [`ClusterError::CutOff`] (`Writer::cut_off_for`).
 
