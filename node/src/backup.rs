@@ -708,6 +708,9 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     // node led the term the backup ends in.
     let vote = openraft::Vote::new(last.leader_id.term, args.node_id);
     openraft::storage::RaftLogStorage::save_vote(&mut log, &vote).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The first voter of a new cluster, as a bootstrapped node is: nothing to catch up with, so
+    // the mark a store opened empty gets (the amnesia guard) goes.
+    log.bootstrapped()?;
     drop((log, sm, _reader));
     if args.data_dir.exists() {
         std::fs::remove_dir(&args.data_dir)?;
