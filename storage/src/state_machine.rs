@@ -88,6 +88,77 @@ fn for_each_pair(
     Ok(format)
 }
 
+/// Encodes `pairs` as a `SnapshotBody` into one buffer of the exact size, dropping each pair once it
+/// is written: the state is in memory once (as pairs, then as bytes), not twice.
+fn encode_body(pairs: Vec<crate::Pair>) -> Vec<u8> {
+    use prost::encoding::message;
+    let header = pb::SnapshotBody { format_version: SNAPSHOT_FORMAT_VERSION, pairs: Vec::new() };
+    let pair_len = |k: &[u8], v: &[u8]| {
+        let inner = field_len(1, k.len()) + field_len(2, v.len());
+        prost::encoding::key_len(2) + prost::encoding::encoded_len_varint(inner as u64) + inner
+    };
+    let size = header.encoded_len() + pairs.iter().map(|(k, v)| pair_len(k, v)).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    header.encode_raw(&mut out);
+    for (key, value) in pairs {
+        message::encode(2, &pb::SnapshotPair { key, value }, &mut out);
+    }
+    out
+}
+
+/// Decodes a `StoredSnapshot` and hands back its data in the buffer it came in (moved to the front),
+/// instead of a copy of hundreds of MB.
+fn split_stored_snapshot(mut plain: Vec<u8>) -> std::result::Result<(pb::SnapshotMeta, Vec<u8>), StoreError> {
+    use prost::encoding::WireType;
+    let (mut meta, mut data) = (None, None);
+    let mut buf = plain.as_slice();
+    while !buf.is_empty() {
+        let (tag, wire) = prost::encoding::decode_key(&mut buf)?;
+        match (tag, wire) {
+            (1 | 2, WireType::LengthDelimited) => {
+                let len = usize::try_from(prost::encoding::decode_varint(&mut buf)?).unwrap_or(usize::MAX);
+                if len > buf.len() {
+                    return Err(StoreError::Invalid("the snapshot file is truncated".into()));
+                }
+                if tag == 1 {
+                    meta = Some(pb::SnapshotMeta::decode(&buf[..len])?);
+                } else {
+                    let start = plain.len() - buf.len();
+                    data = Some(start..start + len);
+                }
+                buf = &buf[len..];
+            }
+            (tag, wire) => prost::encoding::skip_field(wire, tag, &mut buf, prost::encoding::DecodeContext::default())?,
+        }
+    }
+    let meta = meta.ok_or_else(|| StoreError::Invalid("snapshot without meta".into()))?;
+    match data {
+        Some(r) => {
+            plain.truncate(r.end);
+            plain.drain(..r.start);
+        }
+        None => plain.clear(),
+    }
+    Ok((meta, plain))
+}
+
+/// The encoding of a `StoredSnapshot` up to its data: the meta, then the data field's key and
+/// length. Followed by the data, it is the whole message.
+fn stored_snapshot_prefix(meta: &SnapshotMeta, data_len: usize) -> Vec<u8> {
+    use prost::encoding::WireType;
+    let meta = dtm_model::snapshot_meta_to_pb(meta);
+    let mut out = Vec::with_capacity(prost::encoding::message::encoded_len(1, &meta) + 16);
+    prost::encoding::message::encode(1, &meta, &mut out);
+    prost::encoding::encode_key(2, WireType::LengthDelimited, &mut out);
+    prost::encoding::encode_varint(data_len as u64, &mut out);
+    out
+}
+
+/// Bytes of a proto3 `bytes` field of `len` bytes under field number `tag` (none when empty).
+fn field_len(tag: u32, len: usize) -> usize {
+    if len == 0 { 0 } else { prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64) + len }
+}
+
 /// The index of the last log entry applied to `tree`, if any.
 pub(crate) fn read_applied(tree: &SealedTree) -> std::result::Result<Option<u64>, StoreError> {
     match tree.get(KEY_LAST_APPLIED)? {
@@ -357,11 +428,7 @@ impl StateMachineStore {
         };
         let pairs = self.snapshot_finish(copied);
         let copy_ms = started.elapsed().as_millis() as u64;
-        let body = pb::SnapshotBody {
-            format_version: SNAPSHOT_FORMAT_VERSION,
-            pairs: pairs.into_iter().map(|(key, value)| pb::SnapshotPair { key, value }).collect(),
-        };
-        let data = body.encode_to_vec();
+        let data = encode_body(pairs);
         self.inner.stats.snapshot_taken(data.len() as u64);
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &applied {
@@ -423,12 +490,8 @@ impl StateMachineStore {
         tree.apply_batch(batch)?;
         self.inner.applier.reset(&self.reader())?;
         // The snapshot file, so that nodes that join receive the state at once.
-        let body = pb::SnapshotBody {
-            format_version: SNAPSHOT_FORMAT_VERSION,
-            pairs: pairs.into_iter().map(|(key, value)| pb::SnapshotPair { key, value }).collect(),
-        };
         self.inner.db.flush()?;
-        self.store_snapshot(meta, &body.encode_to_vec())?;
+        self.store_snapshot(meta, &encode_body(pairs))?;
         Ok(())
     }
 
@@ -436,11 +499,28 @@ impl StateMachineStore {
     /// and the directory fsynced, so a crash leaves either the old snapshot or the new.
     /// The file is sealed as a whole (`crypto.rs`); the snapshot sent to a follower is plaintext in
     /// memory and over mutual TLS, and the follower seals it with its own keys.
+    /// A `StoredSnapshot` is encoded straight into the buffer that is sealed: the state is in
+    /// memory twice while the file is written (`data`, and the sealed copy), not five times.
     fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> std::result::Result<(), StoreError> {
-        let stored = pb::StoredSnapshot { meta: Some(dtm_model::snapshot_meta_to_pb(meta)), data: data.to_vec() };
-        let sealed = self.inner.tree.cipher.seal(SNAPSHOT_FILE_AAD, &stored.encode_to_vec())?;
+        let prefix = stored_snapshot_prefix(meta, data.len());
+        let sealed = self.inner.tree.cipher.seal_built(SNAPSHOT_FILE_AAD, prefix.len() + data.len(), |buf| {
+            buf.extend_from_slice(&prefix);
+            buf.extend_from_slice(data);
+        })?;
+        self.write_snapshot_file(&sealed)
+    }
+
+    /// `store_snapshot` for a snapshot that is not needed afterwards (one just installed): sealed
+    /// in its own buffer, so it is in memory once.
+    fn store_snapshot_owned(&self, meta: &SnapshotMeta, data: Vec<u8>) -> std::result::Result<(), StoreError> {
+        let prefix = stored_snapshot_prefix(meta, data.len());
+        let sealed = self.inner.tree.cipher.seal_owned(SNAPSHOT_FILE_AAD, &prefix, data)?;
+        self.write_snapshot_file(&sealed)
+    }
+
+    fn write_snapshot_file(&self, sealed: &[u8]) -> std::result::Result<(), StoreError> {
         let _file = self.inner.snapshot_file_lock.lock().unwrap_or_else(|p| p.into_inner());
-        crate::crypto::write_atomically(&self.inner.snapshot_file, &sealed)
+        crate::crypto::write_atomically(&self.inner.snapshot_file, sealed)
     }
 
     /// Re-encryption (after a key rotation): re-seals every value of the tables, of the Raft log
@@ -668,19 +748,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         // Replacing the tables takes seconds on a large state: keep it off the async workers.
-        let (this, meta_copy) = (self.clone(), meta.clone());
-        let data = tokio::task::spawn_blocking(move || {
+        let (this, meta_copy, bytes) = (self.clone(), meta.clone(), data.len());
+        tokio::task::spawn_blocking(move || {
             this.install(&meta_copy, &data)?;
             this.inner.db.flush()?;
-            this.store_snapshot(&meta_copy, &data)?;
-            Ok::<_, StoreError>(data)
+            this.store_snapshot_owned(&meta_copy, data)
         })
         .await
         .map_err(|e| sto(subject(), ErrorVerb::Write, StoreError::Invalid(format!("install task: {e}"))))?
         .map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
-        self.inner.stats.snapshot_taken(data.len() as u64);
+        self.inner.stats.snapshot_taken(bytes as u64);
         self.flush().await.map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes, "installed snapshot");
         Ok(())
     }
 
@@ -691,20 +770,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Err(e) => return Err(sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)),
         };
         let file = self.inner.snapshot_file.display().to_string();
-        let plain = self.inner.tree.cipher.open(SNAPSHOT_FILE_AAD, &bytes).map_err(|e| {
+        let plain = self.inner.tree.cipher.open_owned(SNAPSHOT_FILE_AAD, bytes).map_err(|e| {
             sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, StoreError::Invalid(format!("{file}: {e}")))
         })?;
-        let stored = pb::StoredSnapshot::decode(plain.as_slice())
-            .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        let meta_pb = stored.meta.ok_or_else(|| {
-            sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, StoreError::Invalid("snapshot without meta".into()))
+        let (meta_pb, data) = split_stored_snapshot(plain).map_err(|e| {
+            sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, StoreError::Invalid(format!("{file}: {e}")))
         })?;
         let meta = dtm_model::snapshot_meta_from_pb(meta_pb)
             .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         if !self.inner.snapshot_checked.swap(true, Ordering::Relaxed) {
             self.check_snapshot(&meta).map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         }
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
@@ -888,6 +965,46 @@ mod tests {
         assert_eq!(state.last_log_id.map(|l| l.index), Some(7));
         assert_eq!(sm.applied_state().await.expect("applied").0.map(|l| l.index), Some(1));
         assert!(!log.catching_up(), "a consistent store is not marked at start");
+    }
+
+    /// The snapshot encodings written without prost's intermediate copies are prost's encodings:
+    /// the body byte for byte, in a buffer of exactly its size, and the file's message decodes to
+    /// the same meta and data.
+    #[test]
+    fn snapshot_bytes_built_in_place_are_prost_encodings() {
+        let pairs: Vec<crate::Pair> =
+            vec![(b"t/a".to_vec(), vec![1; 300]), (b"t/b".to_vec(), Vec::new()), (vec![b'k'; 200], b"v".to_vec())];
+        let expected = pb::SnapshotBody {
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            pairs: pairs.iter().map(|(k, v)| pb::SnapshotPair { key: k.clone(), value: v.clone() }).collect(),
+        }
+        .encode_to_vec();
+        let body = encode_body(pairs);
+        assert_eq!(body, expected);
+        assert_eq!(body.capacity(), body.len(), "sized exactly, never reallocated");
+        assert_eq!(
+            encode_body(Vec::new()),
+            pb::SnapshotBody { format_version: SNAPSHOT_FORMAT_VERSION, pairs: vec![] }.encode_to_vec()
+        );
+
+        let model_meta = SnapshotMeta {
+            last_log_id: Some(kv(9, "t/a", "1").log_id),
+            last_membership: StoredMem::default(),
+            snapshot_id: "1-1-9-0".into(),
+        };
+        let meta = dtm_model::snapshot_meta_to_pb(&model_meta);
+        let stored = pb::StoredSnapshot { meta: Some(meta.clone()), data: body.clone() }.encode_to_vec();
+        let mut built = stored_snapshot_prefix(&model_meta, body.len());
+        built.extend_from_slice(&body);
+        assert_eq!(built, stored, "prefix and data are the message");
+        let (m, data) = split_stored_snapshot(stored).expect("split");
+        assert_eq!((m, data), (meta.clone(), body));
+        let empty = pb::StoredSnapshot { meta: Some(meta.clone()), data: Vec::new() }.encode_to_vec();
+        assert_eq!(split_stored_snapshot(empty).expect("split"), (meta.clone(), Vec::new()));
+        let mut cut = pb::StoredSnapshot { meta: Some(meta), data: vec![7; 50] }.encode_to_vec();
+        cut.truncate(cut.len() - 1);
+        assert!(split_stored_snapshot(cut).is_err(), "a truncated file is an error");
+        assert!(split_stored_snapshot(pb::StoredSnapshot::default().encode_to_vec()).is_err(), "no meta");
     }
 
     /// A1.3, the amnesia guard: a node that starts without data is marked as catching up, durably,
