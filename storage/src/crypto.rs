@@ -276,40 +276,36 @@ impl Cipher {
         capacity: usize,
         fill: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Vec<u8>, StoreError> {
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let key = keys.by_id.get(&keys.current).ok_or_else(|| StoreError::Invalid("no current data key".into()))?;
-        let mut nonce = [0u8; NONCE_BYTES];
-        self.rng.fill(&mut nonce).map_err(|_| StoreError::Invalid("no system randomness".into()))?;
-        let mut out = Vec::with_capacity(HEADER_BYTES + capacity + aead::AES_256_GCM.tag_len());
-        out.push(MAGIC);
-        out.extend_from_slice(&keys.current.to_be_bytes());
-        out.extend_from_slice(&nonce);
-        fill(&mut out);
-        let tag = key
-            .seal_in_place_separate_tag(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(aad),
-                &mut out[HEADER_BYTES..],
-            )
-            .map_err(|_| StoreError::Invalid("sealing failed".into()))?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        self.seal_framed(aad, |header| {
+            let mut out = Vec::with_capacity(HEADER_BYTES + capacity + aead::AES_256_GCM.tag_len());
+            out.extend_from_slice(header);
+            fill(&mut out);
+            out
+        })
     }
 
     /// Seals `prefix ‖ buf` in `buf` itself (the header and prefix are moved in front of it, which
     /// needs no second buffer when `buf` has the room, as a received snapshot usually has).
     pub fn seal_owned(&self, aad: &[u8], prefix: &[u8], mut buf: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        self.seal_framed(aad, |header| {
+            buf.reserve(HEADER_BYTES + prefix.len() + aead::AES_256_GCM.tag_len());
+            buf.splice(0..0, header.iter().chain(prefix).copied());
+            buf
+        })
+    }
+
+    /// Seals in place: `layout` gets the header (magic, current key id, a fresh nonce) and answers
+    /// a buffer that starts with it, followed by the plaintext; the tag is appended.
+    fn seal_framed(&self, aad: &[u8], layout: impl FnOnce(&[u8]) -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let key = keys.by_id.get(&keys.current).ok_or_else(|| StoreError::Invalid("no current data key".into()))?;
         let mut nonce = [0u8; NONCE_BYTES];
         self.rng.fill(&mut nonce).map_err(|_| StoreError::Invalid("no system randomness".into()))?;
-        let mut header = Vec::with_capacity(HEADER_BYTES + prefix.len());
-        header.push(MAGIC);
-        header.extend_from_slice(&keys.current.to_be_bytes());
-        header.extend_from_slice(&nonce);
-        header.extend_from_slice(prefix);
-        buf.reserve(header.len() + aead::AES_256_GCM.tag_len());
-        buf.splice(0..0, header);
+        let mut header = [0u8; HEADER_BYTES];
+        header[0] = MAGIC;
+        header[1..5].copy_from_slice(&keys.current.to_be_bytes());
+        header[5..].copy_from_slice(&nonce);
+        let mut buf = layout(&header);
         let tag = key
             .seal_in_place_separate_tag(
                 aead::Nonce::assume_unique_for_key(nonce),
