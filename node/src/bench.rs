@@ -96,6 +96,13 @@ pub struct BenchArgs {
     /// With `--disk-records`: measure again this many seconds after the load was applied.
     #[arg(long, default_value_t = 30)]
     pub disk_settle_secs: u64,
+    /// Instead of the load levels: source B's latency alone and while source A floods the same
+    /// node (`--duration-secs` each; see `bench_bulkhead.rs`).
+    #[arg(long)]
+    pub bulkhead: bool,
+    /// With `--bulkhead`: source A's connections.
+    #[arg(long, default_value_t = 24)]
+    pub bulkhead_flood: usize,
 }
 
 /// The benchmark's dataset definition (see `BenchArgs::definition`).
@@ -152,6 +159,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.connections > 0 {
         return crate::bench_connections::run(&args, &demo, &admin, &ca_pem, &urls, &dataset, &padding).await;
+    }
+    if args.bulkhead {
+        return crate::bench_bulkhead::run(&args, &admin, &ca_pem, &urls, &key, &dataset, &padding).await;
     }
     if args.disk_records > 0 {
         return crate::bench_disk::run(&args, &demo, &admin, &key, &dataset, &padding).await;

@@ -14,6 +14,7 @@ mod backup;
 mod bench;
 mod bench_aggregates;
 mod bench_audit;
+mod bench_bulkhead;
 mod bench_connections;
 mod bench_disk;
 mod bench_env;
