@@ -1007,6 +1007,26 @@ mod tests {
         assert!(split_stored_snapshot(pb::StoredSnapshot::default().encode_to_vec()).is_err(), "no meta");
     }
 
+    /// A store that keeps its snapshot knows its size after a restart, so the snapshot policy
+    /// (which compares the log written since with it) does not copy the whole state again as soon
+    /// as a few entries came in.
+    #[tokio::test]
+    async fn a_restarted_store_knows_the_size_of_its_snapshot() {
+        let opts = crate::StoreOptions::for_tests();
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (_log, mut sm, reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
+            assert_eq!(reader.snapshot_stats().snapshot_bytes(), 0, "no snapshot yet");
+            sm.apply(vec![kv(0, "t/a", "1"), kv(1, "t/b", "2")]).await.expect("apply");
+            let _ = RaftSnapshotBuilder::build_snapshot(&mut sm).await.expect("snapshot");
+        }
+        let (_log, _sm, reader) = crate::reopen(dir.path(), &opts, Arc::new(KvApplier)).await.expect("reopen");
+        let file = std::fs::metadata(dir.path().join("raft-snapshot.pb")).expect("file").len();
+        assert!(file > 0);
+        assert_eq!(reader.snapshot_stats().snapshot_bytes(), file);
+        assert_eq!(reader.snapshot_stats().log_bytes_since_snapshot(), 0);
+    }
+
     /// A1.3, the amnesia guard: a node that starts without data is marked as catching up, durably,
     /// until an append from the leader shows it holds the log up to a commit of the leader's term.
     #[tokio::test]
