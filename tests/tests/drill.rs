@@ -40,17 +40,47 @@ fn drill(demo_json: &str, scenario: &str, report: &std::path::Path) -> (bool, Va
     (out.status.success(), report, stderr)
 }
 
+/// Stops the demo and every node it lists when the test ends, also when an assertion fails midway
+/// (a failed run once left a demo and two nodes running for an hour).
+struct DemoGuard {
+    child: std::process::Child,
+    demo_json: std::path::PathBuf,
+}
+
+impl Drop for DemoGuard {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: signalling our own child, as Ctrl-C would.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            if dtm_tests::wait_until(Duration::from_secs(30), || self.child.try_wait().ok().flatten()).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        let demo: Option<Value> = std::fs::read(&self.demo_json).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        for n in demo.iter().flat_map(|d| d["nodes"].as_array().into_iter().flatten()) {
+            if let Some(pid) = n["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0) {
+                // SAFETY: a node this test's demo started; gone already in a passing run.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drills_on_a_demo_cluster_report_rpo_zero_and_leave_it_healthy() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let demo_dir = dir.path().join("demo");
-    let mut demo_proc = Command::new(dtm_bin())
-        .args(["demo", "--dir", &demo_dir.display().to_string(), "--base-port", &free_base_port().to_string()])
-        .args(["--feed-interval-secs", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
     let demo_json = demo_dir.join("demo.json");
+    let mut guard = DemoGuard {
+        child: Command::new(dtm_bin())
+            .args(["demo", "--dir", &demo_dir.display().to_string(), "--base-port", &free_base_port().to_string()])
+            .args(["--feed-interval-secs", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+        demo_json: demo_json.clone(),
+    };
     let demo: Value = eventually("demo.json", Duration::from_secs(60), || async {
         serde_json::from_slice(&std::fs::read(&demo_json).ok()?).ok()
     })
@@ -91,8 +121,8 @@ async fn drills_on_a_demo_cluster_report_rpo_zero_and_leave_it_healthy() -> anyh
 
     // Ctrl-C stops the demo and the nodes the drills started again (their pids are in demo.json).
     // SAFETY: signalling our own child, as Ctrl-C would.
-    unsafe { libc::kill(demo_proc.id() as i32, libc::SIGINT) };
-    let exit = dtm_tests::wait_until(Duration::from_secs(60), || demo_proc.try_wait().ok().flatten());
+    unsafe { libc::kill(guard.child.id() as i32, libc::SIGINT) };
+    let exit = dtm_tests::wait_until(Duration::from_secs(60), || guard.child.try_wait().ok().flatten());
     assert!(exit.is_some_and(|e| e.success()), "the demo stops cleanly: {exit:?}");
     let after: Value = serde_json::from_slice(&std::fs::read(&demo_json)?)?;
     for n in after["nodes"].as_array().expect("nodes") {
