@@ -13,12 +13,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use reqwest::Method;
-use serde_json::Value;
 use serde_json::json;
 
 use crate::bench::BenchArgs;
 use crate::bench::bench_record;
-use crate::bench_etcd::LevelResult;
 use crate::client::Client;
 
 /// Longest `Retry-After` a flooding client honours (so the run ends on time).
@@ -30,11 +28,6 @@ struct Flood {
     accepted: AtomicU64,
     pushed_back: AtomicU64,
     other: AtomicU64,
-}
-
-fn level_json(l: &LevelResult) -> Value {
-    json!({"records_per_s": l.rate(), "p50_ms": l.ms(0.5), "p99_ms": l.ms(0.99), "max_ms": l.max_ms(),
-           "ok": l.ok, "errors": l.errors, "first_errors": l.first_errors})
 }
 
 /// A flooding client: posts as source A to `url` until `stop`.
@@ -158,8 +151,8 @@ pub async fn run(
     let (r50, r99) = (loaded.ms(0.5) / alone.ms(0.5).max(0.001), loaded.ms(0.99) / alone.ms(0.99).max(0.001));
     println!("B's latency under the flood: p50 ×{r50:.2}, p99 ×{r99:.2} (target: p99 within ×2, no errors)");
     println!("A: {accepted} accepted, {pushed_back} pushed back (429), {other} other answers");
-    let report = json!({"header": crate::bench_env::header_json(), "node": node, "flood_connections": args.bulkhead_flood, "b_alone": level_json(&alone),
-        "b_under_flood": level_json(&loaded), "p50_ratio": r50, "p99_ratio": r99,
+    let report = json!({"header": crate::bench_env::header_json(), "node": node, "flood_connections": args.bulkhead_flood, "b_alone": alone.to_json(),
+        "b_under_flood": loaded.to_json(), "p50_ratio": r50, "p99_ratio": r99,
         "a": {"accepted": accepted, "pushed_back": pushed_back, "other": other}});
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)?)?;

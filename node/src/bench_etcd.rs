@@ -81,7 +81,7 @@ impl LevelResult {
     pub fn max_ms(&self) -> f64 {
         self.hist.max() as f64 / 1000.0
     }
-    fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         json!({"records_per_s": self.rate(), "p50_ms": self.ms(0.5), "p99_ms": self.ms(0.99), "max_ms": self.max_ms(),
                "ok": self.ok, "errors": self.errors, "record_bytes": self.record_bytes, "first_errors": self.first_errors})
     }

@@ -62,15 +62,6 @@ impl SnapshotStats {
         self.snapshot_bytes.store(snapshot_bytes, Ordering::Relaxed);
     }
 
-    /// At start: the snapshot this store already holds is `bytes` large, and the log written
-    /// after it is counted from now. Without this a restarted node saw a snapshot of 0 bytes, and
-    /// copied its whole state into a new one as soon as `snapshot_after_logs` entries had come
-    /// in: on a large state, seconds of CPU and several times the state in memory after every
-    /// restart (the chaos soaks restart nodes hundreds of times).
-    pub(crate) fn snapshot_found(&self, bytes: u64) {
-        self.snapshot_bytes.store(bytes, Ordering::Relaxed);
-    }
-
     /// Log bytes appended since the last snapshot.
     pub fn log_bytes_since_snapshot(&self) -> u64 {
         self.log_bytes_total.load(Ordering::Relaxed).saturating_sub(self.log_bytes_at_snapshot.load(Ordering::Relaxed))
@@ -174,7 +165,10 @@ pub fn open(
     }
     log.mark_if_empty(&tree)?;
     match std::fs::metadata(dir.join("raft-snapshot.pb")) {
-        Ok(m) => stats.snapshot_found(m.len()),
+        // The snapshot this store already holds, with the log counted from now. Without it a
+        // restarted node saw a snapshot of 0 bytes and copied its whole state into a new one as
+        // soon as `snapshot_after_logs` entries had come in, after every restart.
+        Ok(m) => stats.snapshot_taken(m.len()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
