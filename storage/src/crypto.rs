@@ -256,30 +256,19 @@ impl Cipher {
 
     /// Seals `plain` under the current data key, bound to `aad` (the sled key).
     pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let key = keys.by_id.get(&keys.current).ok_or_else(|| StoreError::Invalid("no current data key".into()))?;
-        let (nonce, sealed) = seal_with(key, &self.rng, aad, plain)?;
-        let mut out = Vec::with_capacity(HEADER_BYTES + sealed.len());
-        out.push(MAGIC);
-        out.extend_from_slice(&keys.current.to_be_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
-        Ok(out)
+        self.seal_parts(aad, &[plain])
     }
 
-    /// Seals what `fill` writes, in the one buffer `fill` writes it into (`capacity`: the bytes it
-    /// will write, so that the buffer is never reallocated): for values of hundreds of MB (the
-    /// snapshot file), where `seal`'s copies would each cost that much memory again.
-    pub fn seal_built(
-        &self,
-        aad: &[u8],
-        capacity: usize,
-        fill: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<Vec<u8>, StoreError> {
+    /// Seals the concatenation of `parts`, written once into the buffer that is sealed in place:
+    /// for values of hundreds of MB (the snapshot file) no copy is made beyond the sealed one.
+    pub fn seal_parts(&self, aad: &[u8], parts: &[&[u8]]) -> Result<Vec<u8>, StoreError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         self.seal_framed(aad, |header| {
-            let mut out = Vec::with_capacity(HEADER_BYTES + capacity + aead::AES_256_GCM.tag_len());
+            let mut out = Vec::with_capacity(HEADER_BYTES + len + aead::AES_256_GCM.tag_len());
             out.extend_from_slice(header);
-            fill(&mut out);
+            for p in parts {
+                out.extend_from_slice(p);
+            }
             out
         })
     }
@@ -317,41 +306,33 @@ impl Cipher {
         Ok(buf)
     }
 
-    /// Opens a value sealed by `seal` (or `seal_built`, `seal_owned`) in place, in the buffer it
-    /// came in.
+    /// Opens a value sealed by `seal` with the same `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (id, nonce) = header_of(sealed)?;
+        let mut buf = sealed[HEADER_BYTES..].to_vec();
+        let n = self.open_body(id, nonce, aad, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// `open`, in the buffer the value came in (for values of hundreds of MB).
     pub fn open_owned(&self, aad: &[u8], mut sealed: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        if sealed.len() < HEADER_BYTES || sealed[0] != MAGIC {
-            return Err(StoreError::Invalid(
-                "a stored value is not sealed (damaged, or written without encryption)".into(),
-            ));
-        }
-        let id = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
-        let mut nonce = [0u8; NONCE_BYTES];
-        nonce.copy_from_slice(&sealed[5..HEADER_BYTES]);
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let key =
-            keys.by_id.get(&id).ok_or_else(|| StoreError::Invalid(format!("data key {id} is not in the keyring")))?;
-        let plain_len = key
-            .open_in_place(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), &mut sealed[HEADER_BYTES..])
-            .map_err(|_| StoreError::Invalid("a sealed value does not open: damaged, moved, or another key".into()))?
-            .len();
-        sealed.truncate(HEADER_BYTES + plain_len);
+        let (id, nonce) = header_of(&sealed)?;
+        let n = self.open_body(id, nonce, aad, &mut sealed[HEADER_BYTES..])?;
+        sealed.truncate(HEADER_BYTES + n);
         sealed.drain(..HEADER_BYTES);
         Ok(sealed)
     }
 
-    /// Opens a value sealed by `seal` with the same `aad`.
-    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
-        if sealed.len() < HEADER_BYTES || sealed[0] != MAGIC {
-            return Err(StoreError::Invalid(
-                "a stored value is not sealed (damaged, or written without encryption)".into(),
-            ));
-        }
-        let id = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
+    /// Opens ciphertext and tag in place with data key `id`; answers the plaintext's length.
+    fn open_body(&self, id: u32, nonce: [u8; NONCE_BYTES], aad: &[u8], body: &mut [u8]) -> Result<usize, StoreError> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let key =
             keys.by_id.get(&id).ok_or_else(|| StoreError::Invalid(format!("data key {id} is not in the keyring")))?;
-        open_with(key, &sealed[5..HEADER_BYTES], aad, &sealed[HEADER_BYTES..])
+        let plain = key
+            .open_in_place(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), body)
+            .map_err(|_| StoreError::Invalid("a sealed value does not open: damaged, moved, or another key".into()))?;
+        Ok(plain.len())
     }
 
     /// The id of the data key a sealed value was written with.
@@ -359,6 +340,18 @@ impl Cipher {
         (sealed.len() >= HEADER_BYTES && sealed[0] == MAGIC)
             .then(|| u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]))
     }
+}
+
+/// The data key id and nonce of a value sealed by `Cipher::seal`.
+fn header_of(sealed: &[u8]) -> Result<(u32, [u8; NONCE_BYTES]), StoreError> {
+    if sealed.len() < HEADER_BYTES || sealed[0] != MAGIC {
+        return Err(StoreError::Invalid(
+            "a stored value is not sealed (damaged, or written without encryption)".into(),
+        ));
+    }
+    let mut nonce = [0u8; NONCE_BYTES];
+    nonce.copy_from_slice(&sealed[5..HEADER_BYTES]);
+    Ok((u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]), nonce))
 }
 
 /// Temp file, fsync, rename, directory fsync: a crash leaves the old file or the new one.
@@ -418,7 +411,7 @@ mod tests {
     fn values_sealed_in_place_open_either_way() {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = Cipher::load(dir.path(), master(), 1).expect("open");
-        let built = c.seal_built(b"k", 13, |buf| buf.extend_from_slice(b"secret marker")).expect("seal");
+        let built = c.seal_parts(b"k", &[b"secret ", b"marker"]).expect("seal");
         assert!(!built.windows(13).any(|w| w == b"secret marker"), "ciphertext holds no plaintext");
         assert_eq!(built.len(), HEADER_BYTES + 13 + 16, "header, ciphertext, tag");
         assert_eq!(c.open(b"k", &built).expect("open"), b"secret marker");
@@ -430,7 +423,7 @@ mod tests {
         flipped[HEADER_BYTES] ^= 1;
         assert!(c.open_owned(b"k", flipped).is_err(), "a flipped byte is detected");
         assert!(c.open_owned(b"k", vec![MAGIC; 3]).is_err(), "too short");
-        assert_eq!(c.open_owned(b"k", c.seal_built(b"k", 0, |_| {}).expect("seal")).expect("open"), b"");
+        assert_eq!(c.open_owned(b"k", c.seal_parts(b"k", &[]).expect("seal")).expect("open"), b"");
         let owned = c.seal_owned(b"k", b"secret ", b"marker".to_vec()).expect("seal");
         assert!(!owned.windows(6).any(|w| w == b"marker"), "ciphertext holds no plaintext");
         assert_eq!(c.open(b"k", &owned).expect("open"), b"secret marker");

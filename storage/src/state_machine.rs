@@ -503,10 +503,7 @@ impl StateMachineStore {
     /// memory twice while the file is written (`data`, and the sealed copy), not five times.
     fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> std::result::Result<(), StoreError> {
         let prefix = stored_snapshot_prefix(meta, data.len());
-        let sealed = self.inner.tree.cipher.seal_built(SNAPSHOT_FILE_AAD, prefix.len() + data.len(), |buf| {
-            buf.extend_from_slice(&prefix);
-            buf.extend_from_slice(data);
-        })?;
+        let sealed = self.inner.tree.cipher.seal_parts(SNAPSHOT_FILE_AAD, &[&prefix, data])?;
         self.write_snapshot_file(&sealed)
     }
 
