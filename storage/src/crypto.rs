@@ -9,6 +9,11 @@
 //! (96 bits) for every seal. Rotation adds a new DEK and seals new writes with it; older DEKs stay
 //! in the keyring, so everything written before still opens.
 //!
+//! A value of at least `COMPRESS_MIN_BYTES` is compressed (zstd) before it is sealed when that
+//! saves at least a tenth, since ciphertext does not compress: such a value starts with
+//! `MAGIC_COMPRESSED` instead of `MAGIC`, and its plaintext is `length (u64 BE) | zstd frame`.
+//! Values written before compression existed keep `MAGIC` and open as before.
+//!
 //! Keys of the tables are not encrypted (they must sort): they hold ids, log indexes, time points,
 //! dimension values and HMACs, never a record's payload or personal data.
 
@@ -26,6 +31,14 @@ use ring::rand::SystemRandom;
 use crate::error::StoreError;
 
 const MAGIC: u8 = 0xD7;
+/// A sealed value whose plaintext is compressed (`seal_value`).
+const MAGIC_COMPRESSED: u8 = 0xD8;
+/// Values shorter than this are sealed as they are: zstd's frame costs more than it saves.
+const COMPRESS_MIN_BYTES: usize = 256;
+/// zstd's fastest level: a 1,000-record log entry (~450 KB) compresses in about a millisecond.
+const COMPRESS_LEVEL: i32 = 1;
+/// The largest plaintext a compressed value may claim (guards the allocation made to open it).
+const COMPRESSED_PLAIN_MAX_BYTES: u64 = crate::limits::SNAPSHOT_BYTES_MAX as u64;
 const KEY_BYTES: usize = 32;
 const NONCE_BYTES: usize = 12;
 const HEADER_BYTES: usize = 1 + 4 + NONCE_BYTES;
@@ -259,6 +272,27 @@ impl Cipher {
         self.seal_parts(aad, &[plain])
     }
 
+    /// Seals a table value or log entry: compressed first when it is long enough and compresses by
+    /// at least a tenth (records and log entries are JSON and prost; ciphertext cannot be
+    /// compressed afterwards, by sled or anything else).
+    pub fn seal_value(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if plain.len() >= COMPRESS_MIN_BYTES {
+            let packed = zstd::bulk::compress(plain, COMPRESS_LEVEL)
+                .map_err(|e| StoreError::Invalid(format!("compressing a value: {e}")))?;
+            if packed.len() + 8 <= plain.len() - plain.len() / 10 {
+                let len = (plain.len() as u64).to_be_bytes();
+                return self.seal_framed_as(MAGIC_COMPRESSED, aad, |header| {
+                    let mut out = Vec::with_capacity(HEADER_BYTES + 8 + packed.len() + aead::AES_256_GCM.tag_len());
+                    out.extend_from_slice(header);
+                    out.extend_from_slice(&len);
+                    out.extend_from_slice(&packed);
+                    out
+                });
+            }
+        }
+        self.seal(aad, plain)
+    }
+
     /// Seals the concatenation of `parts`, written once into the buffer that is sealed in place:
     /// for values of hundreds of MB (the snapshot file) no copy is made beyond the sealed one.
     pub fn seal_parts(&self, aad: &[u8], parts: &[&[u8]]) -> Result<Vec<u8>, StoreError> {
@@ -286,19 +320,29 @@ impl Cipher {
     /// Seals in place: `layout` gets the header (magic, current key id, a fresh nonce) and answers
     /// a buffer that starts with it, followed by the plaintext; the tag is appended.
     fn seal_framed(&self, aad: &[u8], layout: impl FnOnce(&[u8]) -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        self.seal_framed_as(MAGIC, aad, layout)
+    }
+
+    fn seal_framed_as(
+        &self,
+        magic: u8,
+        aad: &[u8],
+        layout: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let key = keys.by_id.get(&keys.current).ok_or_else(|| StoreError::Invalid("no current data key".into()))?;
         let mut nonce = [0u8; NONCE_BYTES];
         self.rng.fill(&mut nonce).map_err(|_| StoreError::Invalid("no system randomness".into()))?;
         let mut header = [0u8; HEADER_BYTES];
-        header[0] = MAGIC;
+        header[0] = magic;
         header[1..5].copy_from_slice(&keys.current.to_be_bytes());
         header[5..].copy_from_slice(&nonce);
         let mut buf = layout(&header);
+        let aad = bound_aad(magic, aad);
         let tag = key
             .seal_in_place_separate_tag(
                 aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(aad),
+                aead::Aad::from(aad.as_ref()),
                 &mut buf[HEADER_BYTES..],
             )
             .map_err(|_| StoreError::Invalid("sealing failed".into()))?;
@@ -306,52 +350,91 @@ impl Cipher {
         Ok(buf)
     }
 
-    /// Opens a value sealed by `seal` with the same `aad`.
+    /// Opens a value sealed by `seal` or `seal_value` with the same `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let (id, nonce) = header_of(sealed)?;
+        let (magic, id, nonce) = header_of(sealed)?;
         let mut buf = sealed[HEADER_BYTES..].to_vec();
-        let n = self.open_body(id, nonce, aad, &mut buf)?;
+        let n = self.open_body(magic, id, nonce, aad, &mut buf)?;
         buf.truncate(n);
-        Ok(buf)
+        unpack(magic, buf)
     }
 
     /// `open`, in the buffer the value came in (for values of hundreds of MB).
     pub fn open_owned(&self, aad: &[u8], mut sealed: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        let (id, nonce) = header_of(&sealed)?;
-        let n = self.open_body(id, nonce, aad, &mut sealed[HEADER_BYTES..])?;
+        let (magic, id, nonce) = header_of(&sealed)?;
+        let n = self.open_body(magic, id, nonce, aad, &mut sealed[HEADER_BYTES..])?;
         sealed.truncate(HEADER_BYTES + n);
         sealed.drain(..HEADER_BYTES);
-        Ok(sealed)
+        unpack(magic, sealed)
     }
 
     /// Opens ciphertext and tag in place with data key `id`; answers the plaintext's length.
-    fn open_body(&self, id: u32, nonce: [u8; NONCE_BYTES], aad: &[u8], body: &mut [u8]) -> Result<usize, StoreError> {
+    fn open_body(
+        &self,
+        magic: u8,
+        id: u32,
+        nonce: [u8; NONCE_BYTES],
+        aad: &[u8],
+        body: &mut [u8],
+    ) -> Result<usize, StoreError> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let key =
             keys.by_id.get(&id).ok_or_else(|| StoreError::Invalid(format!("data key {id} is not in the keyring")))?;
-        let plain = key
-            .open_in_place(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), body)
-            .map_err(|_| StoreError::Invalid("a sealed value does not open: damaged, moved, or another key".into()))?;
+        let aad = bound_aad(magic, aad);
+        let plain =
+            key.open_in_place(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad.as_ref()), body).map_err(
+                |_| StoreError::Invalid("a sealed value does not open: damaged, moved, or another key".into()),
+            )?;
         Ok(plain.len())
     }
 
     /// The id of the data key a sealed value was written with.
     pub fn key_id_of(sealed: &[u8]) -> Option<u32> {
-        (sealed.len() >= HEADER_BYTES && sealed[0] == MAGIC)
+        (sealed.len() >= HEADER_BYTES && matches!(sealed[0], MAGIC | MAGIC_COMPRESSED))
             .then(|| u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]))
     }
 }
 
-/// The data key id and nonce of a value sealed by `Cipher::seal`.
-fn header_of(sealed: &[u8]) -> Result<(u32, [u8; NONCE_BYTES]), StoreError> {
-    if sealed.len() < HEADER_BYTES || sealed[0] != MAGIC {
+/// The associated data a value is sealed with: its key, and for a compressed value a marker too, so
+/// that a changed magic byte makes the value fail to open instead of being read the other way.
+fn bound_aad(magic: u8, aad: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if magic == MAGIC_COMPRESSED {
+        std::borrow::Cow::Owned([aad, b"\0zstd"].concat())
+    } else {
+        std::borrow::Cow::Borrowed(aad)
+    }
+}
+
+/// The plaintext of an opened value: as it is, or decompressed when its magic says so.
+fn unpack(magic: u8, opened: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    if magic != MAGIC_COMPRESSED {
+        return Ok(opened);
+    }
+    let Some((len, frame)) = opened.split_first_chunk::<8>() else {
+        return Err(StoreError::Invalid("a compressed value is shorter than its length".into()));
+    };
+    let len = u64::from_be_bytes(*len);
+    if len > COMPRESSED_PLAIN_MAX_BYTES {
+        return Err(StoreError::Invalid(format!("a compressed value claims {len} bytes")));
+    }
+    let plain = zstd::bulk::decompress(frame, len as usize)
+        .map_err(|e| StoreError::Invalid(format!("a compressed value does not decompress: {e}")))?;
+    if plain.len() as u64 != len {
+        return Err(StoreError::Invalid("a compressed value decompresses to another length".into()));
+    }
+    Ok(plain)
+}
+
+/// The magic, data key id and nonce of a value sealed by `Cipher::seal` or `Cipher::seal_value`.
+fn header_of(sealed: &[u8]) -> Result<(u8, u32, [u8; NONCE_BYTES]), StoreError> {
+    if sealed.len() < HEADER_BYTES || !matches!(sealed[0], MAGIC | MAGIC_COMPRESSED) {
         return Err(StoreError::Invalid(
             "a stored value is not sealed (damaged, or written without encryption)".into(),
         ));
     }
     let mut nonce = [0u8; NONCE_BYTES];
     nonce.copy_from_slice(&sealed[5..HEADER_BYTES]);
-    Ok((u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]), nonce))
+    Ok((sealed[0], u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]), nonce))
 }
 
 /// Temp file, fsync, rename, directory fsync: a crash leaves the old file or the new one.
@@ -427,5 +510,39 @@ mod tests {
         let owned = c.seal_owned(b"k", b"secret ", b"marker".to_vec()).expect("seal");
         assert!(!owned.windows(6).any(|w| w == b"marker"), "ciphertext holds no plaintext");
         assert_eq!(c.open(b"k", &owned).expect("open"), b"secret marker");
+    }
+
+    /// Long values are compressed before sealing and open to the same bytes; short or incompressible
+    /// ones are sealed as they are; a compressed value moved to another key, or with its magic byte
+    /// changed, does not open.
+    #[test]
+    fn long_values_are_compressed_then_sealed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Cipher::load(dir.path(), master(), 1).expect("open");
+        let text: Vec<u8> =
+            (0..200).flat_map(|i| format!("{{\"province\":\"Ha Noi\",\"n\":{i}}},").into_bytes()).collect();
+        let packed = c.seal_value(b"k", &text).expect("seal");
+        assert_eq!(packed[0], MAGIC_COMPRESSED);
+        assert!(packed.len() * 4 < text.len(), "{} bytes sealed from {}", packed.len(), text.len());
+        assert_eq!(c.open(b"k", &packed).expect("open"), text);
+        assert_eq!(c.open_owned(b"k", packed.clone()).expect("open"), text);
+        assert!(c.open(b"j", &packed).is_err(), "bound to its key");
+        let mut as_plain = packed.clone();
+        as_plain[0] = MAGIC;
+        assert!(c.open(b"k", &as_plain).is_err(), "the magic byte is bound too");
+
+        let short = c.seal_value(b"k", b"short value").expect("seal");
+        assert_eq!(short[0], MAGIC);
+        assert_eq!(c.open(b"k", &short).expect("open"), b"short value");
+        let mut as_packed = short;
+        as_packed[0] = MAGIC_COMPRESSED;
+        assert!(c.open(b"k", &as_packed).is_err(), "a plain value does not open as a compressed one");
+
+        let mut noise = vec![0u8; 4096];
+        SystemRandom::new().fill(&mut noise).expect("random");
+        let sealed = c.seal_value(b"k", &noise).expect("seal");
+        assert_eq!(sealed[0], MAGIC, "incompressible values are sealed as they are");
+        assert_eq!(c.open(b"k", &sealed).expect("open"), noise);
+        assert_eq!(Cipher::key_id_of(&packed), Some(1));
     }
 }

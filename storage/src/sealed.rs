@@ -64,7 +64,7 @@ impl SealedTree {
             let (k, v) = kv?;
             if Cipher::key_id_of(&v).is_some_and(|id| id < below) {
                 let plain = self.cipher.open(&k, &v)?;
-                let new = self.cipher.seal(&k, &plain)?;
+                let new = self.cipher.seal_value(&k, &plain)?;
                 if self.raw.compare_and_swap(&k, Some(&v), Some(new))?.is_ok() {
                     resealed += 1;
                 }
@@ -127,7 +127,7 @@ pub(crate) struct SealedBatch {
 
 impl SealedBatch {
     pub(crate) fn insert(&mut self, key: &[u8], plain: &[u8]) -> Result<(), StoreError> {
-        let sealed = self.cipher.seal(key, plain)?;
+        let sealed = self.cipher.seal_value(key, plain)?;
         self.batch.insert(key, sealed);
         Ok(())
     }

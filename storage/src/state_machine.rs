@@ -253,6 +253,24 @@ impl<'a> Txn<'a> {
         self.put(key, value.encode_to_vec());
     }
 
+    /// Appends `bytes` to the value under `key` (an empty value if there is none): a value built up
+    /// piece by piece within one transaction (a block of records) is written once, at commit.
+    pub fn append(&mut self, key: Vec<u8>, bytes: &[u8]) -> std::result::Result<(), StoreError> {
+        debug_assert!(key.first() != Some(&RESERVED_PREFIX), "application key in the reserved range");
+        match self.overlay.get_mut(&key) {
+            Some(Some(v)) => v.extend_from_slice(bytes),
+            Some(None) => {
+                self.overlay.insert(key, Some(bytes.to_vec()));
+            }
+            None => {
+                let mut v = self.tree.get(&key)?.unwrap_or_default();
+                v.extend_from_slice(bytes);
+                self.overlay.insert(key, Some(v));
+            }
+        }
+        Ok(())
+    }
+
     pub fn remove(&mut self, key: Vec<u8>) {
         self.overlay.insert(key, None);
     }
@@ -1175,12 +1193,17 @@ mod tests {
         assert!(sm.get_current_snapshot().await.expect("snapshot reads").is_some());
     }
 
+    /// A sealed tree in `dir`, without the rest of a store.
+    fn sealed_tree(dir: &std::path::Path) -> SealedTree {
+        let db = sled::Config::new().path(dir).open().expect("sled");
+        let cipher = Arc::new(crate::crypto::Cipher::load(dir, crate::test_master_key(), 1).expect("keyring"));
+        SealedTree::new(db.open_tree("sm").expect("tree"), cipher)
+    }
+
     #[test]
     fn scan_range_sees_the_transactions_own_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::Config::new().path(dir.path()).open().expect("sled");
-        let cipher = Arc::new(crate::crypto::Cipher::load(dir.path(), crate::test_master_key(), 1).expect("keyring"));
-        let tree = SealedTree::new(db.open_tree("sm").expect("tree"), cipher);
+        let tree = sealed_tree(dir.path());
         let mut batch = tree.batch();
         for k in [&b"t/a"[..], b"t/b", b"t/c", b"t/d", b"u/x"] {
             batch.insert(k, b"tree").expect("insert");
@@ -1196,5 +1219,24 @@ mod tests {
         let three: Vec<Vec<u8>> = keys(3).into_iter().map(|(k, _)| k).collect();
         assert_eq!(three, vec![b"t/a".to_vec(), b"t/bb".to_vec(), b"t/d".to_vec()]);
         assert_eq!(keys(10).len(), 3, "the range stops before `u/`");
+    }
+
+    #[test]
+    fn append_builds_a_value_over_the_tree_and_the_overlay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = sealed_tree(dir.path());
+        let mut batch = tree.batch();
+        batch.insert(b"t/a", b"stored").expect("insert");
+        tree.apply_batch(batch).expect("apply");
+        let mut txn = Txn::new(&tree);
+        txn.append(b"t/a".to_vec(), b"+1").expect("append");
+        txn.append(b"t/a".to_vec(), b"+2").expect("append");
+        txn.append(b"t/new".to_vec(), b"first").expect("append");
+        txn.remove(b"t/gone".to_vec());
+        txn.append(b"t/gone".to_vec(), b"again").expect("append");
+        assert_eq!(txn.get(b"t/a").expect("get").as_deref(), Some(&b"stored+1+2"[..]));
+        assert_eq!(txn.get(b"t/new").expect("get").as_deref(), Some(&b"first"[..]));
+        assert_eq!(txn.get(b"t/gone").expect("get").as_deref(), Some(&b"again"[..]));
+        assert_eq!(tree.get(b"t/a").expect("get").as_deref(), Some(&b"stored"[..]), "nothing written before commit");
     }
 }
