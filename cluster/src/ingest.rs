@@ -328,8 +328,8 @@ fn store_records(
         if !r.reference_key.is_empty() {
             txn.put(tables::reference(&sub.dataset, &r.reference_key), r.payload_json.clone());
         }
-        let stored = stored_record(sub, r, log_id, version, previous_id, conflict);
-        put_record(txn, &stored, here, by_submission);
+        let mut stored = stored_record(sub, r, log_id, version, previous_id, conflict);
+        put_record(txn, &mut stored, here, by_submission)?;
         out.ids.push(r.id.clone());
         out.outcomes.push(if conflict { "conflict" } else { "stored" }.to_string());
         out.delta.stored += 1;
@@ -426,7 +426,7 @@ fn correct(
     let mut stored = stored_record(sub, r, log_id, t.version.saturating_add(1), t.id.clone(), false);
     stored.correction_reason = sub.correction_reason.clone();
     stored.corrected_by = sub.principal.clone();
-    put_record(txn, &stored, here, by_submission);
+    put_record(txn, &mut stored, here, by_submission)?;
     let delta = state::DatasetStats { stored: 1, corrections: 1, ..Default::default() };
     Ok(Ok(Stored { ids: vec![r.id.clone()], outcomes: vec!["corrected".into()], delta }))
 }
@@ -486,6 +486,7 @@ fn stored_record(
         batch_id: sub.batch_id.clone(),
         correction_reason: String::new(),
         corrected_by: String::new(),
+        position: 0,
     }
 }
 
@@ -504,10 +505,14 @@ fn index_submission(txn: &mut Txn<'_>, log_id: &LogId, sub: &state::Submission, 
 
 /// Stores a record in commit order and, unless its submission's location already names it
 /// (`index_submission`), indexes its id (lineage reads records by id).
-fn put_record(txn: &mut Txn<'_>, stored: &state::StoredRecord, position: u32, by_submission: bool) {
-    let table_key = tables::record(&stored.dataset, stored.commit_index, position);
+fn put_record(
+    txn: &mut Txn<'_>,
+    stored: &mut state::StoredRecord,
+    position: u32,
+    by_submission: bool,
+) -> Result<(), StoreError> {
     if !by_submission {
-        txn.put(tables::record_id(&stored.id), table_key.clone());
+        txn.put(tables::record_id(&stored.id), tables::record(&stored.dataset, stored.commit_index, position));
     }
-    txn.put_msg(table_key, stored);
+    crate::records::put(txn, stored, position)
 }

@@ -34,6 +34,7 @@ pub mod monitoring;
 mod network;
 mod node;
 pub mod performance;
+pub mod records;
 pub mod reporting;
 pub mod security;
 mod service;

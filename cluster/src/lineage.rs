@@ -61,13 +61,13 @@ pub fn find_record(t: &impl TableRead, id: &str) -> Result<Option<Found>, StoreE
         && let Some(at) = t.get_pb::<state::RecordLocation>(&tables::record_submission(submission))?
     {
         let table_key = tables::record(&at.dataset, at.commit_index, at.first_position.saturating_add(n));
-        return Ok(match t.get_pb::<state::StoredRecord>(&table_key)? {
+        return Ok(match crate::records::get(t, &table_key)? {
             Some(record) if record.id == id => Some(Found { table_key, record }),
             _ => None,
         });
     }
     let Some(table_key) = t.get_raw(&tables::record_id(id))? else { return Ok(None) };
-    let Some(record) = t.get_pb::<state::StoredRecord>(&table_key)? else { return Ok(None) };
+    let Some(record) = crate::records::get(t, &table_key)? else { return Ok(None) };
     Ok(Some(Found { table_key, record }))
 }
 

@@ -7,6 +7,7 @@ pub const API_KEY: &[u8] = b"key/";
 pub const ADMIN_TOKEN: &[u8] = b"adm/";
 pub const DATASET: &[u8] = b"ds/";
 pub const RECORD: &[u8] = b"rec/";
+pub const RECORD_BLOCK: &[u8] = b"recb/";
 pub const IDEMPOTENCY: &[u8] = b"idem/";
 pub const RECORD_COUNT: &[u8] = b"cnt/";
 pub const IDEMPOTENCY_EXPIRY: &[u8] = b"idx/";
@@ -45,6 +46,39 @@ pub fn record(dataset: &str, index: u64, position: u32) -> Vec<u8> {
     k.extend_from_slice(&index.to_be_bytes());
     k.extend_from_slice(&position.to_be_bytes());
     k
+}
+
+/// The records one log entry stored in a dataset (`records.rs`): `recb/<dataset>\0<index be64>`.
+pub fn record_block(dataset: &str, index: u64) -> Vec<u8> {
+    let mut k = record_blocks_of(dataset);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The prefix under which all record blocks of a dataset lie.
+pub fn record_blocks_of(dataset: &str) -> Vec<u8> {
+    let mut k = join(RECORD_BLOCK, &[dataset.as_bytes()]);
+    k.push(0);
+    k
+}
+
+/// The log index of a record block's key.
+pub fn record_block_index(block_key: &[u8]) -> Option<u64> {
+    let n = block_key.len();
+    let tail = block_key.get(n.checked_sub(8)?..)?;
+    Some(u64::from_be_bytes(tail.try_into().ok()?))
+}
+
+/// The dataset, log index and position a record's table key names.
+pub fn split_record_key(table_key: &[u8]) -> Option<(&str, u64, u32)> {
+    let rest = table_key.strip_prefix(RECORD)?;
+    let n = rest.len().checked_sub(13)?;
+    if rest[n] != 0 {
+        return None;
+    }
+    let dataset = std::str::from_utf8(&rest[..n]).ok()?;
+    let (index, position) = record_position(table_key)?;
+    Some((dataset, index, position))
 }
 
 /// The prefix under which all records of a dataset lie.

@@ -263,7 +263,7 @@ async fn apply_answers_idempotency_revocation_and_conflicts() {
         (&["duplicate".to_string()][..], &["e-0".to_string()][..])
     );
 
-    let records = reader.scan(&dtm_cluster::tables::records_of("etx"), None, 100).expect("scan");
+    let records = dtm_cluster::records::scan(&reader, "etx", None, 100).expect("scan");
     assert_eq!(records.len(), 7, "a-0, a-1 and c-0 once each, the late request, e-0, e-2 (a version) and e-3");
     let conflicts = reader.scan(&dtm_cluster::tables::conflicts_of("etx"), None, 100).expect("scan");
     assert_eq!(conflicts.len(), 1);

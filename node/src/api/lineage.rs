@@ -424,24 +424,23 @@ fn realtime_days(
     let mut budget = AS_OF_RECORDS_MAX;
     for dataset in datasets {
         let mut seen = 0usize;
-        let cut =
-            super::versions::visit_records(reader, &tables::records_of(&dataset), None, u64::MAX, budget, |_, r| {
-                seen += 1;
-                if !r.batch_id.is_empty() || r.received_at_ms < from || r.received_at_ms >= to {
-                    return Ok(true);
-                }
-                let day = days.entry((r.source.clone(), dataset.clone(), vietnam_day(r.received_at_ms))).or_default();
-                if day.records == 0 {
-                    (day.first_ms, day.first_index) = (r.received_at_ms, r.commit_index);
-                }
-                day.records += 1;
-                day.first_ms = day.first_ms.min(r.received_at_ms);
-                day.last_ms = day.last_ms.max(r.received_at_ms);
-                day.first_index = day.first_index.min(r.commit_index);
-                day.last_index = day.last_index.max(r.commit_index);
-                *day.channels.entry(r.channel).or_default() += 1;
-                Ok(true)
-            })?;
+        let cut = super::versions::visit_records(reader, &dataset, None, u64::MAX, budget, |_, r| {
+            seen += 1;
+            if !r.batch_id.is_empty() || r.received_at_ms < from || r.received_at_ms >= to {
+                return Ok(true);
+            }
+            let day = days.entry((r.source.clone(), dataset.clone(), vietnam_day(r.received_at_ms))).or_default();
+            if day.records == 0 {
+                (day.first_ms, day.first_index) = (r.received_at_ms, r.commit_index);
+            }
+            day.records += 1;
+            day.first_ms = day.first_ms.min(r.received_at_ms);
+            day.last_ms = day.last_ms.max(r.received_at_ms);
+            day.first_index = day.first_index.min(r.commit_index);
+            day.last_index = day.last_index.max(r.commit_index);
+            *day.channels.entry(r.channel).or_default() += 1;
+            Ok(true)
+        })?;
         if cut.is_some() {
             return Err(super::versions::too_many_records());
         }

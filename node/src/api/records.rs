@@ -332,12 +332,12 @@ pub async fn get_records(
     let limit = q.limit.unwrap_or(RECORDS_PAGE_DEFAULT).clamp(1, RECORDS_PAGE_MAX);
     let prefix = tables::records_of(&dataset);
     let after = page_start(&prefix, q.after.as_deref())?;
-    let rows = state.node.reader.scan(&prefix, after.as_deref(), limit + 1).map_err(ApiError::internal)?;
+    let rows = dtm_cluster::records::scan(&state.node.reader, &dataset, after.as_deref(), limit + 1)
+        .map_err(ApiError::internal)?;
     let more = rows.len() > limit;
     let mut records = Vec::with_capacity(limit);
     let mut last_key = None;
-    for (k, v) in rows.into_iter().take(limit) {
-        let r: state::StoredRecord = prost::Message::decode(v.as_slice()).map_err(ApiError::internal)?;
+    for (k, r) in rows.into_iter().take(limit) {
         records.push(super::versions::record_json(&r)?);
         last_key = Some(k);
     }

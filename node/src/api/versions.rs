@@ -99,10 +99,10 @@ pub async fn as_of_index(
         (None, Some(text)) => {
             let at_ms = rfc3339_ms("as_of", text)?;
             let reader = state.node.reader.clone();
-            let prefix = tables::records_of(dataset);
+            let dataset = dataset.to_string();
             let n = blocking(move || {
                 let mut last = 0;
-                visit_records(&reader, &prefix, None, u64::MAX, AS_OF_RECORDS_MAX, |_, r| {
+                visit_records(&reader, &dataset, None, u64::MAX, AS_OF_RECORDS_MAX, |_, r| {
                     if r.received_at_ms <= at_ms {
                         last = last.max(r.commit_index);
                     }
@@ -117,12 +117,12 @@ pub async fn as_of_index(
     }
 }
 
-/// Visits the records under `prefix` after the key `after`, in commit order, up to those committed
-/// at `until`; at most `budget` of them. `visit` returns false to stop. Returns the key of the last
-/// record visited when the budget ran out before the end.
+/// Visits the records of `dataset` after the table key `after`, in commit order, up to those
+/// committed at `until`; at most `budget` of them. `visit` returns false to stop. Returns the key of
+/// the last record visited when the budget ran out before the end.
 pub(super) fn visit_records(
     reader: &StateReader,
-    prefix: &[u8],
+    dataset: &str,
     after: Option<Vec<u8>>,
     until: u64,
     budget: usize,
@@ -132,17 +132,16 @@ pub(super) fn visit_records(
     let mut after = after;
     let mut seen = 0usize;
     loop {
-        let rows = reader.scan(prefix, after.as_deref(), CHUNK).map_err(ApiError::internal)?;
+        let rows = dtm_cluster::records::scan(reader, dataset, after.as_deref(), CHUNK).map_err(ApiError::internal)?;
         let done = rows.len() < CHUNK;
-        for (k, v) in rows {
-            if tables::record_position(&k).is_some_and(|(index, _)| index > until) {
+        for (k, r) in rows {
+            if r.commit_index > until {
                 return Ok(None);
             }
             if seen >= budget {
                 return Ok(after);
             }
             seen += 1;
-            let r: state::StoredRecord = prost::Message::decode(v.as_slice()).map_err(ApiError::internal)?;
             if !visit(&k, r)? {
                 return Ok(None);
             }
@@ -169,12 +168,12 @@ pub async fn records_as_of(state: &AppState, dataset: &str, q: &records::ReadQue
     let prefix = tables::records_of(dataset);
     let after = records::page_start(&prefix, q.after.as_deref())?;
     let reader = state.node.reader.clone();
-    let scan_prefix = prefix.clone();
+    let scan_dataset = dataset.to_string();
     let (records, next) = blocking(move || {
         let mut records = Vec::new();
         let mut last_key: Option<Vec<u8>> = None;
         let mut full = false;
-        let cut = visit_records(&reader, &scan_prefix, after, n, AS_OF_PAGE_SCAN_MAX, |k, r| {
+        let cut = visit_records(&reader, &scan_dataset, after, n, AS_OF_PAGE_SCAN_MAX, |k, r| {
             if records.len() == limit {
                 full = true;
                 return Ok(false);
@@ -272,11 +271,11 @@ pub async fn aggregates_as_of(
         return Err(ApiError::bad_request("give `as_of_commit`, `as_of_index` or `as_of`"));
     };
     let reader = state.node.reader.clone();
-    let prefix = tables::records_of(dataset);
+    let scan_dataset = dataset.to_string();
     let (cells, counted) = blocking(move || {
         let mut cells: BTreeMap<Vec<u8>, dtm_dataset::Cell> = BTreeMap::new();
         let mut counted = 0u64;
-        let cut = visit_records(&reader, &prefix, None, n, AS_OF_RECORDS_MAX, |_, r| {
+        let cut = visit_records(&reader, &scan_dataset, None, n, AS_OF_RECORDS_MAX, |_, r| {
             if r.conflict || fate(&reader, &r.id, n)?.1 {
                 return Ok(true);
             }
