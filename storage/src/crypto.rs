@@ -276,21 +276,35 @@ impl Cipher {
     /// at least a tenth (records and log entries are JSON and prost; ciphertext cannot be
     /// compressed afterwards, by sled or anything else).
     pub fn seal_value(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
-        if plain.len() >= COMPRESS_MIN_BYTES {
-            let packed = zstd::bulk::compress(plain, COMPRESS_LEVEL)
-                .map_err(|e| StoreError::Invalid(format!("compressing a value: {e}")))?;
-            if packed.len() + 8 <= plain.len() - plain.len() / 10 {
-                let len = (plain.len() as u64).to_be_bytes();
-                return self.seal_framed_as(MAGIC_COMPRESSED, aad, |header| {
-                    let mut out = Vec::with_capacity(HEADER_BYTES + 8 + packed.len() + aead::AES_256_GCM.tag_len());
-                    out.extend_from_slice(header);
-                    out.extend_from_slice(&len);
-                    out.extend_from_slice(&packed);
-                    out
-                });
-            }
+        self.seal_value_parts(aad, &[plain])
+    }
+
+    /// `seal_value` of the concatenation of `parts` (the snapshot file: its header and its body).
+    pub fn seal_value_parts(&self, aad: &[u8], parts: &[&[u8]]) -> Result<Vec<u8>, StoreError> {
+        match pack(parts)? {
+            Some(packed) => self.seal_packed(aad, &packed),
+            None => self.seal_parts(aad, parts),
         }
-        self.seal(aad, plain)
+    }
+
+    /// `seal_value` of `prefix ‖ buf`, giving `buf` up: sealed in place when it does not compress.
+    pub fn seal_value_owned(&self, aad: &[u8], prefix: &[u8], buf: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        match pack(&[prefix, &buf])? {
+            Some(packed) => {
+                drop(buf);
+                self.seal_packed(aad, &packed)
+            }
+            None => self.seal_owned(aad, prefix, buf),
+        }
+    }
+
+    fn seal_packed(&self, aad: &[u8], packed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.seal_framed_as(MAGIC_COMPRESSED, aad, |header| {
+            let mut out = Vec::with_capacity(HEADER_BYTES + packed.len() + aead::AES_256_GCM.tag_len());
+            out.extend_from_slice(header);
+            out.extend_from_slice(packed);
+            out
+        })
     }
 
     /// Seals the concatenation of `parts`, written once into the buffer that is sealed in place:
@@ -393,6 +407,25 @@ impl Cipher {
         (sealed.len() >= HEADER_BYTES && matches!(sealed[0], MAGIC | MAGIC_COMPRESSED))
             .then(|| u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]))
     }
+}
+
+/// `length (u64 BE) | zstd frame` of the concatenation of `parts`, when it is long enough and that
+/// is at least a tenth shorter (None: seal it as it is).
+fn pack(parts: &[&[u8]]) -> Result<Option<Vec<u8>>, StoreError> {
+    use std::io::Write;
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len < COMPRESS_MIN_BYTES {
+        return Ok(None);
+    }
+    let failed = |e: std::io::Error| StoreError::Invalid(format!("compressing a value: {e}"));
+    let mut out = Vec::with_capacity(8 + len / 4);
+    out.extend_from_slice(&(len as u64).to_be_bytes());
+    let mut encoder = zstd::stream::write::Encoder::new(out, COMPRESS_LEVEL).map_err(failed)?;
+    for p in parts {
+        encoder.write_all(p).map_err(failed)?;
+    }
+    let out = encoder.finish().map_err(failed)?;
+    Ok((out.len() <= len - len / 10).then_some(out))
 }
 
 /// The associated data a value is sealed with: its key, and for a compressed value a marker too, so

@@ -7,14 +7,16 @@
 //! changes and the last-applied id land in one atomic sled batch, after which the applier is told
 //! (`Applier::committed`) so that state it derives in memory is published at that index; when the
 //! tables are replaced (snapshot install) or opened, `Applier::reset` rebuilds it. Snapshots copy
-//! the application tables at one applied index into `raft-snapshot.pb`, written only after the store
+//! the application tables at one applied index into `raft-snapshot.pb` (compressed, then sealed), written only after the store
 //! is flushed; a store found behind that file at start-up (rolled back) is refused. A snapshot
 //! from the leader is installed in bounded batches under a mark; a store whose tables cannot
 //! continue from its log (openraft purges before the install is durable) or whose install was cut
 //! short is reset at start and catches up again when its log holds no entries, and refused
 //! otherwise (`LogStore::check_start`). A store that starts with no data at all, or is reset, is
 //! marked as catching up until it holds the log up to a commit of the current leader's term, and
-//! does not vote while marked (`LogStore::catching_up`). A follower is sent at most `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so
+//! does not vote while marked (`LogStore::catching_up`). Values of 256 bytes or more are
+//! compressed (zstd) before they are sealed (`Cipher::seal_value`); `Txn::append` lets `apply`
+//! build one value (a block of records) piece by piece. A follower is sent at most `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so
 //! the engine can be replaced.
 
 pub mod crypto;
@@ -43,7 +45,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
 /// Sizes the snapshot policy needs: bytes appended to the log, where the log stood when the last
-/// snapshot was taken, and how large that snapshot was. Counted since the process started (a
+/// snapshot was taken, and how large that snapshot was — all as stored (sealed, and compressed
+/// where that paid), so the file found at start weighs the same as the one just written. Counted since the process started (a
 /// restart begins a new count, which only delays the next snapshot).
 #[derive(Debug, Default)]
 pub struct SnapshotStats {

@@ -326,10 +326,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut bytes = 0u64;
         for entry in entries {
             let encoded = dtm_model::encode_entry(&entry);
-            bytes += encoded.len() as u64;
-            batch
+            // Counted as stored (sealed, compressed), like the snapshot file it is compared with.
+            bytes += batch
                 .insert(&index_key(entry.log_id.index), &encoded)
-                .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+                .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))? as u64;
         }
         self.stats.appended(bytes);
         self.log.apply_batch(batch).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;

@@ -126,10 +126,13 @@ pub(crate) struct SealedBatch {
 }
 
 impl SealedBatch {
-    pub(crate) fn insert(&mut self, key: &[u8], plain: &[u8]) -> Result<(), StoreError> {
+    /// Inserts `plain` sealed (compressed first when that pays, `Cipher::seal_value`); answers the
+    /// stored length.
+    pub(crate) fn insert(&mut self, key: &[u8], plain: &[u8]) -> Result<usize, StoreError> {
         let sealed = self.cipher.seal_value(key, plain)?;
+        let stored = sealed.len();
         self.batch.insert(key, sealed);
-        Ok(())
+        Ok(stored)
     }
 
     pub(crate) fn remove(&mut self, key: impl AsRef<[u8]>) {

@@ -447,7 +447,6 @@ impl StateMachineStore {
         let pairs = self.snapshot_finish(copied);
         let copy_ms = started.elapsed().as_millis() as u64;
         let data = encode_body(pairs);
-        self.inner.stats.snapshot_taken(data.len() as u64);
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &applied {
             Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
@@ -517,25 +516,28 @@ impl StateMachineStore {
     /// and the directory fsynced, so a crash leaves either the old snapshot or the new.
     /// The file is sealed as a whole (`crypto.rs`); the snapshot sent to a follower is plaintext in
     /// memory and over mutual TLS, and the follower seals it with its own keys.
-    /// A `StoredSnapshot` is encoded straight into the buffer that is sealed: the state is in
-    /// memory twice while the file is written (`data`, and the sealed copy), not five times.
-    fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> std::result::Result<(), StoreError> {
+    /// A `StoredSnapshot`'s header and body are compressed together (`Cipher::seal_value_parts`), and
+    /// the compressed form is sealed: the state is in memory as `data` plus its compressed copy
+    /// twice while the file is written.
+    fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> std::result::Result<u64, StoreError> {
         let prefix = stored_snapshot_prefix(meta, data.len());
-        let sealed = self.inner.tree.cipher.seal_parts(SNAPSHOT_FILE_AAD, &[&prefix, data])?;
+        let sealed = self.inner.tree.cipher.seal_value_parts(SNAPSHOT_FILE_AAD, &[&prefix, data])?;
         self.write_snapshot_file(&sealed)
     }
 
     /// `store_snapshot` for a snapshot that is not needed afterwards (one just installed): sealed
     /// in its own buffer, so it is in memory once.
-    fn store_snapshot_owned(&self, meta: &SnapshotMeta, data: Vec<u8>) -> std::result::Result<(), StoreError> {
+    fn store_snapshot_owned(&self, meta: &SnapshotMeta, data: Vec<u8>) -> std::result::Result<u64, StoreError> {
         let prefix = stored_snapshot_prefix(meta, data.len());
-        let sealed = self.inner.tree.cipher.seal_owned(SNAPSHOT_FILE_AAD, &prefix, data)?;
+        let sealed = self.inner.tree.cipher.seal_value_owned(SNAPSHOT_FILE_AAD, &prefix, data)?;
         self.write_snapshot_file(&sealed)
     }
 
-    fn write_snapshot_file(&self, sealed: &[u8]) -> std::result::Result<(), StoreError> {
+    /// Writes the sealed snapshot file; answers its length (what the snapshot policy weighs).
+    fn write_snapshot_file(&self, sealed: &[u8]) -> std::result::Result<u64, StoreError> {
         let _file = self.inner.snapshot_file_lock.lock().unwrap_or_else(|p| p.into_inner());
-        crate::crypto::write_atomically(&self.inner.snapshot_file, sealed)
+        crate::crypto::write_atomically(&self.inner.snapshot_file, sealed)?;
+        Ok(sealed.len() as u64)
     }
 
     /// Re-encryption (after a key rotation): re-seals every value of the tables, of the Raft log
@@ -553,7 +555,7 @@ impl StateMachineStore {
             match std::fs::read(&self.inner.snapshot_file) {
                 Ok(bytes) if Cipher::key_id_of(&bytes).is_some_and(|id| id < below) => {
                     let plain = cipher.open(SNAPSHOT_FILE_AAD, &bytes)?;
-                    let sealed = cipher.seal(SNAPSHOT_FILE_AAD, &plain)?;
+                    let sealed = cipher.seal_value(SNAPSHOT_FILE_AAD, &plain)?;
                     crate::crypto::write_atomically(&self.inner.snapshot_file, &sealed)?;
                 }
                 Ok(_) => {}
@@ -672,7 +674,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             // The tables and `committed` up to the snapshot's index are made durable before the file
             // says the snapshot exists, so the file is never ahead of the store (see `check_snapshot`).
             this.inner.db.flush()?;
-            this.store_snapshot(&meta, &data)?;
+            let stored = this.store_snapshot(&meta, &data)?;
+            this.inner.stats.snapshot_taken(stored);
             Ok::<_, StoreError>((meta, data))
         })
         .await
@@ -733,7 +736,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut batch = tree.batch();
             for (k, v) in overlay {
                 match v {
-                    Some(v) => batch.insert(&k, &v).map_err(w)?,
+                    Some(v) => {
+                        batch.insert(&k, &v).map_err(w)?;
+                    }
                     None => batch.remove(k),
                 }
             }
@@ -767,12 +772,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tokio::task::spawn_blocking(move || {
             this.install(&meta_copy, &data)?;
             this.inner.db.flush()?;
-            this.store_snapshot_owned(&meta_copy, data)
+            let stored = this.store_snapshot_owned(&meta_copy, data)?;
+            this.inner.stats.snapshot_taken(stored);
+            Ok::<_, StoreError>(())
         })
         .await
         .map_err(|e| sto(subject(), ErrorVerb::Write, StoreError::Invalid(format!("install task: {e}"))))?
         .map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
-        self.inner.stats.snapshot_taken(bytes as u64);
         self.flush().await.map_err(|e| sto(subject(), ErrorVerb::Write, e))?;
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes, "installed snapshot");
         Ok(())
@@ -1040,6 +1046,23 @@ mod tests {
         assert!(file > 0);
         assert_eq!(reader.snapshot_stats().snapshot_bytes(), file);
         assert_eq!(reader.snapshot_stats().log_bytes_since_snapshot(), 0);
+    }
+
+    /// The snapshot file is compressed before it is sealed, and reads back as the snapshot built.
+    #[tokio::test]
+    async fn the_snapshot_file_is_compressed_and_reads_back_whole() {
+        let opts = crate::StoreOptions::for_tests();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
+        let value = "{\"province\":\"Ha Noi\",\"transactions\":1200}".repeat(20);
+        let entries: Vec<_> = (0..200u64).map(|i| kv(i, &format!("t/{i:04}"), &value)).collect();
+        sm.apply(entries).await.expect("apply");
+        let built = RaftSnapshotBuilder::build_snapshot(&mut sm).await.expect("snapshot");
+        let data = built.snapshot.into_inner();
+        let file = std::fs::metadata(dir.path().join("raft-snapshot.pb")).expect("file").len();
+        assert!(file * 5 < data.len() as u64, "file {file} bytes for a body of {}", data.len());
+        let current = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
+        assert_eq!(current.snapshot.into_inner(), data);
     }
 
     /// A1.3, the amnesia guard: a node that starts without data is marked as catching up, durably,
