@@ -298,11 +298,12 @@ impl Cipher {
         }
     }
 
-    fn seal_packed(&self, aad: &[u8], packed: &[u8]) -> Result<Vec<u8>, StoreError> {
+    fn seal_packed(&self, aad: &[u8], packed: &Packed) -> Result<Vec<u8>, StoreError> {
         self.seal_framed_as(MAGIC_COMPRESSED, aad, |header| {
-            let mut out = Vec::with_capacity(HEADER_BYTES + packed.len() + aead::AES_256_GCM.tag_len());
+            let mut out = Vec::with_capacity(HEADER_BYTES + 8 + packed.frame.len() + aead::AES_256_GCM.tag_len());
             out.extend_from_slice(header);
-            out.extend_from_slice(packed);
+            out.extend_from_slice(&packed.len.to_be_bytes());
+            out.extend_from_slice(&packed.frame);
             out
         })
     }
@@ -409,23 +410,49 @@ impl Cipher {
     }
 }
 
-/// `length (u64 BE) | zstd frame` of the concatenation of `parts`, when it is long enough and that
-/// is at least a tenth shorter (None: seal it as it is).
-fn pack(parts: &[&[u8]]) -> Result<Option<Vec<u8>>, StoreError> {
+/// The concatenation of `parts` compressed, when it is long enough and that makes it at least a
+/// tenth shorter (None: seal it as it is).
+fn pack(parts: &[&[u8]]) -> Result<Option<Packed>, StoreError> {
     use std::io::Write;
     let len: usize = parts.iter().map(|p| p.len()).sum();
     if len < COMPRESS_MIN_BYTES {
         return Ok(None);
     }
     let failed = |e: std::io::Error| StoreError::Invalid(format!("compressing a value: {e}"));
-    let mut out = Vec::with_capacity(8 + len / 4);
-    out.extend_from_slice(&(len as u64).to_be_bytes());
-    let mut encoder = zstd::stream::write::Encoder::new(out, COMPRESS_LEVEL).map_err(failed)?;
-    for p in parts {
-        encoder.write_all(p).map_err(failed)?;
-    }
-    let out = encoder.finish().map_err(failed)?;
-    Ok((out.len() <= len - len / 10).then_some(out))
+    let frame = match parts {
+        // One value (a table value, a log entry): a context kept per thread, sized to the input by
+        // zstd. A new context per value would allocate and clear its tables each time.
+        [one] => COMPRESSOR.with(|c| {
+            let mut c = c.borrow_mut();
+            let compressor = match c.as_mut() {
+                Some(compressor) => compressor,
+                None => c.insert(zstd::bulk::Compressor::new(COMPRESS_LEVEL).map_err(failed)?),
+            };
+            compressor.compress(one).map_err(failed)
+        })?,
+        // The snapshot file (its header and a body of up to GBs): streamed, the size pledged.
+        _ => {
+            let mut encoder =
+                zstd::stream::write::Encoder::new(Vec::with_capacity(len / 4), COMPRESS_LEVEL).map_err(failed)?;
+            encoder.set_pledged_src_size(Some(len as u64)).map_err(failed)?;
+            for p in parts {
+                encoder.write_all(p).map_err(failed)?;
+            }
+            encoder.finish().map_err(failed)?
+        }
+    };
+    Ok((frame.len() + 8 <= len - len / 10).then_some(Packed { len: len as u64, frame }))
+}
+
+/// A compressed plaintext: its length and the zstd frame (sealed as `length (u64 BE) | frame`).
+struct Packed {
+    len: u64,
+    frame: Vec<u8>,
+}
+
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// The associated data a value is sealed with: its key, and for a compressed value a marker too, so
