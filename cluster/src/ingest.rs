@@ -287,7 +287,7 @@ fn store_records(
         if !r.natural_key_hash.is_empty() {
             let mut entry = txn.get_msg::<state::NaturalKeyEntry>(&nk_key)?.unwrap_or_default();
             if let Some(same) = entry.versions.iter().find(|v| v.content_sha256 == r.content_sha256) {
-                out.ids.push(same.record_id.clone());
+                out.ids.push(version_id(same)?);
                 out.outcomes.push("duplicate".to_string());
                 out.delta.duplicates += 1;
                 continue;
@@ -296,18 +296,19 @@ fn store_records(
                 // The next version of the chain the key's latest version ends (which may be a
                 // correction); numbered after it. A latest version stored before the id index
                 // existed is numbered by the index entry instead.
-                version = match lineage::find_record(txn, &last.record_id)? {
+                let last_id = version_id(last)?;
+                version = match lineage::find_record(txn, &last_id)? {
                     Some(f) => f.record.version.saturating_add(1),
                     None => entry.versions.len() as u32 + 1,
                 };
-                previous_id = last.record_id.clone();
+                previous_id = last_id;
                 let first = entry.versions.first().unwrap_or(last);
                 txn.put_msg(
                     tables::conflict(&sub.dataset, log_id.index, here),
                     &state::Conflict {
                         dataset: sub.dataset.clone(),
                         natural_key_hash: r.natural_key_hash.clone(),
-                        first_id: first.record_id.clone(),
+                        first_id: version_id(first)?,
                         first_source: first.source.clone(),
                         new_id: r.id.clone(),
                         new_source: sub.source.clone(),
@@ -437,12 +438,27 @@ fn push_key_version(entry: &mut state::NaturalKeyEntry, sub: &state::Submission,
     if entry.versions.len() >= NATURAL_KEY_VERSIONS_MAX {
         entry.versions.remove(1);
     }
+    let (record_id, submission, place) = match record_id::pack(&r.id) {
+        Some((submission, place)) => (String::new(), submission.to_vec(), place),
+        None => (r.id.clone(), Vec::new(), 0),
+    };
     entry.versions.push(state::KeyVersion {
-        record_id: r.id.clone(),
+        record_id,
         source: sub.source.clone(),
         content_sha256: r.content_sha256.clone(),
         commit_index: index,
+        submission,
+        place,
     });
+}
+
+/// The id of the record a natural-key version names (stored whole, or packed by `push_key_version`).
+fn version_id(v: &state::KeyVersion) -> Result<String, StoreError> {
+    if !v.record_id.is_empty() {
+        return Ok(v.record_id.clone());
+    }
+    record_id::unpack(&v.submission, v.place)
+        .ok_or_else(|| StoreError::Invalid("a natural-key entry names no record".into()))
 }
 
 /// Records that `next_id` follows `previous_id` (keeping a retraction already noted there).

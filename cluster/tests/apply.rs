@@ -391,6 +391,27 @@ async fn records_are_found_by_id_through_their_submission_or_their_own_index() {
     let legacy = dtm_cluster::lineage::find_record(&reader, "e-0").expect("read").expect("found");
     assert_eq!(legacy.record.id, "e-0");
     assert!(reader.get(&dtm_cluster::tables::record_id("e-0")).expect("read").is_some());
+
+    // The natural-key index holds such ids packed (16 bytes and the place), and answers them whole:
+    // a conflict on key 5 names the first version by its id.
+    let nk: state::NaturalKeyEntry =
+        reader.get_msg(&dtm_cluster::tables::natural_key("etx", &[5; 32])).expect("read").expect("key 5 is indexed");
+    let packed = &nk.versions[0];
+    assert_eq!((packed.record_id.as_str(), packed.submission.len(), packed.place), ("", 16, 0));
+    let u = dtm_model::record_id::new_submission();
+    let mut other = keyed("p", &[(5, 9, 9.0)]);
+    other.records[0].id = id(&u, 0);
+    let replies = sm
+        .apply(vec![entry(15, cmd(Kind::Ingest(state::IngestBatch { submissions: vec![other] })))])
+        .await
+        .expect("apply");
+    assert_eq!(ingest_results(&replies[0])[0].outcomes, ["conflict"]);
+    let conflicts = reader.scan(&dtm_cluster::tables::conflicts_of("etx"), None, 100).expect("scan");
+    let c: state::Conflict =
+        prost::Message::decode(conflicts.last().expect("a conflict").1.as_slice()).expect("conflict");
+    assert_eq!((c.first_id, c.new_id), (id(&s, 0), id(&u, 0)));
+    let successor = dtm_cluster::lineage::later_versions(&reader, &id(&s, 0)).expect("read");
+    assert_eq!(successor, [(id(&u, 0), 15)], "the conflict follows the latest version, named whole");
 }
 
 /// A store written before the per-entry expiry index (one `idx/` key per idempotency entry) still

@@ -36,6 +36,20 @@ pub fn split(id: &str) -> Option<(&str, u32)> {
     Some((submission, n.parse().ok()?))
 }
 
+/// An id of the submission scheme packed as its submission's 16 bytes and its place (None for
+/// any other id): what the natural-key index stores instead of the 36-character id.
+pub fn pack(id: &str) -> Option<([u8; 16], u32)> {
+    let (submission, n) = split(id)?;
+    let mut bytes = [0u8; 16];
+    hex::decode_to_slice(submission, &mut bytes).ok()?;
+    Some((bytes, n))
+}
+
+/// The id `pack` packed (None when `submission` is not 16 bytes).
+pub fn unpack(submission: &[u8], n: u32) -> Option<String> {
+    (submission.len() == 16).then(|| of(&hex::encode(submission), n as usize))
+}
+
 /// The submission id shared by `ids` when they are exactly `<s>.0`, `<s>.1`, … in order.
 pub fn common_submission<'a>(ids: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let mut common = None;
@@ -68,7 +82,13 @@ mod tests {
             &format!("{s}.12345678901"),
         ] {
             assert_eq!(split(other), None, "{other}");
+            assert_eq!(pack(other), None, "{other}");
         }
+        for id in [of(&s, 0), of(&s, 4711), of(&"0".repeat(32), 999_999_999)] {
+            let (bytes, n) = pack(&id).expect("packs");
+            assert_eq!(unpack(&bytes, n).as_deref(), Some(id.as_str()), "packed ids come back exactly");
+        }
+        assert_eq!(unpack(&[1; 15], 0), None);
     }
 
     #[test]
