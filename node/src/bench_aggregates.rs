@@ -64,10 +64,15 @@ pub async fn run(admin: &Client, key: &str, run: &str, records: u64, reuse: Opti
     Ok(report)
 }
 
+/// How often one array is sent before the load gives up, and the pause between attempts.
+const LOAD_ATTEMPTS_MAX: u32 = 30;
+const LOAD_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Loads records `0..records` (record `n` made by `make`) through the real-time API in arrays of
-/// `per_request`, `in_flight` requests at once round-robin over the nodes, each answered 201 or the
-/// load fails. Returns the records' logical size: the bytes of each one's JSON as it would be sent
-/// alone. With `progress`, prints a line every 100 requests.
+/// `per_request`, `in_flight` requests at once round-robin over the nodes, each answered 201 (a 503
+/// or 429 is sent again, up to `LOAD_ATTEMPTS_MAX` times) or the load fails. Returns the records'
+/// logical size: the bytes of each one's JSON as it would be sent alone. With `progress`, prints a
+/// line every 100 requests.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn load_arrays(
     admin: &Client,
@@ -95,14 +100,32 @@ pub(crate) async fn load_arrays(
                 let to = (from + per_request).min(records);
                 let body: Vec<Value> = (from..to).map(|n| make(n)).collect();
                 let bytes: u64 = body.iter().map(|r| serde_json::to_vec(r).map(|v| v.len() as u64).unwrap_or(0)).sum();
-                let r = http
-                    .post(format!("{url}/api/v1/datasets/{dataset}/records"))
-                    .header("x-api-key", &key)
-                    .json(&body)
-                    .send()
-                    .await?;
-                let status = r.status().as_u16();
-                anyhow::ensure!(status == 201, "loading: HTTP {status}: {}", r.text().await.unwrap_or_default());
+                // As a source system would: a 503 (an election, a node cut off) or a 429 is sent
+                // again after the time the node asks for, under the same idempotency key, so it is
+                // stored once whatever happened to the first attempt.
+                let idempotency_key = format!("load-{dataset}-{from}");
+                let mut attempt = 0;
+                loop {
+                    let r = http
+                        .post(format!("{url}/api/v1/datasets/{dataset}/records"))
+                        .header("x-api-key", &key)
+                        .header("idempotency-key", &idempotency_key)
+                        .json(&body)
+                        .send()
+                        .await?;
+                    let status = r.status().as_u16();
+                    if status == 201 {
+                        break;
+                    }
+                    attempt += 1;
+                    let text = r.text().await.unwrap_or_default();
+                    anyhow::ensure!(
+                        matches!(status, 429 | 503) && attempt < LOAD_ATTEMPTS_MAX,
+                        "loading: HTTP {status} (attempt {attempt}): {text}"
+                    );
+                    eprintln!("  HTTP {status} for records {from}..{to}, sending again (attempt {attempt})");
+                    tokio::time::sleep(LOAD_RETRY_PAUSE).await;
+                }
                 logical.fetch_add(bytes, Ordering::Relaxed);
                 if progress && (to / per_request).is_multiple_of(100) {
                     println!("  {to} records sent");
