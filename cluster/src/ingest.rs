@@ -297,9 +297,13 @@ fn store_records(
                 // correction); numbered after it. A latest version stored before the id index
                 // existed is numbered by the index entry instead.
                 let last_id = version_id(last)?;
-                version = match lineage::find_record(txn, &last_id)? {
-                    Some(f) => f.record.version.saturating_add(1),
-                    None => entry.versions.len() as u32 + 1,
+                version = if last.version > 0 {
+                    last.version.saturating_add(1)
+                } else {
+                    match lineage::find_record(txn, &last_id)? {
+                        Some(f) => f.record.version.saturating_add(1),
+                        None => entry.versions.len() as u32 + 1,
+                    }
                 };
                 previous_id = last_id;
                 let first = entry.versions.first().unwrap_or(last);
@@ -319,7 +323,7 @@ fn store_records(
                 link_successor(txn, &previous_id, &r.id, log_id.index)?;
                 out.delta.conflicts += 1;
             }
-            push_key_version(&mut entry, sub, r, log_id.index);
+            push_key_version(&mut entry, sub, r, log_id.index, version);
             txn.put_msg(nk_key, &entry);
         }
         let conflict = version > 1;
@@ -418,7 +422,7 @@ fn correct(
     if !r.natural_key_hash.is_empty() {
         let nk_key = tables::natural_key(&sub.dataset, &r.natural_key_hash);
         let mut entry = txn.get_msg::<state::NaturalKeyEntry>(&nk_key)?.unwrap_or_default();
-        push_key_version(&mut entry, sub, r, log_id.index);
+        push_key_version(&mut entry, sub, r, log_id.index, t.version.saturating_add(1));
         txn.put_msg(nk_key, &entry);
     }
     if !r.reference_key.is_empty() {
@@ -434,7 +438,13 @@ fn correct(
 
 /// Notes in the natural-key index that a version with this content exists, so that the same
 /// content sent again is a duplicate of it. Bounded: the first version and the latest ones are kept.
-fn push_key_version(entry: &mut state::NaturalKeyEntry, sub: &state::Submission, r: &state::RecordIn, index: u64) {
+fn push_key_version(
+    entry: &mut state::NaturalKeyEntry,
+    sub: &state::Submission,
+    r: &state::RecordIn,
+    index: u64,
+    version: u32,
+) {
     if entry.versions.len() >= NATURAL_KEY_VERSIONS_MAX {
         entry.versions.remove(1);
     }
@@ -449,6 +459,7 @@ fn push_key_version(entry: &mut state::NaturalKeyEntry, sub: &state::Submission,
         commit_index: index,
         submission,
         place,
+        version,
     });
 }
 

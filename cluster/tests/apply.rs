@@ -412,6 +412,13 @@ async fn records_are_found_by_id_through_their_submission_or_their_own_index() {
     assert_eq!((c.first_id, c.new_id), (id(&s, 0), id(&u, 0)));
     let successor = dtm_cluster::lineage::later_versions(&reader, &id(&s, 0)).expect("read");
     assert_eq!(successor, [(id(&u, 0), 15)], "the conflict follows the latest version, named whole");
+    // Each version's number is kept in the index, so the next conflict numbers itself without
+    // reading the latest record's block.
+    let nk: state::NaturalKeyEntry =
+        reader.get_msg(&dtm_cluster::tables::natural_key("etx", &[5; 32])).expect("read").expect("indexed");
+    assert_eq!(nk.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
+    let conflicting = dtm_cluster::lineage::find_record(&reader, &id(&u, 0)).expect("read").expect("found");
+    assert_eq!(conflicting.record.version, 2);
 }
 
 /// A store written before the per-entry expiry index (one `idx/` key per idempotency entry) still
