@@ -4,12 +4,14 @@
 //! the median of several trials, so that a change to `apply` (an index, a table) can be measured on
 //! a busy machine where end-to-end benchmarks vary by ±30 %.
 //!
-//! `cargo run --release -p dtm-cluster --example apply_cost -- [records] [trials] [single|batch] [uuid|submission]`
+//! `cargo run --release -p dtm-cluster --example apply_cost -- [records] [trials] [single|batch] [uuid|submission] [conflicts]`
 //!
 //! `batch` makes entries of one 1,000-record submission (a batch upload's chunk) instead of 64
 //! single-record submissions; `uuid` gives records ids of the old shape (indexed one `rid/` key per
 //! record), `submission` (the default) the pipeline's `<submission>.<n>` (one `rsub/` key per
-//! submission).
+//! submission). `conflicts` applies the records once untimed, then times them sent again with
+//! other content under the same natural keys: every record a conflict (a corrected batch sent
+//! again).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -34,6 +36,7 @@ const BATCH_RECORDS: usize = 1_000;
 struct Shape {
     batch: bool,
     uuid_ids: bool,
+    conflicts: bool,
 }
 /// Distinct aggregate cells the records fall into.
 const CELLS: usize = 360;
@@ -49,7 +52,7 @@ fn catalog() -> Vec<dtm_model::Entry> {
     ]
 }
 
-fn record(n: usize, id: String) -> state::RecordIn {
+fn record(n: usize, id: String, salt: u8) -> state::RecordIn {
     let cell = n % CELLS;
     let contribution = dtm_dataset::Contribution {
         time: dtm_dataset::TimePoint::Month(2026, (cell % 12) as u8 + 1),
@@ -63,7 +66,7 @@ fn record(n: usize, id: String) -> state::RecordIn {
         id,
         payload_json: payload.to_string().into_bytes(),
         natural_key_hash: h.to_vec(),
-        content_sha256: h.to_vec(),
+        content_sha256: [&h[..31], &[salt]].concat(),
         contribution: Some(state::AggContribution {
             cell_key: contribution.cell_key(),
             measures: contribution.measures.into_iter().collect(),
@@ -80,12 +83,12 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn entries(records: usize, shape: Shape) -> Vec<dtm_model::Entry> {
+fn entries(records: usize, shape: Shape, first_index: u64, salt: u8) -> Vec<dtm_model::Entry> {
     let (submissions_per_entry, records_per_submission) =
         if shape.batch { (1, BATCH_RECORDS) } else { (SUBMISSIONS_PER_ENTRY, 1) };
     let mut out = Vec::new();
     let mut n = 0;
-    let mut index = 3;
+    let mut index = first_index;
     while n < records {
         let mut submissions = Vec::new();
         while submissions.len() < submissions_per_entry && n < records {
@@ -108,13 +111,13 @@ fn entries(records: usize, shape: Shape) -> Vec<dtm_model::Entry> {
                     } else {
                         dtm_model::record_id::of(&prefix, i)
                     };
-                    record(n, id)
+                    record(n, id, salt)
                 })
                 .collect();
             submissions.push(state::Submission {
                 dataset: "etx".into(),
                 source: "moj".into(),
-                idempotency_key: format!("auto:{n}"),
+                idempotency_key: format!("auto:{salt}:{n}"),
                 fingerprint: vec![1; 32],
                 key_id: "k".into(),
                 channel: "rest".into(),
@@ -135,7 +138,15 @@ async fn trial(records: usize, shape: Shape) -> f64 {
     let (_log, mut sm, _reader) =
         dtm_storage::open(dir.path(), &dtm_storage::StoreOptions::for_tests(), Arc::new(applier)).expect("open store");
     sm.apply(catalog()).await.expect("catalog");
-    let log = entries(records, shape);
+    let mut next_index = 3;
+    if shape.conflicts {
+        let first = entries(records, shape, next_index, 0);
+        next_index += first.len() as u64;
+        for batch in first.chunks(16) {
+            sm.apply(batch.to_vec()).await.expect("apply");
+        }
+    }
+    let log = entries(records, shape, next_index, u8::from(shape.conflicts));
     let start = Instant::now();
     // Batches of 16 entries per `apply` call, as openraft hands them over under load.
     let mut log = log.into_iter().peekable();
@@ -153,14 +164,16 @@ async fn main() {
     let trials: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(7).max(1);
     let batch = args.next().is_some_and(|a| a == "batch");
     let uuid_ids = args.next().is_some_and(|a| a == "uuid");
-    let shape = Shape { batch, uuid_ids };
+    let conflicts = args.next().is_some_and(|a| a == "conflicts");
+    let shape = Shape { batch, uuid_ids, conflicts };
     let mut rates: Vec<f64> = Vec::new();
     for _ in 0..trials {
         rates.push(records as f64 / trial(records, shape).await);
     }
     rates.sort_by(f64::total_cmp);
     println!(
-        "apply: {records} records in entries of {}, {} ids, {CELLS} cells: best {:.0} records/s, median {:.0} records/s ({trials} trials)",
+        "apply: {records} {}records in entries of {}, {} ids, {CELLS} cells: best {:.0} records/s, median {:.0} records/s ({trials} trials)",
+        if conflicts { "conflicting " } else { "" },
         if batch { "one 1,000-record submission" } else { "64 single-record submissions" },
         if uuid_ids { "uuid" } else { "submission" },
         rates[trials - 1],
