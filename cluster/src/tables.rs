@@ -13,6 +13,13 @@ pub const RECORD_COUNT: &[u8] = b"cnt/";
 pub const IDEMPOTENCY_EXPIRY: &[u8] = b"idx/";
 pub const IDEMPOTENCY_EXPIRY_BY_ENTRY: &[u8] = b"idxe/";
 
+/// `<table><id>\0`: the prefix under which a table's keys for one dataset (or source) lie.
+fn prefix_of(table: &[u8], id: &str) -> Vec<u8> {
+    let mut k = join(table, &[id.as_bytes()]);
+    k.push(0);
+    k
+}
+
 fn join(table: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = table.to_vec();
     for (i, p) in parts.iter().enumerate() {
@@ -57,9 +64,7 @@ pub fn record_block(dataset: &str, index: u64) -> Vec<u8> {
 
 /// The prefix under which all record blocks of a dataset lie.
 pub fn record_blocks_of(dataset: &str) -> Vec<u8> {
-    let mut k = join(RECORD_BLOCK, &[dataset.as_bytes()]);
-    k.push(0);
-    k
+    prefix_of(RECORD_BLOCK, dataset)
 }
 
 /// The log index of a record block's key.
@@ -83,9 +88,7 @@ pub fn split_record_key(table_key: &[u8]) -> Option<(&str, u64, u32)> {
 
 /// The prefix under which all records of a dataset lie.
 pub fn records_of(dataset: &str) -> Vec<u8> {
-    let mut k = join(RECORD, &[dataset.as_bytes()]);
-    k.push(0);
-    k
+    prefix_of(RECORD, dataset)
 }
 
 pub fn idempotency(source: &str, key: &str) -> Vec<u8> {
@@ -145,9 +148,7 @@ pub fn dataset_version(dataset: &str, version: u32) -> Vec<u8> {
 }
 
 pub fn dataset_versions_of(dataset: &str) -> Vec<u8> {
-    let mut k = join(DATASET_VERSION, &[dataset.as_bytes()]);
-    k.push(0);
-    k
+    prefix_of(DATASET_VERSION, dataset)
 }
 
 /// The natural-key index: `nk/<dataset>\0<hmac>`. The key's raw value is never stored in a key.
@@ -164,9 +165,7 @@ pub fn conflict(dataset: &str, index: u64, position: u32) -> Vec<u8> {
 }
 
 pub fn conflicts_of(dataset: &str) -> Vec<u8> {
-    let mut k = join(CONFLICT, &[dataset.as_bytes()]);
-    k.push(0);
-    k
+    prefix_of(CONFLICT, dataset)
 }
 
 pub fn dataset_stats(dataset: &str) -> Vec<u8> {
@@ -181,9 +180,7 @@ pub fn aggregate_cell(dataset: &str, cell_key: &[u8]) -> Vec<u8> {
 }
 
 pub fn aggregates_of(dataset: &str) -> Vec<u8> {
-    let mut k = join(AGGREGATE, &[dataset.as_bytes()]);
-    k.push(0);
-    k
+    prefix_of(AGGREGATE, dataset)
 }
 
 /// Reference tables: `ref/<dataset>\0<key value>` → the latest record with that key (JSON).
@@ -301,9 +298,7 @@ pub fn connection_day(source: &str, day: u32) -> Vec<u8> {
 }
 
 pub fn connection_days_of(source: &str) -> Vec<u8> {
-    let mut k = join(CONNECTION_DAY, &[source.as_bytes()]);
-    k.push(0);
-    k
+    prefix_of(CONNECTION_DAY, source)
 }
 
 // --- Lineage and versions (issue 7). ---
@@ -334,8 +329,7 @@ pub fn record_successor(id: &str) -> Vec<u8> {
 }
 
 pub fn cell_lineage(dataset: &str, cell_key: &[u8]) -> Vec<u8> {
-    let mut k = join(CELL_LINEAGE, &[dataset.as_bytes()]);
-    k.push(0);
+    let mut k = prefix_of(CELL_LINEAGE, dataset);
     k.extend_from_slice(cell_key);
     k
 }
