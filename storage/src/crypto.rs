@@ -422,14 +422,8 @@ fn pack(parts: &[&[u8]]) -> Result<Option<Packed>, StoreError> {
     let frame = match parts {
         // One value (a table value, a log entry): a context kept per thread, sized to the input by
         // zstd. A new context per value would allocate and clear its tables each time.
-        [one] => COMPRESSOR.with(|c| {
-            let mut c = c.borrow_mut();
-            let compressor = match c.as_mut() {
-                Some(compressor) => compressor,
-                None => c.insert(zstd::bulk::Compressor::new(COMPRESS_LEVEL).map_err(failed)?),
-            };
-            compressor.compress(one).map_err(failed)
-        })?,
+        [one] => with_context(&COMPRESSOR, || zstd::bulk::Compressor::new(COMPRESS_LEVEL), |c| c.compress(one))
+            .map_err(failed)?,
         // The snapshot file (its header and a body of up to GBs): streamed, the size pledged.
         _ => {
             let mut encoder =
@@ -448,6 +442,22 @@ fn pack(parts: &[&[u8]]) -> Result<Option<Packed>, StoreError> {
 struct Packed {
     len: u64,
     frame: Vec<u8>,
+}
+
+/// Runs `f` with this thread's zstd context in `cell`, made by `make` on first use.
+fn with_context<T: 'static, R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    make: impl FnOnce() -> std::io::Result<T>,
+    f: impl FnOnce(&mut T) -> std::io::Result<R>,
+) -> std::io::Result<R> {
+    cell.with(|c| {
+        let mut c = c.borrow_mut();
+        let context = match c.as_mut() {
+            Some(context) => context,
+            None => c.insert(make()?),
+        };
+        f(context)
+    })
 }
 
 thread_local! {
@@ -482,14 +492,8 @@ fn unpack(magic: u8, opened: Vec<u8>) -> Result<Vec<u8>, StoreError> {
     let failed = |e: std::io::Error| StoreError::Invalid(format!("a compressed value does not decompress: {e}"));
     // A context kept per thread: creating one per value cost 5 % of a leader's time (its log entries
     // are opened again for every follower).
-    let plain = DECOMPRESSOR.with(|d| {
-        let mut d = d.borrow_mut();
-        let decompressor = match d.as_mut() {
-            Some(decompressor) => decompressor,
-            None => d.insert(zstd::bulk::Decompressor::new().map_err(failed)?),
-        };
-        decompressor.decompress(frame, len as usize).map_err(failed)
-    })?;
+    let plain = with_context(&DECOMPRESSOR, zstd::bulk::Decompressor::new, |d| d.decompress(frame, len as usize))
+        .map_err(failed)?;
     if plain.len() as u64 != len {
         return Err(StoreError::Invalid("a compressed value decompresses to another length".into()));
     }
