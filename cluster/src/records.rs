@@ -25,9 +25,9 @@ const BLOCKS_PER_STEP: usize = 8;
 /// Stores `record` at `position` of its log entry (`record.commit_index`).
 pub fn put(txn: &mut Txn<'_>, record: &mut state::StoredRecord, position: u32) -> Result<(), StoreError> {
     record.position = position;
-    let mut bytes = Vec::with_capacity(record.encoded_len() + 4);
-    prost::encoding::message::encode(1, record, &mut bytes);
-    txn.append(tables::record_block(&record.dataset, record.commit_index), &bytes)
+    txn.append_with(tables::record_block(&record.dataset, record.commit_index), |block| {
+        prost::encoding::message::encode(1, record, block)
+    })
 }
 
 /// The record with this table key, wherever it is stored.

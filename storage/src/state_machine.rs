@@ -256,18 +256,25 @@ impl<'a> Txn<'a> {
     /// Appends `bytes` to the value under `key` (an empty value if there is none): a value built up
     /// piece by piece within one transaction (a block of records) is written once, at commit.
     pub fn append(&mut self, key: Vec<u8>, bytes: &[u8]) -> std::result::Result<(), StoreError> {
+        self.append_with(key, |v| v.extend_from_slice(bytes))
+    }
+
+    /// `append`, with `write` adding to the value in place (no intermediate buffer).
+    pub fn append_with(
+        &mut self,
+        key: Vec<u8>,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> std::result::Result<(), StoreError> {
         debug_assert!(key.first() != Some(&RESERVED_PREFIX), "application key in the reserved range");
-        match self.overlay.get_mut(&key) {
-            Some(Some(v)) => v.extend_from_slice(bytes),
-            Some(None) => {
-                self.overlay.insert(key, Some(bytes.to_vec()));
-            }
+        let value = match self.overlay.get_mut(&key) {
+            Some(Some(v)) => v,
+            Some(None) => self.overlay.entry(key).or_default().insert(Vec::new()),
             None => {
-                let mut v = self.tree.get(&key)?.unwrap_or_default();
-                v.extend_from_slice(bytes);
-                self.overlay.insert(key, Some(v));
+                let stored = self.tree.get(&key)?.unwrap_or_default();
+                self.overlay.entry(key).or_default().insert(stored)
             }
-        }
+        };
+        write(value);
         Ok(())
     }
 
