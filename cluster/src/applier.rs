@@ -199,6 +199,9 @@ fn define_dataset(txn: &mut Txn<'_>, c: &state::DefineDataset) -> Result<state::
         };
         return Ok(rejected("conflict", message));
     }
+    if current == 0 {
+        txn.put(tables::natural_key_layout(&ds.id), vec![tables::NATURAL_KEY_HASH_BYTES]);
+    }
     txn.put_msg(tables::dataset_version(&ds.id, ds.version), ds);
     txn.put_msg(k, ds);
     Ok(applied())

@@ -278,15 +278,19 @@ fn store_records(
     };
     let contributor = lineage::contributor(&sub.batch_id, &sub.source);
     let by_submission = index_submission(txn, log_id, sub, *position);
+    let hash_bytes = match sub.records.iter().any(|r| !r.natural_key_hash.is_empty()) {
+        true => natural_key_hash_bytes(txn, &sub.dataset)?,
+        false => tables::NATURAL_KEY_HASH_BYTES_BEFORE_LAYOUT,
+    };
     for r in &sub.records {
         let here = *position;
         *position = position.saturating_add(1);
         let mut version = 1u32;
         let mut previous_id = String::new();
-        let nk_key = tables::natural_key(&sub.dataset, &r.natural_key_hash);
         if !r.natural_key_hash.is_empty() {
+            let nk_key = tables::natural_key(&sub.dataset, &r.natural_key_hash, hash_bytes);
             let mut entry = txn.get_msg::<state::NaturalKeyEntry>(&nk_key)?.unwrap_or_default();
-            if let Some(same) = entry.versions.iter().find(|v| v.content_sha256 == r.content_sha256) {
+            if let Some(same) = entry.versions.iter().find(|v| same_content(&v.content_sha256, &r.content_sha256)) {
                 out.ids.push(version_id(same)?);
                 out.outcomes.push("duplicate".to_string());
                 out.delta.duplicates += 1;
@@ -313,7 +317,7 @@ fn store_records(
                         dataset: sub.dataset.clone(),
                         natural_key_hash: r.natural_key_hash.clone(),
                         first_id: version_id(first)?,
-                        first_source: first.source.clone(),
+                        first_source: version_source(txn, first)?,
                         new_id: r.id.clone(),
                         new_source: sub.source.clone(),
                         version,
@@ -323,7 +327,7 @@ fn store_records(
                 link_successor(txn, &previous_id, &r.id, log_id.index)?;
                 out.delta.conflicts += 1;
             }
-            push_key_version(&mut entry, sub, r, log_id.index, version);
+            push_key_version(&mut entry, r, version);
             txn.put_msg(nk_key, &entry);
         }
         let conflict = version > 1;
@@ -420,9 +424,10 @@ fn correct(
     }
     link_successor(txn, &t.id, &r.id, log_id.index)?;
     if !r.natural_key_hash.is_empty() {
-        let nk_key = tables::natural_key(&sub.dataset, &r.natural_key_hash);
+        let hash_bytes = natural_key_hash_bytes(txn, &sub.dataset)?;
+        let nk_key = tables::natural_key(&sub.dataset, &r.natural_key_hash, hash_bytes);
         let mut entry = txn.get_msg::<state::NaturalKeyEntry>(&nk_key)?.unwrap_or_default();
-        push_key_version(&mut entry, sub, r, log_id.index, t.version.saturating_add(1));
+        push_key_version(&mut entry, r, t.version.saturating_add(1));
         txn.put_msg(nk_key, &entry);
     }
     if !r.reference_key.is_empty() {
@@ -436,15 +441,19 @@ fn correct(
     Ok(Ok(Stored { ids: vec![r.id.clone()], outcomes: vec!["corrected".into()], delta }))
 }
 
+/// How many bytes of a key's HMAC name its entry in the dataset's natural-key index
+/// (`tables::NATURAL_KEY_LAYOUT`).
+fn natural_key_hash_bytes(txn: &Txn<'_>, dataset: &str) -> Result<usize, StoreError> {
+    match txn.get(&tables::natural_key_layout(dataset))?.as_deref() {
+        None => Ok(tables::NATURAL_KEY_HASH_BYTES_BEFORE_LAYOUT),
+        Some(&[n]) if (16..=32).contains(&n) => Ok(usize::from(n)),
+        Some(other) => Err(StoreError::Invalid(format!("the natural-key layout of dataset `{dataset}` is {other:?}"))),
+    }
+}
+
 /// Notes in the natural-key index that a version with this content exists, so that the same
 /// content sent again is a duplicate of it. Bounded: the first version and the latest ones are kept.
-fn push_key_version(
-    entry: &mut state::NaturalKeyEntry,
-    sub: &state::Submission,
-    r: &state::RecordIn,
-    index: u64,
-    version: u32,
-) {
+fn push_key_version(entry: &mut state::NaturalKeyEntry, r: &state::RecordIn, version: u32) {
     if entry.versions.len() >= NATURAL_KEY_VERSIONS_MAX {
         entry.versions.remove(1);
     }
@@ -454,13 +463,35 @@ fn push_key_version(
     };
     entry.versions.push(state::KeyVersion {
         record_id,
-        source: sub.source.clone(),
-        content_sha256: r.content_sha256.clone(),
-        commit_index: index,
+        content_sha256: r.content_sha256.get(..tables::KEY_VERSION_CONTENT_BYTES).unwrap_or(&r.content_sha256).to_vec(),
         submission,
         place,
         version,
+        ..Default::default()
     });
+}
+
+/// Whether a natural-key version kept (a prefix of) this content hash: the first
+/// `KEY_VERSION_CONTENT_BYTES` of it, or all of it in entries written before.
+fn same_content(kept: &[u8], sha: &[u8]) -> bool {
+    sha.starts_with(kept) && (kept.len() == sha.len() || kept.len() >= tables::KEY_VERSION_CONTENT_BYTES)
+}
+
+/// The source of the record a natural-key version names: kept in entries written before it moved
+/// to the submission's location, then read from that location; the record itself is read only
+/// for ids of other shapes and locations written before the source was kept there.
+fn version_source(t: &Txn<'_>, v: &state::KeyVersion) -> Result<String, StoreError> {
+    if !v.source.is_empty() {
+        return Ok(v.source.clone());
+    }
+    let id = version_id(v)?;
+    if let Some((submission, _)) = record_id::split(&id)
+        && let Some(at) = t.get_msg::<state::RecordLocation>(&tables::record_submission(submission))?
+        && !at.source.is_empty()
+    {
+        return Ok(at.source);
+    }
+    Ok(lineage::find_record(t, &id)?.map(|f| f.record.source).unwrap_or_default())
 }
 
 /// The id of the record a natural-key version names (stored whole, or packed by `push_key_version`).
@@ -525,7 +556,12 @@ fn index_submission(txn: &mut Txn<'_>, log_id: &LogId, sub: &state::Submission, 
     let Some(submission) = record_id::common_submission(sub.records.iter().map(|r| r.id.as_str())) else {
         return false;
     };
-    let location = state::RecordLocation { dataset: sub.dataset.clone(), commit_index: log_id.index, first_position };
+    let location = state::RecordLocation {
+        dataset: sub.dataset.clone(),
+        commit_index: log_id.index,
+        first_position,
+        source: sub.source.clone(),
+    };
     txn.put_msg(tables::record_submission(submission), &location);
     true
 }

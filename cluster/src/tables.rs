@@ -130,6 +130,23 @@ pub fn idempotency_expiry_of_entry(expires_at_ms: u64, log_index: u64) -> Vec<u8
 
 pub const DATASET_VERSION: &[u8] = b"dsv/";
 pub const NATURAL_KEY: &[u8] = b"nk/";
+/// How many bytes of the key's HMAC name an entry of a dataset's natural-key index:
+/// `nkl/<dataset>` → one byte, written when the dataset is first defined. Datasets defined before
+/// it existed have none and use the whole HMAC (32 bytes).
+pub const NATURAL_KEY_LAYOUT: &[u8] = b"nkl/";
+/// The HMAC bytes that name an index entry of a dataset defined since the layout is kept: 128 bits
+/// of a keyed HMAC-SHA256, so that two natural keys share an entry with a chance of about 2^-64
+/// after 2^32 keys, and nobody without the key can make them. The index holds an entry per
+/// record; each byte of its key costs about four on disk (sled's tree).
+pub const NATURAL_KEY_HASH_BYTES: u8 = 16;
+/// The HMAC bytes that name an entry of a dataset without a layout (the whole HMAC-SHA256).
+pub const NATURAL_KEY_HASH_BYTES_BEFORE_LAYOUT: usize = 32;
+/// The bytes of a version's content SHA-256 that its natural-key index entry keeps (entries written
+/// before kept all 32, and are compared whole). A record is a duplicate when these match: two
+/// different contents under one natural key would have to agree on 128 bits, which nobody can
+/// arrange for a record someone else sent (a second preimage), and a source arranging it for its
+/// own records needs about 2^64 hashes to lose one of them.
+pub const KEY_VERSION_CONTENT_BYTES: usize = 16;
 pub const CONFLICT: &[u8] = b"conf/";
 pub const DATASET_STATS: &[u8] = b"dst/";
 pub const AGGREGATE: &[u8] = b"agg/";
@@ -151,9 +168,14 @@ pub fn dataset_versions_of(dataset: &str) -> Vec<u8> {
     prefix_of(DATASET_VERSION, dataset)
 }
 
-/// The natural-key index: `nk/<dataset>\0<hmac>`. The key's raw value is never stored in a key.
-pub fn natural_key(dataset: &str, hash: &[u8]) -> Vec<u8> {
-    join(NATURAL_KEY, &[dataset.as_bytes(), hash])
+/// The natural-key index: `nk/<dataset>\0<hmac>`, the HMAC cut to `hash_bytes` (the dataset's
+/// `natural_key_layout`). The key's raw value is never stored in a key.
+pub fn natural_key(dataset: &str, hash: &[u8], hash_bytes: usize) -> Vec<u8> {
+    join(NATURAL_KEY, &[dataset.as_bytes(), hash.get(..hash_bytes).unwrap_or(hash)])
+}
+
+pub fn natural_key_layout(dataset: &str) -> Vec<u8> {
+    join(NATURAL_KEY_LAYOUT, &[dataset.as_bytes()])
 }
 
 /// Conflicts in commit order: `conf/<dataset>\0<index be64><position be32>`.

@@ -392,12 +392,17 @@ async fn records_are_found_by_id_through_their_submission_or_their_own_index() {
     assert_eq!(legacy.record.id, "e-0");
     assert!(reader.get(&dtm_cluster::tables::record_id("e-0")).expect("read").is_some());
 
-    // The natural-key index holds such ids packed (16 bytes and the place), and answers them whole:
-    // a conflict on key 5 names the first version by its id.
-    let nk: state::NaturalKeyEntry =
-        reader.get_msg(&dtm_cluster::tables::natural_key("etx", &[5; 32])).expect("read").expect("key 5 is indexed");
+    // The natural-key index holds such ids packed (16 bytes and the place), and neither the source
+    // nor the commit index; it answers them whole: a conflict on key 5 names the first version by
+    // its id, and its source from the submission's location.
+    let nk: state::NaturalKeyEntry = reader
+        .get_msg(&dtm_cluster::tables::natural_key("etx", &[5; 32], 16))
+        .expect("read")
+        .expect("key 5 is indexed");
     let packed = &nk.versions[0];
     assert_eq!((packed.record_id.as_str(), packed.submission.len(), packed.place), ("", 16, 0));
+    assert_eq!((packed.source.as_str(), packed.commit_index), ("", 0));
+    assert_eq!(packed.content_sha256, [1; 16], "the first 16 bytes of the content hash");
     let u = dtm_model::record_id::new_submission();
     let mut other = keyed("p", &[(5, 9, 9.0)]);
     other.records[0].id = id(&u, 0);
@@ -410,12 +415,13 @@ async fn records_are_found_by_id_through_their_submission_or_their_own_index() {
     let c: state::Conflict =
         prost::Message::decode(conflicts.last().expect("a conflict").1.as_slice()).expect("conflict");
     assert_eq!((c.first_id, c.new_id), (id(&s, 0), id(&u, 0)));
+    assert_eq!((c.first_source.as_str(), c.new_source.as_str()), ("moj", "moj"));
     let successor = dtm_cluster::lineage::later_versions(&reader, &id(&s, 0)).expect("read");
     assert_eq!(successor, [(id(&u, 0), 15)], "the conflict follows the latest version, named whole");
     // Each version's number is kept in the index, so the next conflict numbers itself without
     // reading the latest record's block.
     let nk: state::NaturalKeyEntry =
-        reader.get_msg(&dtm_cluster::tables::natural_key("etx", &[5; 32])).expect("read").expect("indexed");
+        reader.get_msg(&dtm_cluster::tables::natural_key("etx", &[5; 32], 16)).expect("read").expect("indexed");
     assert_eq!(nk.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
     let conflicting = dtm_cluster::lineage::find_record(&reader, &id(&u, 0)).expect("read").expect("found");
     assert_eq!(conflicting.record.version, 2);
@@ -443,6 +449,51 @@ async fn idempotency_entries_indexed_the_old_way_still_expire() {
     old.apply(rest).await.expect("apply");
     assert!(reader.get(&idem_d).expect("read").is_none(), "the old index still expires its entry");
     assert!(reader.scan(dtm_cluster::tables::IDEMPOTENCY_EXPIRY, None, 100).expect("scan").is_empty());
+}
+
+/// A dataset defined now names its natural-key index entries by the first 16 bytes of the key's
+/// HMAC; one defined before that layout was kept (no `nkl/` key) keeps the whole HMAC, and entries
+/// that hold a whole content hash are compared whole, so a store written then still recognises
+/// its duplicates and conflicts after the upgrade (A1.5).
+#[tokio::test]
+async fn natural_keys_indexed_by_the_whole_hmac_before_the_layout_are_still_found() {
+    use dtm_cluster::tables::{NATURAL_KEY_LAYOUT, natural_key, natural_key_layout};
+    let (_dir, mut sm, reader, _) = open();
+    let mut log = log();
+    log.push(entry(13, cmd(Kind::Ingest(state::IngestBatch { submissions: vec![keyed("p", &[(9, 1, 1.0)])] }))));
+    sm.apply(log).await.expect("apply");
+    assert_eq!(reader.get(&natural_key_layout("etx")).expect("read"), Some(vec![16]));
+    assert!(reader.get(&natural_key("etx", &[9; 32], 16)).expect("read").is_some());
+    assert!(reader.get(&natural_key("etx", &[9; 32], 32)).expect("read").is_none());
+
+    // The same tables as an earlier version wrote them: no layout, entries named by the whole HMAC
+    // and holding the whole content hash.
+    let (meta, mut pairs) = sm.consistent_copy().expect("copy");
+    pairs.retain(|(k, _)| !k.starts_with(NATURAL_KEY_LAYOUT));
+    for (k, v) in pairs.iter_mut() {
+        if *k == natural_key("etx", &[9; 32], 16) {
+            *k = natural_key("etx", &[9; 32], 32);
+            let mut nk: state::NaturalKeyEntry = prost::Message::decode(v.as_slice()).expect("entry");
+            assert_eq!(nk.versions[0].content_sha256, [1; 16]);
+            nk.versions[0].content_sha256 = vec![1; 32];
+            *v = prost::Message::encode_to_vec(&nk);
+        }
+    }
+    pairs.sort();
+    let (_dir2, mut old, reader, _) = open();
+    old.restore(&meta, pairs).expect("restore");
+    let again = keyed("q", &[(9, 1, 1.0), (9, 2, 2.0)]);
+    let replies = old
+        .apply(vec![entry(14, cmd(Kind::Ingest(state::IngestBatch { submissions: vec![again] })))])
+        .await
+        .expect("apply");
+    assert_eq!(ingest_results(&replies[0])[0].outcomes, ["duplicate", "conflict"]);
+    assert!(reader.get(&natural_key("etx", &[9; 32], 16)).expect("read").is_none(), "nothing under the short name");
+    let nk: state::NaturalKeyEntry =
+        reader.get_msg(&natural_key("etx", &[9; 32], 32)).expect("read").expect("the whole-HMAC entry");
+    assert_eq!(nk.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
+    let kept: Vec<_> = nk.versions.iter().map(|v| v.content_sha256.clone()).collect();
+    assert_eq!(kept, [vec![1; 32], vec![2; 16]], "the old version whole, the new one cut");
 }
 
 /// After a restart (the store reopened, derived state rebuilt from the tables) a record sent again
