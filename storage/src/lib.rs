@@ -24,6 +24,7 @@ mod error;
 pub mod limits;
 mod log_store;
 mod sealed;
+mod snapshot_body;
 mod state_machine;
 
 use std::path::Path;

@@ -12,6 +12,11 @@ pub const LOG_READ_ENTRIES_MAX: usize = 100_000;
 /// while they are built and installed (see ARCHITECTURE.md, "Snapshots").
 pub const SNAPSHOT_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024 - 1;
 
+/// The largest key or value a snapshot may carry, far above any table value (the largest, a log
+/// entry's record block or idempotency answer, are a few MB): a damaged length is refused before
+/// it is allocated.
+pub const SNAPSHOT_PAIR_BYTES_MAX: usize = 256 * 1024 * 1024;
+
 const _: () = assert!(LOG_READ_ENTRIES_MAX > 1024);
 
 /// Encoded log bytes sent to a follower in one AppendEntries (at least one entry is always sent).

@@ -38,6 +38,10 @@ use crate::error::sto;
 use crate::limits::SNAPSHOT_BYTES_MAX;
 use crate::log_store::LogStore;
 use crate::sealed::SealedTree;
+use crate::snapshot_body::SNAPSHOT_FORMAT_VERSION;
+use crate::snapshot_body::compress_body;
+use crate::snapshot_body::for_each_pair;
+use crate::snapshot_body::is_compressed;
 
 /// Keys starting with this byte belong to the storage layer; application keys must not use it.
 pub const RESERVED_PREFIX: u8 = 0x00;
@@ -45,7 +49,6 @@ const KEY_LAST_APPLIED: &[u8] = b"\x00meta/last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"\x00meta/membership";
 /// Present while a snapshot from the leader replaces the tables (`install`).
 pub(crate) const KEY_INSTALLING: &[u8] = b"\x00meta/installing";
-const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 /// Associated data of the sealed snapshot file.
 const SNAPSHOT_FILE_AAD: &[u8] = b"dtm snapshot file";
 
@@ -54,56 +57,6 @@ type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 /// The index of the last applied log entry recorded in `tree` (0 before the first).
 pub(crate) fn read_applied_index(tree: &SealedTree) -> std::result::Result<u64, StoreError> {
     Ok(read_applied(tree)?.unwrap_or(0))
-}
-
-/// Calls `f` with each pair of an encoded `SnapshotBody`, decoding one at a time (a large state is
-/// millions of pairs, too many to decode at once); returns the body's format version.
-fn for_each_pair(
-    mut buf: &[u8],
-    mut f: impl FnMut(pb::SnapshotPair) -> std::result::Result<(), StoreError>,
-) -> std::result::Result<u32, StoreError> {
-    use prost::encoding::WireType;
-    let mut format = 0u32;
-    while !buf.is_empty() {
-        let (tag, wire) = prost::encoding::decode_key(&mut buf)?;
-        match (tag, wire) {
-            (1, WireType::Varint) => {
-                format = u32::try_from(prost::encoding::decode_varint(&mut buf)?)
-                    .map_err(|_| StoreError::Invalid("snapshot format version out of range".into()))?;
-            }
-            (2, WireType::LengthDelimited) => {
-                let len = usize::try_from(prost::encoding::decode_varint(&mut buf)?).unwrap_or(usize::MAX);
-                if len > buf.len() {
-                    return Err(StoreError::Invalid("snapshot truncated inside a pair".into()));
-                }
-                let (pair, rest) = buf.split_at(len);
-                f(pb::SnapshotPair::decode(pair)?)?;
-                buf = rest;
-            }
-            (tag, wire) => {
-                prost::encoding::skip_field(wire, tag, &mut buf, prost::encoding::DecodeContext::default())?;
-            }
-        }
-    }
-    Ok(format)
-}
-
-/// Encodes `pairs` as a `SnapshotBody` into one buffer of the exact size, dropping each pair once it
-/// is written: the state is in memory once (as pairs, then as bytes), not twice.
-fn encode_body(pairs: Vec<crate::Pair>) -> Vec<u8> {
-    use prost::encoding::message;
-    let header = pb::SnapshotBody { format_version: SNAPSHOT_FORMAT_VERSION, pairs: Vec::new() };
-    let pair_len = |k: &[u8], v: &[u8]| {
-        let inner = field_len(1, k.len()) + field_len(2, v.len());
-        prost::encoding::key_len(2) + prost::encoding::encoded_len_varint(inner as u64) + inner
-    };
-    let size = header.encoded_len() + pairs.iter().map(|(k, v)| pair_len(k, v)).sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    header.encode_raw(&mut out);
-    for (key, value) in pairs {
-        message::encode(2, &pb::SnapshotPair { key, value }, &mut out);
-    }
-    out
 }
 
 /// Decodes a `StoredSnapshot` and hands back its data in the buffer it came in (moved to the front),
@@ -152,11 +105,6 @@ fn stored_snapshot_prefix(meta: &SnapshotMeta, data_len: usize) -> Vec<u8> {
     prost::encoding::encode_key(2, WireType::LengthDelimited, &mut out);
     prost::encoding::encode_varint(data_len as u64, &mut out);
     out
-}
-
-/// Bytes of a proto3 `bytes` field of `len` bytes under field number `tag` (none when empty).
-fn field_len(tag: u32, len: usize) -> usize {
-    if len == 0 { 0 } else { prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64) + len }
 }
 
 /// The index of the last log entry applied to `tree`, if any.
@@ -453,7 +401,7 @@ impl StateMachineStore {
         };
         let pairs = self.snapshot_finish(copied);
         let copy_ms = started.elapsed().as_millis() as u64;
-        let data = encode_body(pairs);
+        let data = compress_body(pairs)?;
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &applied {
             Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
@@ -515,20 +463,22 @@ impl StateMachineStore {
         self.inner.applier.reset(&self.reader())?;
         // The snapshot file, so that nodes that join receive the state at once.
         self.inner.db.flush()?;
-        self.store_snapshot(meta, &encode_body(pairs))?;
+        self.store_snapshot(meta, &compress_body(pairs)?)?;
         Ok(())
     }
 
     /// Writes the current snapshot atomically: a temporary file, fsynced, renamed over the old one,
     /// and the directory fsynced, so a crash leaves either the old snapshot or the new.
     /// The file is sealed as a whole (`crypto.rs`); the snapshot sent to a follower is plaintext in
-    /// memory and over mutual TLS, and the follower seals it with its own keys.
-    /// A `StoredSnapshot`'s header and body are compressed together (`Cipher::seal_value_parts`), and
-    /// the compressed form is sealed: the state is in memory as `data` plus its compressed copy
-    /// twice while the file is written.
+    /// memory and over mutual TLS, and the follower seals it with its own keys. Compressed data
+    /// (`snapshot_body`) is sealed as it is; plain data (from an older leader) is compressed first.
     fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> std::result::Result<u64, StoreError> {
         let prefix = stored_snapshot_prefix(meta, data.len());
-        let sealed = self.inner.tree.cipher.seal_value_parts(SNAPSHOT_FILE_AAD, &[&prefix, data])?;
+        let cipher = &self.inner.tree.cipher;
+        let sealed = match is_compressed(data) {
+            true => cipher.seal_parts(SNAPSHOT_FILE_AAD, &[&prefix, data])?,
+            false => cipher.seal_value_parts(SNAPSHOT_FILE_AAD, &[&prefix, data])?,
+        };
         self.write_snapshot_file(&sealed)
     }
 
@@ -536,7 +486,11 @@ impl StateMachineStore {
     /// in its own buffer, so it is in memory once.
     fn store_snapshot_owned(&self, meta: &SnapshotMeta, data: Vec<u8>) -> std::result::Result<u64, StoreError> {
         let prefix = stored_snapshot_prefix(meta, data.len());
-        let sealed = self.inner.tree.cipher.seal_value_owned(SNAPSHOT_FILE_AAD, &prefix, data)?;
+        let cipher = &self.inner.tree.cipher;
+        let sealed = match is_compressed(&data) {
+            true => cipher.seal_owned(SNAPSHOT_FILE_AAD, &prefix, data)?,
+            false => cipher.seal_value_owned(SNAPSHOT_FILE_AAD, &prefix, data)?,
+        };
         self.write_snapshot_file(&sealed)
     }
 
@@ -995,26 +949,12 @@ mod tests {
         assert!(!log.catching_up(), "a consistent store is not marked at start");
     }
 
-    /// The snapshot encodings written without prost's intermediate copies are prost's encodings:
-    /// the body byte for byte, in a buffer of exactly its size, and the file's message decodes to
-    /// the same meta and data.
+    /// The snapshot file's message, written without prost's intermediate copies, is prost's
+    /// encoding, and splits back into the same meta and data (the body's own encoding is tested in
+    /// `snapshot_body`).
     #[test]
-    fn snapshot_bytes_built_in_place_are_prost_encodings() {
-        let pairs: Vec<crate::Pair> =
-            vec![(b"t/a".to_vec(), vec![1; 300]), (b"t/b".to_vec(), Vec::new()), (vec![b'k'; 200], b"v".to_vec())];
-        let expected = pb::SnapshotBody {
-            format_version: SNAPSHOT_FORMAT_VERSION,
-            pairs: pairs.iter().map(|(k, v)| pb::SnapshotPair { key: k.clone(), value: v.clone() }).collect(),
-        }
-        .encode_to_vec();
-        let body = encode_body(pairs);
-        assert_eq!(body, expected);
-        assert_eq!(body.capacity(), body.len(), "sized exactly, never reallocated");
-        assert_eq!(
-            encode_body(Vec::new()),
-            pb::SnapshotBody { format_version: SNAPSHOT_FORMAT_VERSION, pairs: vec![] }.encode_to_vec()
-        );
-
+    fn the_stored_snapshot_built_in_place_is_prosts_encoding() {
+        let body = compress_body(vec![(b"t/a".to_vec(), vec![1; 300])]).expect("body");
         let model_meta = SnapshotMeta {
             last_log_id: Some(kv(9, "t/a", "1").log_id),
             last_membership: StoredMem::default(),
@@ -1055,21 +995,36 @@ mod tests {
         assert_eq!(reader.snapshot_stats().log_bytes_since_snapshot(), 0);
     }
 
-    /// The snapshot file is compressed before it is sealed, and reads back as the snapshot built.
+    /// A snapshot's data is compressed as it is built: a leader holds and sends that, the file keeps
+    /// it sealed without compressing it again, it reads back as built, and a follower installs it
+    /// into the same tables.
     #[tokio::test]
-    async fn the_snapshot_file_is_compressed_and_reads_back_whole() {
+    async fn a_snapshot_is_built_sent_and_kept_compressed() {
         let opts = crate::StoreOptions::for_tests();
         let dir = tempfile::tempdir().expect("tempdir");
-        let (_log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
+        let (_log, mut sm, reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
         let value = "{\"province\":\"Ha Noi\",\"transactions\":1200}".repeat(20);
         let entries: Vec<_> = (0..200u64).map(|i| kv(i, &format!("t/{i:04}"), &value)).collect();
         sm.apply(entries).await.expect("apply");
         let built = RaftSnapshotBuilder::build_snapshot(&mut sm).await.expect("snapshot");
         let data = built.snapshot.into_inner();
-        let file = std::fs::metadata(dir.path().join("raft-snapshot.pb")).expect("file").len();
-        assert!(file * 5 < data.len() as u64, "file {file} bytes for a body of {}", data.len());
+        assert!(is_compressed(&data));
+        let plain = zstd::decode_all(data.as_slice()).expect("a zstd frame");
+        assert!(data.len() * 5 < plain.len(), "{} bytes sent for a body of {}", data.len(), plain.len());
+        let file = std::fs::metadata(dir.path().join("raft-snapshot.pb")).expect("file").len() as usize;
+        assert!(file > data.len() && file < data.len() + 200, "file {file} bytes for data of {}", data.len());
         let current = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
         assert_eq!(current.snapshot.into_inner(), data);
+
+        let other = tempfile::tempdir().expect("tempdir");
+        let (_log2, mut follower, follower_reader) =
+            crate::open(other.path(), &opts, Arc::new(KvApplier)).expect("open");
+        follower.install_snapshot(&built.meta, Box::new(Cursor::new(data.clone()))).await.expect("install");
+        let tables = |r: &crate::StateReader| r.scan(b"t/", None, 1000).expect("scan");
+        assert_eq!(tables(&follower_reader), tables(&reader));
+        assert_eq!(tables(&reader).len(), 200);
+        let kept = follower.get_current_snapshot().await.expect("read").expect("a snapshot");
+        assert_eq!(kept.snapshot.into_inner(), data, "the follower keeps the data it received");
     }
 
     /// A1.3, the amnesia guard: a node that starts without data is marked as catching up, durably,
@@ -1136,6 +1091,7 @@ mod tests {
         {
             let (_log, mut sm, reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
             sm.apply(vec![kv(1, "old/a", "1")]).await.expect("apply");
+            // The plain body, as versions before compressed snapshot data sent it.
             let bad = Box::new(Cursor::new(body.encode_to_vec()[..1000].to_vec()));
             assert!(sm.install_snapshot(&meta, bad).await.is_err(), "a truncated snapshot is refused");
             assert_eq!(reader.get(b"old/a").expect("read"), Some(b"1".to_vec()), "and changes nothing");
