@@ -8,8 +8,9 @@ pub const SLED_CACHE_CAPACITY_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
 /// `max_payload_entries` per replication round; this is a backstop against a runaway range.
 pub const LOG_READ_ENTRIES_MAX: usize = 100_000;
 
-/// The largest snapshot this node accepts from a leader, in bytes. Snapshots are held in memory
-/// while they are built and installed (see ARCHITECTURE.md, "Snapshots").
+/// The largest snapshot body (the tables as encoded, before compression) a node builds or reads
+/// from a leader, in bytes. The compressed data, about a quarter of it, is held in memory while it is
+/// built, sent and installed (see ARCHITECTURE.md, "Snapshots").
 pub const SNAPSHOT_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024 - 1;
 
 /// The largest key or value a snapshot may carry, far above any table value (the largest, a log

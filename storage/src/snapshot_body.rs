@@ -30,29 +30,44 @@ pub(crate) fn is_compressed(data: &[u8]) -> bool {
     data.starts_with(&ZSTD_MAGIC)
 }
 
-/// Encodes `pairs` as a `SnapshotBody` into `out`, one pair at a time, dropping each once written.
-pub(crate) fn write_body(pairs: Vec<crate::Pair>, out: &mut impl Write) -> std::io::Result<()> {
-    let header = pb::SnapshotBody { format_version: SNAPSHOT_FORMAT_VERSION, pairs: Vec::new() };
-    out.write_all(&header.encode_to_vec())?;
-    let mut scratch = Vec::new();
-    for (key, value) in pairs {
-        scratch.clear();
-        prost::encoding::message::encode(2, &pb::SnapshotPair { key, value }, &mut scratch);
-        out.write_all(&scratch)?;
-    }
-    Ok(())
+/// Snapshot data being built: a `SnapshotBody` compressed as its pairs are pushed, so the plain
+/// body is never in memory whole.
+pub(crate) struct Compressor {
+    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    scratch: Vec<u8>,
 }
 
-/// The snapshot data of `pairs`: their `SnapshotBody`, compressed while it is encoded (the plain
-/// body is never in memory whole).
+impl Compressor {
+    /// `capacity`: the expected compressed size (the buffer grows beyond it when needed).
+    pub(crate) fn new(capacity: usize) -> Result<Self, StoreError> {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(capacity), SNAPSHOT_ZSTD_LEVEL)?;
+        // A checksum of the frame: the file is sealed and the transfer runs over TLS, but a frame
+        // damaged by anything else must not decode into a different state.
+        encoder.include_checksum(true)?;
+        let header = pb::SnapshotBody { format_version: SNAPSHOT_FORMAT_VERSION, pairs: Vec::new() };
+        encoder.write_all(&header.encode_to_vec())?;
+        Ok(Compressor { encoder, scratch: Vec::new() })
+    }
+
+    pub(crate) fn push(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        self.scratch.clear();
+        prost::encoding::message::encode(2, &pb::SnapshotPair { key, value }, &mut self.scratch);
+        Ok(self.encoder.write_all(&self.scratch)?)
+    }
+
+    pub(crate) fn finish(self) -> Result<Vec<u8>, StoreError> {
+        Ok(self.encoder.finish()?)
+    }
+}
+
+/// The snapshot data of `pairs` (a backup being restored, tests).
 pub(crate) fn compress_body(pairs: Vec<crate::Pair>) -> Result<Vec<u8>, StoreError> {
     let plain: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
-    let mut encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(plain / 4), SNAPSHOT_ZSTD_LEVEL)?;
-    // A checksum of the frame: the file is sealed and the transfer runs over TLS, but a frame damaged
-    // by anything else must not decode into a different state.
-    encoder.include_checksum(true)?;
-    write_body(pairs, &mut encoder)?;
-    Ok(encoder.finish()?)
+    let mut c = Compressor::new(plain / 4)?;
+    for (k, v) in pairs {
+        c.push(k, v)?;
+    }
+    c.finish()
 }
 
 /// Calls `f` with each pair of snapshot data (compressed or plain), decoding one at a time; returns
@@ -173,18 +188,17 @@ mod tests {
         Ok((format, out))
     }
 
-    /// The body written pair by pair is prost's encoding; compressed, it is a zstd frame of it; both
+    /// prost's encoding of the body: the plain form, as versions before compressed data sent it.
+    fn plain(pairs: Vec<crate::Pair>) -> Vec<u8> {
+        let pairs = pairs.into_iter().map(|(key, value)| pb::SnapshotPair { key, value }).collect();
+        pb::SnapshotBody { format_version: SNAPSHOT_FORMAT_VERSION, pairs }.encode_to_vec()
+    }
+
+    /// Compressed data is a zstd frame of prost's encoding of the body, written pair by pair; both
     /// forms read back as the same pairs and format.
     #[test]
     fn the_body_is_prosts_encoding_and_reads_back_compressed_or_plain() {
-        let expected = pb::SnapshotBody {
-            format_version: SNAPSHOT_FORMAT_VERSION,
-            pairs: pairs().into_iter().map(|(key, value)| pb::SnapshotPair { key, value }).collect(),
-        }
-        .encode_to_vec();
-        let mut plain = Vec::new();
-        write_body(pairs(), &mut plain).expect("write");
-        assert_eq!(plain, expected);
+        let plain = plain(pairs());
         let compressed = compress_body(pairs()).expect("compress");
         assert!(is_compressed(&compressed) && !is_compressed(&plain));
         assert_eq!(zstd::decode_all(compressed.as_slice()).expect("a zstd frame"), plain);
@@ -197,8 +211,7 @@ mod tests {
     /// Damaged data is an error that says what is wrong, in either form, never a shorter state.
     #[test]
     fn cut_oversized_and_damaged_data_is_refused() {
-        let mut plain = Vec::new();
-        write_body(pairs(), &mut plain).expect("write");
+        let plain = plain(pairs());
         let compressed = compress_body(pairs()).expect("compress");
         let err = |data: &[u8]| read_all(data).expect_err("refused").to_string();
         assert!(

@@ -38,6 +38,7 @@ use crate::error::sto;
 use crate::limits::SNAPSHOT_BYTES_MAX;
 use crate::log_store::LogStore;
 use crate::sealed::SealedTree;
+use crate::snapshot_body::Compressor;
 use crate::snapshot_body::SNAPSHOT_FORMAT_VERSION;
 use crate::snapshot_body::compress_body;
 use crate::snapshot_body::for_each_pair;
@@ -331,84 +332,103 @@ impl StateMachineStore {
         self.read_applied()
     }
 
-    /// Copies the application tables without holding `write_lock`; concurrent writes may show
-    /// through, `snapshot_finish` undoes them.
-    fn snapshot_copy(&self) -> std::result::Result<Vec<crate::Pair>, StoreError> {
-        let mut pairs = Vec::new();
+    /// Hands the application tables as of `snapshot_begin` to `emit`, in key order, one pair at a
+    /// time, without holding `write_lock`. A key read from the live tree is replaced by its
+    /// pre-image when a write changed it after the snapshot began: `record_preimages` runs before
+    /// the write reaches the tree, so looking after the read finds it whichever came first. A key
+    /// removed before the walk reached it is handed over from its pre-image in its place, and one
+    /// added after the snapshot began is left out.
+    fn snapshot_stream(
+        &self,
+        mut emit: impl FnMut(Vec<u8>, Vec<u8>) -> std::result::Result<(), StoreError>,
+    ) -> std::result::Result<(), StoreError> {
+        use std::ops::Bound;
         let mut size = 0usize;
+        let mut emit = |k: Vec<u8>, v: Vec<u8>| {
+            size += k.len() + v.len();
+            if size > SNAPSHOT_BYTES_MAX {
+                return Err(StoreError::Invalid("state is larger than the snapshot limit".into()));
+            }
+            emit(k, v)
+        };
+        // Pre-images of keys after `after` and before `before` (bounds excluded) that existed when
+        // the snapshot began, and this key's own pre-image if it has one.
+        type Found = (Vec<crate::Pair>, Option<Option<Vec<u8>>>);
+        let look = |after: Option<&[u8]>, before: Option<&[u8]>| -> std::result::Result<Found, StoreError> {
+            let window = self.inner.preimages.lock().unwrap_or_else(|p| p.into_inner());
+            let pre = window.as_ref().ok_or_else(|| StoreError::Invalid("the snapshot window was closed".into()))?;
+            if pre.is_empty() {
+                return Ok((Vec::new(), None));
+            }
+            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let upper = before.map_or(Bound::Unbounded, Bound::Excluded);
+            let removed = pre
+                .range::<[u8], _>((lower, upper))
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+                .collect();
+            Ok((removed, before.and_then(|k| pre.get(k).cloned())))
+        };
+        let mut last: Option<Vec<u8>> = None;
         for kv in self.inner.tree.iter() {
             let (k, v) = kv?;
             if k.first() == Some(&RESERVED_PREFIX) {
                 continue;
             }
-            size += k.len() + v.len();
-            if size > SNAPSHOT_BYTES_MAX {
-                return Err(StoreError::Invalid("state is larger than the snapshot limit".into()));
+            if last.as_deref().is_some_and(|l| l >= k.as_ref()) {
+                return Err(StoreError::Invalid("the tables were not walked in key order".into()));
             }
-            pairs.push((k.to_vec(), v));
+            let (removed, own) = look(last.as_deref(), Some(k.as_ref()))?;
+            for (pk, pv) in removed {
+                emit(pk, pv)?;
+            }
+            let k = k.to_vec();
+            match own {
+                None => emit(k.clone(), v)?,
+                Some(Some(pv)) => emit(k.clone(), pv)?,
+                Some(None) => {}
+            }
+            last = Some(k);
         }
-        Ok(pairs)
+        let (removed, _) = look(last.as_deref(), None)?;
+        for (pk, pv) in removed {
+            emit(pk, pv)?;
+        }
+        Ok(())
     }
 
-    /// Closes the window and puts back, over the copy, the value every changed key had at
-    /// `snapshot_begin`: the result is the tables exactly as of the noted applied index.
-    fn snapshot_finish(&self, copied: Vec<crate::Pair>) -> Vec<crate::Pair> {
-        let pre = {
-            let _g = self.lock();
-            self.inner.preimages.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
-        };
-        // Both sides are sorted by key: one linear merge, no second copy of the state.
-        let mut out = Vec::with_capacity(copied.len());
-        let mut pre = pre.into_iter().peekable();
-        for (k, v) in copied {
-            while let Some((pk, _)) = pre.peek() {
-                if *pk >= k {
-                    break;
-                }
-                // A key that existed at the start and was removed before the copy reached it.
-                if let Some((pk, Some(pv))) = pre.next() {
-                    out.push((pk, pv));
-                }
-            }
-            match pre.peek() {
-                Some((pk, _)) if *pk == k => {
-                    if let Some((pk, Some(pv))) = pre.next() {
-                        out.push((pk, pv));
-                    }
-                }
-                _ => out.push((k, v)),
-            }
-        }
-        out.extend(pre.filter_map(|(k, v)| v.map(|v| (k, v))));
-        out
-    }
-
-    /// Closes the window after a failed copy, so that writes stop recording pre-images.
-    fn snapshot_abort(&self) {
+    /// Closes the window once the tables were handed over.
+    fn snapshot_end(&self) {
         let _g = self.lock();
         *self.inner.preimages.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// The tables as of one applied index, handed to `emit` pair by pair (`snapshot_stream`), with
+    /// that index and membership; the window is closed whatever the outcome.
+    fn consistent_stream(
+        &self,
+        emit: impl FnMut(Vec<u8>, Vec<u8>) -> std::result::Result<(), StoreError>,
+    ) -> std::result::Result<(Option<LogId>, StoredMem), StoreError> {
+        let begun = self.snapshot_begin()?;
+        let streamed = self.snapshot_stream(emit);
+        self.snapshot_end();
+        streamed.map(|()| begun)
+    }
+
     fn build_snapshot_now(&self) -> std::result::Result<(SnapshotMeta, Vec<u8>), StoreError> {
         let started = std::time::Instant::now();
-        let (applied, membership) = self.snapshot_begin()?;
-        let copied = match self.snapshot_copy() {
-            Ok(c) => c,
-            Err(e) => {
-                self.snapshot_abort();
-                return Err(e);
-            }
-        };
-        let pairs = self.snapshot_finish(copied);
-        let copy_ms = started.elapsed().as_millis() as u64;
-        let data = compress_body(pairs)?;
+        // About the last snapshot's size (the file is the compressed data), so the buffer rarely
+        // grows while the tables are compressed into it.
+        let expected = usize::try_from(self.inner.stats.snapshot_bytes()).unwrap_or(0);
+        let mut data = Compressor::new(expected.saturating_add(expected / 8))?;
+        let (applied, membership) = self.consistent_stream(|k, v| data.push(k, v))?;
+        let data = data.finish()?;
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &applied {
             Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => format!("0-0-0-{seq}"),
         };
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
-        tracing::info!(snapshot_id = %meta.snapshot_id, copy_ms, total_ms = started.elapsed().as_millis() as u64, "copied tables for a snapshot");
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), ms = started.elapsed().as_millis() as u64, "copied tables for a snapshot");
         Ok((meta, data))
     }
 
@@ -416,15 +436,11 @@ impl StateMachineStore {
     /// copy-on-write window as a snapshot), for a backup. Fails with `Busy`-like `Invalid` when a
     /// snapshot is being built at the same moment; the caller retries.
     pub fn consistent_copy(&self) -> std::result::Result<(SnapshotMeta, Vec<crate::Pair>), StoreError> {
-        let (applied, membership) = self.snapshot_begin()?;
-        let copied = match self.snapshot_copy() {
-            Ok(c) => c,
-            Err(e) => {
-                self.snapshot_abort();
-                return Err(e);
-            }
-        };
-        let pairs = self.snapshot_finish(copied);
+        let mut pairs = Vec::new();
+        let (applied, membership) = self.consistent_stream(|k, v| {
+            pairs.push((k, v));
+            Ok(())
+        })?;
         let snapshot_id = match &applied {
             Some(l) => format!("backup-{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => "backup-0-0-0".to_string(),
@@ -810,30 +826,77 @@ mod tests {
         p.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
     }
 
+    /// A write as `apply` makes it: pre-image first (while a window is open), then the tree.
+    fn write_now(sm: &StateMachineStore, key: &str, value: Option<&str>) {
+        let _g = sm.lock();
+        let k = key.as_bytes().to_vec();
+        sm.record_preimages(std::iter::once(&k)).expect("pre-image");
+        let mut batch = sm.inner.tree.batch();
+        match value {
+            Some(v) => {
+                batch.insert(&k, v.as_bytes()).expect("insert");
+            }
+            None => batch.remove(k.clone()),
+        }
+        sm.inner.tree.apply_batch(batch).expect("write");
+    }
+
+    /// The tables are handed over pair by pair as they were when the snapshot began, whatever is
+    /// written while they are walked: keys changed, removed or added behind the walk, ahead of
+    /// it, and at its end.
     #[tokio::test]
     async fn a_snapshot_is_the_state_at_its_start_whatever_is_written_meanwhile() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_log, mut sm, _reader) =
             crate::open(dir.path(), &crate::StoreOptions::for_tests(), Arc::new(KvApplier)).expect("open");
-        sm.apply(vec![kv(1, "t/a", "1"), kv(2, "t/b", "2"), kv(3, "t/c", "3")]).await.expect("apply");
+        sm.apply(vec![kv(1, "t/a", "1"), kv(2, "t/b", "2"), kv(3, "t/c", "3"), kv(4, "t/d", "4")])
+            .await
+            .expect("apply");
 
-        let (applied, _) = sm.snapshot_begin().expect("begin");
-        assert_eq!(applied.map(|l| l.index), Some(3));
-        // Writes while the copy runs (change, remove, add) and after it (change, add).
-        sm.apply(vec![kv(4, "t/a", "changed"), kv(5, "t/b", ""), kv(6, "t/d", "4")]).await.expect("apply");
-        let copied = sm.snapshot_copy().expect("copy");
-        sm.apply(vec![kv(7, "t/c", "late"), kv(8, "t/e", "5")]).await.expect("apply");
-        let snapshot = sm.snapshot_finish(copied);
-        assert_eq!(snapshot, pairs(&[("t/a", "1"), ("t/b", "2"), ("t/c", "3")]));
+        let mut seen = Vec::new();
+        let (applied, _) = sm
+            .consistent_stream(|k, v| {
+                match k.as_slice() {
+                    b"t/a" => {
+                        write_now(&sm, "t/a", Some("changed")); // behind the walk
+                        write_now(&sm, "t/0", Some("added")); // added behind
+                        write_now(&sm, "t/b", None); // removed ahead
+                        write_now(&sm, "t/c", Some("changed")); // changed ahead
+                        write_now(&sm, "t/bb", Some("added")); // added ahead
+                    }
+                    b"t/c" => {
+                        write_now(&sm, "t/d", None); // the last key, removed
+                        write_now(&sm, "t/d", Some("back")); // and put back
+                        write_now(&sm, "t/e", Some("added")); // added after the end
+                        write_now(&sm, "t/c", None); // removed once read
+                    }
+                    _ => {}
+                }
+                seen.push((k, v));
+                Ok(())
+            })
+            .expect("stream");
+        assert_eq!(applied.map(|l| l.index), Some(4));
+        assert_eq!(seen, pairs(&[("t/a", "1"), ("t/b", "2"), ("t/c", "3"), ("t/d", "4")]));
 
-        // The window is closed: the live tables moved on, and a second snapshot sees them.
+        // The window is closed: the live tables moved on, and the next copy sees them.
         sm.apply(vec![kv(9, "t/f", "6")]).await.expect("apply");
-        let (applied, _) = sm.snapshot_begin().expect("begin");
-        assert_eq!(applied.map(|l| l.index), Some(9));
-        let copied = sm.snapshot_copy().expect("copy");
-        let snapshot = sm.snapshot_finish(copied);
-        let want = pairs(&[("t/a", "changed"), ("t/c", "late"), ("t/d", "4"), ("t/e", "5"), ("t/f", "6")]);
-        assert_eq!(snapshot, want);
+        let (meta, copy) = sm.consistent_copy().expect("copy");
+        assert_eq!(meta.last_log_id.map(|l| l.index), Some(9));
+        let want = pairs(&[
+            ("t/0", "added"),
+            ("t/a", "changed"),
+            ("t/bb", "added"),
+            ("t/d", "back"),
+            ("t/e", "added"),
+            ("t/f", "6"),
+        ]);
+        assert_eq!(copy, want);
+
+        // A walk that fails closes the window too: the next one begins.
+        let failed = sm.consistent_stream(|_, _| Err(StoreError::Invalid("stop".into())));
+        assert!(failed.is_err());
+        assert_eq!(sm.consistent_copy().expect("copy after a failure").1, want);
     }
 
     /// P7 (issue 4): a store whose tables went back behind its snapshot file (sled can open a
