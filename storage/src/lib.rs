@@ -6,9 +6,10 @@
 //! applies committed entries through the [`Applier`] supplied by `dtm-cluster`; the resulting table
 //! changes and the last-applied id land in one atomic sled batch, after which the applier is told
 //! (`Applier::committed`) so that state it derives in memory is published at that index; when the
-//! tables are replaced (snapshot install) or opened, `Applier::reset` rebuilds it. Snapshots copy
-//! the application tables at one applied index into `raft-snapshot.pb` (compressed, then sealed), written only after the store
-//! is flushed; a store found behind that file at start-up (rolled back) is refused. A snapshot
+//! tables are replaced (snapshot install) or opened, `Applier::reset` rebuilds it. Snapshots walk
+//! the application tables at one applied index pair by pair into a zstd stream (`snapshot_body`):
+//! that compressed data is what a leader sends and what `raft-snapshot.pb` holds (sealed), written
+//! only after the store is flushed; a store found behind that file at start-up (rolled back) is refused. A snapshot
 //! from the leader is installed in bounded batches under a mark; a store whose tables cannot
 //! continue from its log (openraft purges before the install is durable) or whose install was cut
 //! short is reset at start and catches up again when its log holds no entries, and refused
