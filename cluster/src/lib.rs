@@ -7,7 +7,8 @@
 //! server), retrying across leader changes. Committed entries are applied on every node by
 //! [`DtmApplier`] (`applier.rs`; records in `ingest.rs`) into the tables laid out in `tables.rs`:
 //! catalog, records (one block per log entry and dataset, `records.rs`), the natural-key index
-//! (duplicates and conflicts), versions and lineage
+//! (duplicates and conflicts; entries named by 16 bytes of the key's HMAC in datasets defined since
+//! the layout is kept, `nkl/`), versions and lineage
 //! (`lineage.rs`) and aggregate cells, which `aggregates.rs` mirrors in memory for queries at a known
 //! log index. After every command, `audit.rs` appends the audit
 //! entries it makes to the hash-chained trail and closes checkpoints that the leader signs.
