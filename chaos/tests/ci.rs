@@ -41,7 +41,7 @@ fn out_dir(name: &str) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
 
 async fn run_scenario(scenario: Scenario, seed: u64, planted_bug: bool, duration_s: u64) -> anyhow::Result<Report> {
     let _turn = take_turn()?;
-    let (_dir, out) = out_dir(scenario.name())?;
+    let (dir, out) = out_dir(scenario.name())?;
     let report = chaos::scenario::run(RunOptions {
         scenario,
         duration: Duration::from_secs(duration_s),
@@ -54,6 +54,10 @@ async fn run_scenario(scenario: Scenario, seed: u64, planted_bug: bool, duration
     })
     .await?;
     eprintln!("{}", report.render());
+    // A failing run keeps its history and node logs, for the evidence beyond the verdict.
+    if !report.verdict.passed() && !planted_bug {
+        eprintln!("run directory kept: {}", dir.keep().display());
+    }
     Ok(report)
 }
 
