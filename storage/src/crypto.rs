@@ -36,7 +36,7 @@ const MAGIC_COMPRESSED: u8 = 0xD8;
 /// Values shorter than this are sealed as they are: zstd's frame costs more than it saves.
 const COMPRESS_MIN_BYTES: usize = 256;
 /// zstd's fastest level: a 1,000-record log entry (~450 KB) compresses in about a millisecond.
-const COMPRESS_LEVEL: i32 = 1;
+pub(crate) const COMPRESS_LEVEL: i32 = 1;
 /// The largest plaintext a compressed value may claim (guards the allocation made to open it).
 const COMPRESSED_PLAIN_MAX_BYTES: u64 = crate::limits::SNAPSHOT_BYTES_MAX as u64;
 const KEY_BYTES: usize = 32;
@@ -424,7 +424,8 @@ fn pack(parts: &[&[u8]]) -> Result<Option<Packed>, StoreError> {
         // zstd. A new context per value would allocate and clear its tables each time.
         [one] => with_context(&COMPRESSOR, || zstd::bulk::Compressor::new(COMPRESS_LEVEL), |c| c.compress(one))
             .map_err(failed)?,
-        // The snapshot file (its header and a body of up to GBs): streamed, the size pledged.
+        // A snapshot file of plain data (an older leader's, `snapshot_body`; its header and a body
+        // of up to GBs): streamed, the size pledged.
         _ => {
             let mut encoder =
                 zstd::stream::write::Encoder::new(Vec::with_capacity(len / 4), COMPRESS_LEVEL).map_err(failed)?;

@@ -20,9 +20,6 @@ use crate::limits::SNAPSHOT_BYTES_MAX;
 use crate::limits::SNAPSHOT_PAIR_BYTES_MAX;
 
 pub(crate) const SNAPSHOT_FORMAT_VERSION: u32 = 1;
-/// zstd level of the snapshot data: the level values are compressed at (`crypto.rs`), fast enough
-/// that building a snapshot of a million records takes about as long as copying it.
-const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 /// Whether `data` is the compressed form (a zstd frame) rather than a plain `SnapshotBody`.
@@ -40,7 +37,8 @@ pub(crate) struct Compressor {
 impl Compressor {
     /// `capacity`: the expected compressed size (the buffer grows beyond it when needed).
     pub(crate) fn new(capacity: usize) -> Result<Self, StoreError> {
-        let mut encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(capacity), SNAPSHOT_ZSTD_LEVEL)?;
+        let mut encoder =
+            zstd::stream::write::Encoder::new(Vec::with_capacity(capacity), crate::crypto::COMPRESS_LEVEL)?;
         // A checksum of the frame: the file is sealed and the transfer runs over TLS, but a frame
         // damaged by anything else must not decode into a different state.
         encoder.include_checksum(true)?;
