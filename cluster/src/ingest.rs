@@ -80,12 +80,13 @@ impl DtmApplier {
     }
 }
 
-/// Aggregate cells and their lineage changed by one entry, by (dataset, cell key), loaded from the
-/// tables when an entry first touches them.
+/// Aggregate cells and their lineage changed by one entry, by (dataset, cell key), and each
+/// dataset's natural-key layout, loaded from the tables when an entry first touches them.
 #[derive(Default)]
 struct Changed {
     cells: BTreeMap<(String, Vec<u8>), state::AggCell>,
     lineage: BTreeMap<(String, Vec<u8>), state::CellLineage>,
+    key_layouts: BTreeMap<String, usize>,
 }
 
 fn load<'m, M: prost::Message + Default>(
@@ -102,6 +103,23 @@ fn load<'m, M: prost::Message + Default>(
 }
 
 impl Changed {
+    /// How many bytes of a key's HMAC name its entry in the dataset's natural-key index
+    /// (`tables::NATURAL_KEY_LAYOUT`), read once per entry and dataset.
+    fn natural_key_hash_bytes(&mut self, txn: &Txn<'_>, dataset: &str) -> Result<usize, StoreError> {
+        if let Some(n) = self.key_layouts.get(dataset) {
+            return Ok(*n);
+        }
+        let n = match txn.get(&tables::natural_key_layout(dataset))?.as_deref() {
+            None => tables::NATURAL_KEY_HASH_BYTES_BEFORE_LAYOUT,
+            Some(&[n]) if (16..=32).contains(&n) => usize::from(n),
+            Some(other) => {
+                return Err(StoreError::Invalid(format!("the natural-key layout of dataset `{dataset}` is {other:?}")));
+            }
+        };
+        self.key_layouts.insert(dataset.to_string(), n);
+        Ok(n)
+    }
+
     /// Adds a record's contribution to its cell and names its contributor in the cell's lineage.
     fn count_in(
         &mut self,
@@ -279,7 +297,7 @@ fn store_records(
     let contributor = lineage::contributor(&sub.batch_id, &sub.source);
     let by_submission = index_submission(txn, log_id, sub, *position);
     let hash_bytes = match sub.records.iter().any(|r| !r.natural_key_hash.is_empty()) {
-        true => natural_key_hash_bytes(txn, &sub.dataset)?,
+        true => changed.natural_key_hash_bytes(txn, &sub.dataset)?,
         false => tables::NATURAL_KEY_HASH_BYTES_BEFORE_LAYOUT,
     };
     for r in &sub.records {
@@ -424,7 +442,7 @@ fn correct(
     }
     link_successor(txn, &t.id, &r.id, log_id.index)?;
     if !r.natural_key_hash.is_empty() {
-        let hash_bytes = natural_key_hash_bytes(txn, &sub.dataset)?;
+        let hash_bytes = changed.natural_key_hash_bytes(txn, &sub.dataset)?;
         let nk_key = tables::natural_key(&sub.dataset, &r.natural_key_hash, hash_bytes);
         let mut entry = txn.get_msg::<state::NaturalKeyEntry>(&nk_key)?.unwrap_or_default();
         push_key_version(&mut entry, r, t.version.saturating_add(1));
@@ -439,16 +457,6 @@ fn correct(
     put_record(txn, &mut stored, here, by_submission)?;
     let delta = state::DatasetStats { stored: 1, corrections: 1, ..Default::default() };
     Ok(Ok(Stored { ids: vec![r.id.clone()], outcomes: vec!["corrected".into()], delta }))
-}
-
-/// How many bytes of a key's HMAC name its entry in the dataset's natural-key index
-/// (`tables::NATURAL_KEY_LAYOUT`).
-fn natural_key_hash_bytes(txn: &Txn<'_>, dataset: &str) -> Result<usize, StoreError> {
-    match txn.get(&tables::natural_key_layout(dataset))?.as_deref() {
-        None => Ok(tables::NATURAL_KEY_HASH_BYTES_BEFORE_LAYOUT),
-        Some(&[n]) if (16..=32).contains(&n) => Ok(usize::from(n)),
-        Some(other) => Err(StoreError::Invalid(format!("the natural-key layout of dataset `{dataset}` is {other:?}"))),
-    }
 }
 
 /// Notes in the natural-key index that a version with this content exists, so that the same
