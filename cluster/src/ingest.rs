@@ -80,13 +80,74 @@ impl DtmApplier {
     }
 }
 
-/// Aggregate cells and their lineage changed by one entry, by (dataset, cell key), and each
-/// dataset's natural-key layout, loaded from the tables when an entry first touches them.
+/// Aggregate cells and their lineage changed by one entry, by (dataset, cell key), each dataset's
+/// natural-key layout, and the catalog checks of its submissions, loaded from the tables when an
+/// entry first touches them.
 #[derive(Default)]
 struct Changed {
     cells: BTreeMap<(String, Vec<u8>), state::AggCell>,
     lineage: BTreeMap<(String, Vec<u8>), state::CellLineage>,
     key_layouts: BTreeMap<String, usize>,
+    catalog: Catalog,
+}
+
+/// Whether a submission's dataset, source and API key allow it, decided once per entry for each
+/// of them: a group-commit entry holds many submissions of the same few sources, and only an
+/// `IngestBatch` is in it, so nothing in the entry changes the catalog between two of them.
+#[derive(Default)]
+struct Catalog {
+    datasets: BTreeMap<String, bool>,
+    /// A source's refusal (`None`: registered and not removed).
+    sources: BTreeMap<String, Option<state::SubmissionResult>>,
+    /// Whether the key is issued to that source and not revoked, by (key id, source).
+    keys: BTreeMap<(String, String), bool>,
+}
+
+impl Catalog {
+    /// Why the submission is refused before its records are looked at, if it is.
+    fn refusal(
+        &mut self,
+        txn: &Txn<'_>,
+        sub: &state::Submission,
+    ) -> Result<Option<state::SubmissionResult>, StoreError> {
+        let defined = match self.datasets.get(&sub.dataset) {
+            Some(d) => *d,
+            None => {
+                let d = txn.get(&tables::dataset(&sub.dataset))?.is_some();
+                self.datasets.insert(sub.dataset.clone(), d);
+                d
+            }
+        };
+        if !defined {
+            return Ok(Some(failed("unknown_dataset", format!("dataset `{}` is not defined", sub.dataset))));
+        }
+        let source = match self.sources.entry(sub.source.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(match txn.get_msg::<state::Source>(&tables::source(&sub.source))? {
+                None => Some(failed("unknown_source", format!("source `{}` is not registered", sub.source))),
+                Some(s) if s.removed_at_ms != 0 => {
+                    Some(failed("unknown_source", format!("source `{}` was removed", sub.source)))
+                }
+                Some(_) => None,
+            }),
+        };
+        if let Some(refusal) = source {
+            return Ok(Some(refusal.clone()));
+        }
+        if !sub.key_id.is_empty() {
+            let valid = match self.keys.entry((sub.key_id.clone(), sub.source.clone())) {
+                Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(e) => {
+                    let key = txn.get_msg::<state::IssueKey>(&tables::api_key(&sub.key_id))?;
+                    *e.insert(key.is_some_and(|k| k.source_id == sub.source && k.key.is_some_and(|k| !k.revoked)))
+                }
+            };
+            if !valid {
+                return Ok(Some(failed("key_revoked", "the API key was revoked before this submission was committed")));
+            }
+        }
+        Ok(None)
+    }
 }
 
 fn load<'m, M: prost::Message + Default>(
@@ -224,22 +285,8 @@ fn ingest_one(
         replay.replayed = true;
         return Ok(replay);
     }
-    if txn.get(&tables::dataset(&sub.dataset))?.is_none() {
-        return Ok(failed("unknown_dataset", format!("dataset `{}` is not defined", sub.dataset)));
-    }
-    match txn.get_msg::<state::Source>(&tables::source(&sub.source))? {
-        None => return Ok(failed("unknown_source", format!("source `{}` is not registered", sub.source))),
-        Some(s) if s.removed_at_ms != 0 => {
-            return Ok(failed("unknown_source", format!("source `{}` was removed", sub.source)));
-        }
-        Some(_) => {}
-    }
-    if !sub.key_id.is_empty() {
-        let key = txn.get_msg::<state::IssueKey>(&tables::api_key(&sub.key_id))?;
-        let valid = key.is_some_and(|k| k.source_id == sub.source && k.key.is_some_and(|k| !k.revoked));
-        if !valid {
-            return Ok(failed("key_revoked", "the API key was revoked before this submission was committed"));
-        }
+    if let Some(refusal) = changed.catalog.refusal(txn, sub)? {
+        return Ok(refusal);
     }
     let Stored { ids, outcomes, delta } = if sub.corrects_id.is_empty() {
         store_records(txn, log_id, sub, position, changed)?
