@@ -3,7 +3,9 @@
 //! last entry verified (the chain only grows, so only new entries and new signatures need work).
 //! A continuing pass that finds anything wrong is redone from the first entry, which names the
 //! first bad one. Passes run on the blocking pool and read only entries under the head read first,
-//! so writes go on meanwhile.
+//! so writes go on meanwhile. A pass during which a snapshot replaced the tables (a node catching
+//! up after a restart) read parts of two states and is thrown away, not reported: the next pass,
+//! a second later, verifies from the first entry.
 //!
 //! A failure is logged (target `audit`), counted (`dtm_audit_verify_failures_total`) and recorded
 //! as a security event (`audit_verification_failed`, once per distinct problem); the last result is
@@ -25,6 +27,9 @@ use serde::Serialize;
 
 /// A full pass at least this often (a continuing pass does not reread old entries).
 pub const FULL_PASS_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// How soon a pass is made again when a snapshot replaced the tables under the last one.
+const REPLACED_RETRY: Duration = Duration::from_secs(1);
 
 /// The last verification on this node, for `GET /api/v1/audit/status`.
 #[derive(Debug, Clone, Serialize)]
@@ -70,18 +75,38 @@ async fn run(node: Weak<ClusterNode>, interval: Duration, on_failure: impl Fn(&P
         let continuing = verifier.take().filter(|_| last_full.elapsed() < FULL_PASS_EVERY);
         let full = continuing.is_none();
         let outcome = tokio::task::spawn_blocking(move || {
+            let epoch = reader.install_epoch();
+            if !reader.unchanged_since(epoch) {
+                return None;
+            }
             let mut v = continuing.unwrap_or_else(|| Verifier::new(TrustedKeys::default()));
             let first = dtm_cluster::audit::verify_reader_live(&reader, &mut v, |_| {});
             let ok = first.as_ref().is_ok_and(Report::ok);
-            if ok || full {
-                return (first, v, full);
-            }
-            // Something is wrong after the point the last pass reached, or a page did not open:
-            // verify from the start, which opens entries one by one and names the first bad one.
-            let mut v = Verifier::new(TrustedKeys::default());
-            (dtm_cluster::audit::verify_reader_live(&reader, &mut v, |_| {}), v, true)
+            let pass = if ok || full {
+                (first, v, full)
+            } else {
+                // Something is wrong after the point the last pass reached, or a page did not
+                // open: verify from the start, which opens entries one by one and names the first
+                // bad one.
+                let mut v = Verifier::new(TrustedKeys::default());
+                (dtm_cluster::audit::verify_reader_live(&reader, &mut v, |_| {}), v, true)
+            };
+            // A snapshot that replaced the tables during the pass (a node catching up after a
+            // restart) leaves it reading the head of one state and the entries of another: no
+            // verdict on either, whatever it found.
+            reader.unchanged_since(epoch).then_some(pass)
         })
         .await;
+        let outcome = match outcome {
+            Ok(None) => {
+                tracing::info!(target: "audit", "a snapshot replaced the tables during the audit verification; verifying again");
+                verifier = None;
+                tokio::time::sleep(interval.min(REPLACED_RETRY)).await;
+                continue;
+            }
+            Ok(Some(x)) => Ok(x),
+            Err(e) => Err(e),
+        };
         runs += 1;
         let now_ms = crate::api::now_ms();
         let (result, v, full) = match outcome {

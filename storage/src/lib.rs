@@ -15,7 +15,9 @@
 //! short is reset at start and catches up again when its log holds no entries, and refused
 //! otherwise (`LogStore::check_start`). A store that starts with no data at all, or is reset, is
 //! marked as catching up until it holds the log up to a commit of the current leader's term, and
-//! does not vote while marked (`LogStore::catching_up`). Values of 256 bytes or more are
+//! does not vote while marked (`LogStore::catching_up`). Readers at default consistency can see
+//! part of a snapshot while it installs; `StateReader::install_epoch` tells a reader that reads
+//! many keys as one whole (the audit verification) that the tables were replaced under it. Values of 256 bytes or more are
 //! compressed (zstd) before they are sealed (`Cipher::seal_value`); `Txn::append` lets `apply`
 //! build one value (a block of records) piece by piece. A follower is sent at most `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so
 //! the engine can be replaced.
@@ -55,9 +57,26 @@ pub struct SnapshotStats {
     log_bytes_total: AtomicU64,
     log_bytes_at_snapshot: AtomicU64,
     snapshot_bytes: AtomicU64,
+    /// Snapshot installs begun plus installs ended: odd while the tables are being replaced.
+    installs: AtomicU64,
+}
+
+/// Held while a snapshot replaces the tables (`SnapshotStats::installing`).
+pub(crate) struct Installing<'a>(&'a SnapshotStats);
+
+impl Drop for Installing<'_> {
+    fn drop(&mut self) {
+        self.0.installs.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl SnapshotStats {
+    /// Marks the tables as being replaced until the guard is dropped (`StateReader::install_epoch`).
+    pub(crate) fn installing(&self) -> Installing<'_> {
+        self.installs.fetch_add(1, Ordering::AcqRel);
+        Installing(self)
+    }
+
     pub(crate) fn appended(&self, bytes: u64) {
         self.log_bytes_total.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -322,6 +341,21 @@ impl StateReader {
     }
 
     /// Log and snapshot sizes, for the snapshot policy.
+    /// Changes whenever a snapshot starts or finishes replacing the tables, and is odd while one
+    /// does. A reader that reads many keys as one whole (the audit trail's verification: its head,
+    /// then every entry under it) takes it before and after: a pass that began during an install,
+    /// or saw one begin or end, read part of one state and part of another, and is no verdict on
+    /// either (`StateReader::unchanged_since`).
+    pub fn install_epoch(&self) -> u64 {
+        self.stats.installs.load(Ordering::Acquire)
+    }
+
+    /// Whether the tables were left alone by snapshot installs from `install_epoch` returning
+    /// `epoch` until now.
+    pub fn unchanged_since(&self, epoch: u64) -> bool {
+        epoch.is_multiple_of(2) && self.install_epoch() == epoch
+    }
+
     pub fn snapshot_stats(&self) -> &SnapshotStats {
         &self.stats
     }

@@ -567,6 +567,7 @@ impl StateMachineStore {
             return Err(StoreError::Invalid(format!("snapshot format {format} is not supported")));
         }
         let _g = self.lock();
+        let _installing = self.inner.stats.installing();
         let tree = &self.inner.tree;
         let mut mark = tree.batch();
         mark.insert(KEY_INSTALLING, meta.snapshot_id.as_bytes())?;
@@ -1154,12 +1155,23 @@ mod tests {
         {
             let (_log, mut sm, reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
             sm.apply(vec![kv(1, "old/a", "1")]).await.expect("apply");
+            let epoch = reader.install_epoch();
+            assert!(reader.unchanged_since(epoch));
             // The plain body, as versions before compressed snapshot data sent it.
             let bad = Box::new(Cursor::new(body.encode_to_vec()[..1000].to_vec()));
             assert!(sm.install_snapshot(&meta, bad).await.is_err(), "a truncated snapshot is refused");
             assert_eq!(reader.get(b"old/a").expect("read"), Some(b"1".to_vec()), "and changes nothing");
+            assert!(reader.unchanged_since(epoch), "a refused snapshot replaced nothing");
             sm.install_snapshot(&meta, Box::new(Cursor::new(body.encode_to_vec()))).await.expect("install");
             assert_eq!(reader.get(b"old/a").expect("read"), None);
+            // A reader that read across the install is told so; one that starts after it is not.
+            assert!(!reader.unchanged_since(epoch), "the tables were replaced");
+            assert!(reader.unchanged_since(reader.install_epoch()));
+            {
+                let _installing = sm.inner.stats.installing();
+                assert!(!reader.unchanged_since(reader.install_epoch()), "nothing read during an install is whole");
+            }
+            assert!(reader.unchanged_since(reader.install_epoch()));
             assert_eq!(reader.scan(b"t/", None, n + 10).expect("scan").len(), n);
             assert_eq!(sm.applied_state().await.expect("applied").0.map(|l| l.index), Some(9));
             // Cut short: the mark is left behind, as by a node killed halfway.
