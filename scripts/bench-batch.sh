@@ -3,7 +3,7 @@
 # a dataset with the "full" definition (JSON Schema, business rule, natural key, masking, time
 # field, dimensions, measures), RECORDS NDJSON records of ~290 bytes written by Python, uploaded
 # RUNS times with `dtm ingest` (manifest on, fsync on a quorum), each run into a new dataset.
-# Prints records/s per run. Usage: scripts/bench-batch.sh [RECORDS] [RUNS]   (default 300000 2)
+# Prints records/s per run and each node's peak resident memory (VmHWM). Usage: scripts/bench-batch.sh [RECORDS] [RUNS]   (default 300000 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECORDS="${1:-300000}"
@@ -14,7 +14,9 @@ PORT="${DTM_BENCH_PORT:-8143}"
 [ -x "$DTM" ] || cargo build --locked --release -p dtm-node
 "$DTM" demo --dir "$WORK/demo" --base-port "$PORT" --feed-interval-secs 5 >"$WORK/demo.log" 2>&1 &
 DEMO=$!
-trap 'kill -INT $DEMO 2>/dev/null; wait $DEMO 2>/dev/null; rm -rf "$WORK"' EXIT
+OK=0
+# The work directory (the nodes' logs under demo/) is kept when a run fails.
+trap 'kill -INT $DEMO 2>/dev/null; wait $DEMO 2>/dev/null; if [ $OK = 1 ]; then rm -rf "$WORK"; else echo "kept $WORK" >&2; fi' EXIT
 for _ in $(seq 1 100); do [ -s "$WORK/demo/demo.json" ] && break; sleep 0.3; done
 python3 - "$WORK" "$RECORDS" <<'PY'
 import json, random, sys
@@ -63,3 +65,8 @@ r = json.load(open(sys.argv[1])); secs = float(sys.argv[3]) - float(sys.argv[2])
 print(f"run {sys.argv[4]}: {r['stored']} stored, {r['rejected']} rejected in {secs:.1f} s: {r['stored'] / secs:,.0f} records/s")
 PY
 done
+# Peak resident memory of each node over the whole run (the receiving node is node 1).
+for pid in $(pgrep -f "serve.*$WORK/demo" || true); do
+  echo "node pid $pid ($(tr '\0' ' ' </proc/$pid/cmdline | grep -o 'node-[0-9][0-9]*' | head -1)): $(grep VmHWM /proc/$pid/status)"
+done
+OK=1

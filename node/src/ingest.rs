@@ -128,6 +128,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             .header("content-type", format.media_type())
             .header("x-api-key", &args.api_key)
             .header("idempotency-key", &idempotency_key)
+            // A large file takes minutes (the answer comes once every row is committed): the
+            // server's own bound for a batch, not the client's 30 s for ordinary requests.
+            .timeout(crate::limits::BATCH_REQUEST_TIMEOUT)
             .body(reqwest::Body::wrap_stream(stream));
         if !args.no_manifest {
             req = req.header("x-batch-count", rows.to_string()).header("x-batch-sha256", &sha256);
