@@ -255,6 +255,11 @@ fn tls_incoming(
                     continue;
                 }
             };
+            // tonic sets TCP_NODELAY only on connections it accepts itself. Without it, a Raft
+            // answer written in two segments waits for the peer's delayed ACK (40 ms on Linux):
+            // the one AppendEntries in flight per follower, and every forwarded write, stalled
+            // that long now and then.
+            let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
