@@ -58,9 +58,10 @@ async fn steady_latencies(c: &TestCluster, key: &str, n: usize) -> anyhow::Resul
 /// What remains of A's load is its admitted share (one request at a time on this node). That share
 /// still costs B something: openraft 0.9 keeps one AppendEntries in flight per follower, so B's
 /// entry waits for the round trip of A's entry ahead of it, and all processes share two cores.
-/// Measured here (debug build): B's p50 goes 1.6-2.1x, its p99 1.5-4.5x; without the bulkhead,
-/// the 24 connections would all be admitted. The bounds below hold with margin; the 2x p99 target
-/// of the issue is not met, for the reason above (docs/benchmarks.md).
+/// Measured here (debug build, session 11, after TCP_NODELAY on the gRPC listener removed 40 ms
+/// delayed-ACK stalls): B's p50 goes 1.4-1.9x, its p99 1.1-1.9x, also with a busy loop on one of
+/// the two cores; without the bulkhead, the 24 connections would all be admitted. The bound is the
+/// issue's 2x with a small allowance for the machine's own outliers (docs/benchmarks.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooding_source_is_pushed_back_without_hurting_another() -> anyhow::Result<()> {
     let c = Arc::new(TestCluster::start(3, &["--source-queue-depth", "1"]).await?);
@@ -139,11 +140,11 @@ async fn a_flooding_source_is_pushed_back_without_hurting_another() -> anyhow::R
         percentile(&loaded, 0.5) <= p50_alone * 5 / 2 + p50_allowance,
         "B's p50 went from {p50_alone:?} to more than 2.5x"
     );
-    // The tail also holds the machine's own outliers (an fsync of 8 ms and more at p99, scheduler
-    // stalls with three nodes and the test on two cores), which a 200-sample p99 catches in either
-    // phase: a fixed allowance keeps them from deciding the test.
-    let tail_allowance = Duration::from_millis(30);
-    assert!(p99_loaded <= p99_alone * 4 + tail_allowance, "B's p99 went from {p99_alone:?} to {p99_loaded:?}");
+    // AC5: within 2x. The tail also holds the machine's own outliers (an fsync of 8 ms and more at
+    // p99, scheduler stalls with three nodes and the test on two cores), which a 200-sample p99
+    // catches in either phase: a small fixed allowance keeps them from deciding the test.
+    let tail_allowance = Duration::from_millis(10);
+    assert!(p99_loaded <= p99_alone * 2 + tail_allowance, "B's p99 went from {p99_alone:?} to {p99_loaded:?}");
     Ok(())
 }
 
