@@ -59,7 +59,7 @@ async fn steady_latencies(c: &TestCluster, key: &str, n: usize) -> anyhow::Resul
 /// still costs B something: openraft 0.9 keeps one AppendEntries in flight per follower, so B's
 /// entry waits for the round trip of A's entry ahead of it, and all processes share two cores.
 /// Measured here (debug build, session 11, after TCP_NODELAY on the gRPC listener removed 40 ms
-/// delayed-ACK stalls): B's p50 goes 1.4-1.9x, its p99 1.1-1.9x, also with a busy loop on one of
+/// delayed-ACK stalls): B's p50 goes 1.3-1.9x, its p99 1.0-1.9x, also with a busy loop on one of
 /// the two cores; without the bulkhead, the 24 connections would all be admitted. The bound is the
 /// issue's 2x with a small allowance for the machine's own outliers (docs/benchmarks.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
