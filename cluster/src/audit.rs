@@ -1246,6 +1246,18 @@ pub fn verify_reader_live(
     Ok(v.clone().finish(Some(&head)))
 }
 
+/// `verify_reader_live`, as a verdict only on one state of the tables: `None` when a snapshot
+/// replaced them during the pass (a node catching up), which then read the head of one state and
+/// the entries of another (`StateReader::install_epoch`).
+pub fn verify_reader_unreplaced(reader: &StateReader, v: &mut Verifier) -> Option<Result<Report, StoreError>> {
+    let epoch = reader.install_epoch();
+    if !reader.unchanged_since(epoch) {
+        return None;
+    }
+    let report = verify_reader_live(reader, v, |_| {});
+    reader.unchanged_since(epoch).then_some(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

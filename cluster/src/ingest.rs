@@ -99,8 +99,8 @@ struct Catalog {
     datasets: BTreeMap<String, bool>,
     /// A source's refusal (`None`: registered and not removed).
     sources: BTreeMap<String, Option<state::SubmissionResult>>,
-    /// Whether the key is issued to that source and not revoked, by (key id, source).
-    keys: BTreeMap<(String, String), bool>,
+    /// The source a key is issued to, by key id (`None`: no such key, or revoked).
+    keys: BTreeMap<String, Option<String>>,
 }
 
 impl Catalog {
@@ -121,27 +121,27 @@ impl Catalog {
         if !defined {
             return Ok(Some(failed("unknown_dataset", format!("dataset `{}` is not defined", sub.dataset))));
         }
-        let source = match self.sources.entry(sub.source.clone()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(match txn.get_msg::<state::Source>(&tables::source(&sub.source))? {
+        // Looked up before inserted, so that the many submissions that hit allocate nothing.
+        if !self.sources.contains_key(&sub.source) {
+            let refusal = match txn.get_msg::<state::Source>(&tables::source(&sub.source))? {
                 None => Some(failed("unknown_source", format!("source `{}` is not registered", sub.source))),
                 Some(s) if s.removed_at_ms != 0 => {
                     Some(failed("unknown_source", format!("source `{}` was removed", sub.source)))
                 }
                 Some(_) => None,
-            }),
-        };
-        if let Some(refusal) = source {
+            };
+            self.sources.insert(sub.source.clone(), refusal);
+        }
+        if let Some(Some(refusal)) = self.sources.get(&sub.source) {
             return Ok(Some(refusal.clone()));
         }
         if !sub.key_id.is_empty() {
-            let valid = match self.keys.entry((sub.key_id.clone(), sub.source.clone())) {
-                Entry::Occupied(e) => *e.get(),
-                Entry::Vacant(e) => {
-                    let key = txn.get_msg::<state::IssueKey>(&tables::api_key(&sub.key_id))?;
-                    *e.insert(key.is_some_and(|k| k.source_id == sub.source && k.key.is_some_and(|k| !k.revoked)))
-                }
-            };
+            if !self.keys.contains_key(&sub.key_id) {
+                let key = txn.get_msg::<state::IssueKey>(&tables::api_key(&sub.key_id))?;
+                let owner = key.filter(|k| k.key.as_ref().is_some_and(|k| !k.revoked)).map(|k| k.source_id);
+                self.keys.insert(sub.key_id.clone(), owner);
+            }
+            let valid = self.keys.get(&sub.key_id).is_some_and(|owner| owner.as_deref() == Some(sub.source.as_str()));
             if !valid {
                 return Ok(Some(failed("key_revoked", "the API key was revoked before this submission was committed")));
             }

@@ -75,26 +75,15 @@ async fn run(node: Weak<ClusterNode>, interval: Duration, on_failure: impl Fn(&P
         let continuing = verifier.take().filter(|_| last_full.elapsed() < FULL_PASS_EVERY);
         let full = continuing.is_none();
         let outcome = tokio::task::spawn_blocking(move || {
-            let epoch = reader.install_epoch();
-            if !reader.unchanged_since(epoch) {
-                return None;
-            }
             let mut v = continuing.unwrap_or_else(|| Verifier::new(TrustedKeys::default()));
-            let first = dtm_cluster::audit::verify_reader_live(&reader, &mut v, |_| {});
-            let ok = first.as_ref().is_ok_and(Report::ok);
-            let pass = if ok || full {
-                (first, v, full)
-            } else {
-                // Something is wrong after the point the last pass reached, or a page did not
-                // open: verify from the start, which opens entries one by one and names the first
-                // bad one.
-                let mut v = Verifier::new(TrustedKeys::default());
-                (dtm_cluster::audit::verify_reader_live(&reader, &mut v, |_| {}), v, true)
-            };
-            // A snapshot that replaced the tables during the pass (a node catching up after a
-            // restart) leaves it reading the head of one state and the entries of another: no
-            // verdict on either, whatever it found.
-            reader.unchanged_since(epoch).then_some(pass)
+            let first = dtm_cluster::audit::verify_reader_unreplaced(&reader, &mut v)?;
+            if full || first.as_ref().is_ok_and(Report::ok) {
+                return Some((first, v, full));
+            }
+            // Something is wrong after the point the last pass reached, or a page did not open:
+            // verify from the start, which opens entries one by one and names the first bad one.
+            let mut v = Verifier::new(TrustedKeys::default());
+            Some((dtm_cluster::audit::verify_reader_unreplaced(&reader, &mut v)?, v, true))
         })
         .await;
         let outcome = match outcome {

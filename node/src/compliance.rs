@@ -391,18 +391,15 @@ pub fn table_checks(
     } else {
         // Head first, then the entries under it (entries appended meanwhile wait for the next
         // check); a snapshot installed during the pass makes it no verdict.
-        let epoch = reader.install_epoch();
         let mut v = dtm_cluster::audit::Verifier::new(Default::default());
-        let report = dtm_cluster::audit::verify_reader_live(reader, &mut v, |_| {});
-        if reader.unchanged_since(epoch) {
-            Some(report)
-        } else {
+        let report = dtm_cluster::audit::verify_reader_unreplaced(reader, &mut v);
+        if report.is_none() {
             f8.evidence.push(
                 "a snapshot replaced this node's tables during the check: not verified here, see each node's own pass"
                     .into(),
             );
-            None
         }
+        report
     };
     match verified_here {
         None => {

@@ -72,6 +72,23 @@ fn manifest(path: &std::path::Path, format: Format) -> anyhow::Result<(u64, Stri
     Ok((rows, hex::encode(hasher.finalize()), len))
 }
 
+/// The upload request of a batch file, without its body.
+fn upload(
+    http: &reqwest::Client,
+    url: String,
+    format: Format,
+    api_key: &str,
+    idempotency_key: &str,
+) -> reqwest::RequestBuilder {
+    http.post(url)
+        .header("content-type", format.media_type())
+        .header("x-api-key", api_key)
+        .header("idempotency-key", idempotency_key)
+        // A large file takes minutes (the answer comes once every row is committed): the server's
+        // own bound for a batch, not the CLI client's 30 s for ordinary requests.
+        .timeout(crate::limits::BATCH_REQUEST_TIMEOUT)
+}
+
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let format = match &args.format {
         Some(name) => Format::from_name(name).with_context(|| format!("unknown format `{name}`"))?,
@@ -122,16 +139,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             args.dataset,
             args.on_error
         );
-        let mut req = client
-            .http
-            .post(url)
-            .header("content-type", format.media_type())
-            .header("x-api-key", &args.api_key)
-            .header("idempotency-key", &idempotency_key)
-            // A large file takes minutes (the answer comes once every row is committed): the
-            // server's own bound for a batch, not the client's 30 s for ordinary requests.
-            .timeout(crate::limits::BATCH_REQUEST_TIMEOUT)
-            .body(reqwest::Body::wrap_stream(stream));
+        let mut req =
+            upload(&client.http, url, format, &args.api_key, &idempotency_key).body(reqwest::Body::wrap_stream(stream));
         if !args.no_manifest {
             req = req.header("x-batch-count", rows.to_string()).header("x-batch-sha256", &sha256);
         }
@@ -156,4 +165,22 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         }
     }
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no node answered")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1 GB upload takes minutes: `dtm ingest` used to give up after the CLI client's 30 s on
+    /// every node in turn while the first went on storing the file.
+    #[test]
+    fn an_upload_may_take_as_long_as_the_server_allows_a_batch() {
+        crate::tls::install_crypto_provider();
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("client");
+        let format = Format::from_extension("x.ndjson").expect("ndjson");
+        let req = upload(&http, "https://127.0.0.1:1/api/v1/datasets/d/batches".into(), format, "k", "i")
+            .build()
+            .expect("request");
+        assert_eq!(req.timeout(), Some(&crate::limits::BATCH_REQUEST_TIMEOUT));
+    }
 }

@@ -17,8 +17,8 @@
 //! marked as catching up until it holds the log up to a commit of the current leader's term, and
 //! does not vote while marked (`LogStore::catching_up`). Readers at default consistency can see
 //! part of a snapshot while it installs; `StateReader::install_epoch` tells a reader that reads
-//! many keys as one whole (the audit verification) that the tables were replaced under it. Values of 256 bytes or more are
-//! compressed (zstd) before they are sealed (`Cipher::seal_value`); `Txn::append` lets `apply`
+//! many keys as one whole (the audit verification) that the tables were replaced under it.
+//! Values of 256 bytes or more are compressed (zstd) before they are sealed (`Cipher::seal_value`); `Txn::append` lets `apply`
 //! build one value (a block of records) piece by piece. A follower is sent at most `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so
 //! the engine can be replaced.
 
@@ -340,7 +340,6 @@ impl StateReader {
         crate::state_machine::read_applied_index(&self.tree)
     }
 
-    /// Log and snapshot sizes, for the snapshot policy.
     /// Changes whenever a snapshot starts or finishes replacing the tables, and is odd while one
     /// does. A reader that reads many keys as one whole (the audit trail's verification: its head,
     /// then every entry under it) takes it before and after: a pass that began during an install,
@@ -356,6 +355,7 @@ impl StateReader {
         epoch.is_multiple_of(2) && self.install_epoch() == epoch
     }
 
+    /// Log and snapshot sizes, for the snapshot policy.
     pub fn snapshot_stats(&self) -> &SnapshotStats {
         &self.stats
     }
