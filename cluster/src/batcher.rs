@@ -1,8 +1,9 @@
 //! Group commit. Concurrent submissions on a node wait in one bounded queue; a single loop drains it
 //! into batches bounded by submissions, records and bytes, and proposes each batch as one log entry,
 //! with up to `GroupCommitOptions::in_flight_max` batches in flight. Batches form naturally while
-//! earlier ones commit; a lone submission waits at most `linger` for company, and only when other
-//! batches are already in flight (so a single client pays no linger). A submission larger than
+//! earlier ones commit; a lone submission waits at most `linger` for company, and only when at least
+//! `linger_after_in_flight` other batches are already in flight (so a single client, or a source
+//! beside one other busy source, pays no linger). A submission larger than
 //! `records_max` still goes alone in its own entry: a request is never split.
 
 use std::sync::Arc;
@@ -66,7 +67,9 @@ async fn run(mut rx: mpsc::Receiver<Pending>, writer: Arc<Writer>, opts: GroupCo
             },
         };
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let busy = in_flight.available_permits() + 1 < opts.in_flight_max;
+        // Batches in flight besides this one.
+        let others = opts.in_flight_max - in_flight.available_permits() - 1;
+        let busy = others >= opts.linger_after_in_flight;
         let linger_until = Instant::now() + opts.linger;
         let (mut records, mut bytes) = (first.records, first.bytes);
         let mut batch = vec![first];

@@ -76,6 +76,10 @@ pub struct GroupCommitOptions {
     pub in_flight_max: usize,
     /// How long a lone submission waits for company, only while other batches are in flight.
     pub linger: Duration,
+    /// How many other batches must be in flight before a submission lingers (at least 1). With
+    /// fewer, the pipeline has room and company is unlikely to come: the submission goes at once.
+    /// A value of `in_flight_max` or more turns lingering off.
+    pub linger_after_in_flight: usize,
 }
 
 impl Default for GroupCommitOptions {
@@ -84,6 +88,7 @@ impl Default for GroupCommitOptions {
             records_max: GROUP_COMMIT_RECORDS_MAX,
             in_flight_max: 16,
             linger: Duration::from_millis(2),
+            linger_after_in_flight: 2,
         }
     }
 }
@@ -95,6 +100,9 @@ impl GroupCommitOptions {
         }
         if self.in_flight_max == 0 || self.in_flight_max > GROUP_COMMIT_IN_FLIGHT_MAX {
             return Err(format!("group commit in_flight_max must be 1..={GROUP_COMMIT_IN_FLIGHT_MAX}"));
+        }
+        if self.linger_after_in_flight == 0 || self.linger_after_in_flight > GROUP_COMMIT_IN_FLIGHT_MAX {
+            return Err(format!("group commit linger_after_in_flight must be 1..={GROUP_COMMIT_IN_FLIGHT_MAX}"));
         }
         if self.linger > GROUP_COMMIT_LINGER_MAX {
             return Err(format!("group commit linger must be at most {GROUP_COMMIT_LINGER_MAX:?}"));

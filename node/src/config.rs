@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Group commit: microseconds a lone submission waits for company while batches are in flight.
     #[arg(long, env = "DTM_GROUP_COMMIT_LINGER_US")]
     pub group_commit_linger_us: Option<u64>,
+    /// Group commit: other batches in flight from this node before a lone submission lingers.
+    #[arg(long, env = "DTM_GROUP_COMMIT_LINGER_AFTER_IN_FLIGHT")]
+    pub group_commit_linger_after_in_flight: Option<usize>,
     /// Requests of one source system in progress at once on this node (validation and commit);
     /// more are answered 429 with Retry-After, so one flooding source cannot starve the others.
     #[arg(long, env = "DTM_SOURCE_QUEUE_DEPTH")]
@@ -155,6 +158,7 @@ struct FileGroupCommit {
     records_max: Option<usize>,
     in_flight_max: Option<usize>,
     linger_us: Option<u64>,
+    linger_after_in_flight: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -248,6 +252,10 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
             .or(file.group_commit.linger_us)
             .map(std::time::Duration::from_micros)
             .unwrap_or(g.linger),
+        linger_after_in_flight: args
+            .group_commit_linger_after_in_flight
+            .or(file.group_commit.linger_after_in_flight)
+            .unwrap_or(g.linger_after_in_flight),
     };
     group_commit.validate().map_err(anyhow::Error::msg)?;
     let p = dtm_actors::PipelineOptions::default();
@@ -428,6 +436,12 @@ in_flight_max = 8
         assert!(refused("[raft]\nheartbeat_interval_ms = 300"), "heartbeat too close to the election timeout");
         assert!(refused("[group_commit]\nin_flight_max = 0"));
         assert!(refused("[group_commit]\nlinger_us = 1000000"));
+        assert!(refused("[group_commit]\nlinger_after_in_flight = 0"));
+        assert!(refused("[group_commit]\nlinger_after_in_flight = 257"));
+        assert!(
+            !refused("[group_commit]\nin_flight_max = 1"),
+            "the default threshold does not refuse a pipeline of one"
+        );
         assert!(refused("no_such_option = true"), "unknown keys are errors, not silently ignored");
         assert!(
             resolve(ServeArgs {
