@@ -62,8 +62,8 @@ async fn steady_latencies(c: &TestCluster, key: &str, n: usize) -> anyhow::Resul
 /// delayed-ACK stalls): B's p50 goes 1.3-1.9x, its p99 1.0-1.9x, also with a busy loop on one of
 /// the two cores; session 12, since a lone submission no longer lingers beside one busy batch:
 /// p50 1.4-1.7x, p99 1.2-1.9x over six runs. Without the bulkhead, the 24 connections would all be
-/// admitted. The bound is the
-/// issue's 2x with a small allowance for the machine's own outliers (docs/benchmarks.md).
+/// admitted. The bound is the 2x with a small allowance for the machine's own outliers
+/// (docs/benchmarks.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooding_source_is_pushed_back_without_hurting_another() -> anyhow::Result<()> {
     let c = Arc::new(TestCluster::start(3, &["--source-queue-depth", "1"]).await?);

@@ -266,7 +266,7 @@ async fn scenario(c: &TestCluster, credential: &Path) -> anyhow::Result<()> {
     // Exactly one node says it leads, and it is the leader the cluster names. The nodes are scraped
     // one after another, so an election between two scrapes (a busy CI machine) would count the old
     // and the new leader: such a round is read again.
-    eventually("exactly one node saying it leads", Duration::from_secs(20), || async move {
+    let leader = eventually("exactly one node saying it leads", Duration::from_secs(20), || async move {
         let leader = c.leader().await.ok()?;
         let mut leading = Vec::new();
         for n in 1..=3u64 {
@@ -274,12 +274,11 @@ async fn scenario(c: &TestCluster, credential: &Path) -> anyhow::Result<()> {
                 leading.push(n);
             }
         }
-        (leading == [leader]).then_some(())
+        (leading == [leader]).then_some(leader)
     })
     .await?;
 
     // Sampled gauges: Raft on every node, lag per follower on the leader, storage, audit chain.
-    let leader = c.leader().await?;
     for n in 1..=3u64 {
         eventually(&format!("sampled gauges on node {n}"), Duration::from_secs(20), || async move {
             let m = parse(&scrape(c, n, None).await.ok()?.1);
