@@ -45,13 +45,17 @@ pub(crate) struct Reply<S: Stages> {
     stage: StageId,
     /// Whether that stage started working on the job (then a drop means it crashed).
     started: bool,
+    /// Whether the stages run the job on their own tasks instead of the blocking pool
+    /// (`Stages::runs_inline`).
+    pub(crate) inline: bool,
     in_flight: InFlight,
 }
 
 impl<S: Stages> Reply<S> {
-    pub(crate) fn new(core: Arc<SourceCore>) -> (Self, oneshot::Receiver<JobResult<S>>) {
+    pub(crate) fn new(core: Arc<SourceCore>, inline: bool) -> (Self, oneshot::Receiver<JobResult<S>>) {
         let (tx, rx) = oneshot::channel();
-        (Self { tx: Some(tx), stage: StageId::Ingest, started: false, in_flight: InFlight::enter(core) }, rx)
+        let in_flight = InFlight::enter(core);
+        (Self { tx: Some(tx), stage: StageId::Ingest, started: false, inline, in_flight }, rx)
     }
 
     /// Hands the job to `stage` (not yet started there).

@@ -44,6 +44,8 @@ impl<S: Stages> Clone for Pipeline<S> {
 
 struct Inner<S: Stages> {
     node: ActorRef<NodeMsg>,
+    /// Asked, per job, whether it is light enough to run on the actors' own tasks.
+    stages: Arc<S>,
     sources: SourceMap<S>,
     opts: Arc<PipelineOptions>,
     shutting_down: AtomicBool,
@@ -62,12 +64,13 @@ impl<S: Stages> Pipeline<S> {
         opts.validate().map_err(ActorsError::InvalidOptions)?;
         let opts = Arc::new(opts);
         let sources: SourceMap<S> = Arc::new(RwLock::new(HashMap::new()));
-        let supervisor = NodeSupervisor { stages, opts: Arc::clone(&opts), sources: Arc::clone(&sources) };
+        let supervisor =
+            NodeSupervisor { stages: Arc::clone(&stages), opts: Arc::clone(&opts), sources: Arc::clone(&sources) };
         let name = format!("dtm-actors/node/{}", next_incarnation());
         let (node, _join) = Actor::spawn(Some(name.clone()), supervisor, ())
             .await
             .map_err(|e| ActorsError::Spawn { what: name, detail: e.to_string() })?;
-        Ok(Self { inner: Arc::new(Inner { node, sources, opts, shutting_down: AtomicBool::new(false) }) })
+        Ok(Self { inner: Arc::new(Inner { node, stages, sources, opts, shutting_down: AtomicBool::new(false) }) })
     }
 
     /// Makes sure exactly these sources have a supervisor: creates missing ones, stops the others.
@@ -182,7 +185,8 @@ impl<S: Stages> Pipeline<S> {
             Some(shared) if Arc::ptr_eq(&shared.core, &permit.core) && !shared.core.is_stopped() => shared,
             _ => return Err(unavailable()),
         };
-        let (reply, rx) = Reply::<S>::new(Arc::clone(&shared.core));
+        let inline = self.inner.stages.runs_inline(&job);
+        let (reply, rx) = Reply::<S>::new(Arc::clone(&shared.core), inline);
         send_to::<S, IngestRole>(&shared, job, reply);
         match tokio::time::timeout(self.inner.opts.call_timeout, rx).await {
             Ok(Ok(result)) => result,

@@ -122,24 +122,32 @@ impl<S: Stages, R: StageRole<S>> Actor for StageActor<S, R> {
             return Ok(());
         }
         reply.start();
-        let stages = Arc::clone(&self.stages);
-        let source = self.shared.core.id.clone();
         // The blocking pool keeps CPU-heavy or stuck calls off the runtime's workers, so timeouts
-        // and other sources keep running. A panic comes back as a `JoinError` instead of unwinding
+        // and other sources keep running; a job the node calls light runs here instead
+        // (`Stages::runs_inline`). Either way a panic comes back as a value instead of unwinding
         // through this handler; returning it as an error makes ractor report `ActorFailed` to the
         // source supervisor exactly as a panic in `handle` would.
-        match tokio::task::spawn_blocking(move || R::call(&stages, &source, input)).await {
+        let called = if reply.inline {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                R::call(&self.stages, &self.shared.core.id, input)
+            }))
+            .map_err(panic_message)
+        } else {
+            let stages = Arc::clone(&self.stages);
+            let source = self.shared.core.id.clone();
+            match tokio::task::spawn_blocking(move || R::call(&stages, &source, input)).await {
+                Ok(result) => Ok(result),
+                Err(join_error) if join_error.is_panic() => Err(panic_message(join_error.into_panic())),
+                Err(_) => Err("the blocking task was cancelled".to_owned()),
+            }
+        };
+        match called {
             Ok(Ok(out)) => R::forward(&self.shared, out, reply),
             Ok(Err(rejection)) => reply.finish(Err(PipelineError::Rejected(rejection))),
-            Err(join_error) => {
+            Err(detail) => {
                 // Unpublish this actor before the caller learns of the crash, so a retry is answered
                 // `Unavailable` instead of landing in a mailbox that is about to be dropped.
                 self.shared.refs.clear_if(R::ID, myself.get_id());
-                let detail = if join_error.is_panic() {
-                    panic_message(join_error.into_panic())
-                } else {
-                    "the blocking task was cancelled".to_owned()
-                };
                 // Dropping the started job answers `Crashed { stage }`; jobs still queued in this
                 // mailbox are dropped with it and answer `Unavailable`.
                 drop(reply);

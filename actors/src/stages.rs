@@ -2,8 +2,9 @@
 
 /// The work of the three stages, supplied by the node. Each call is synchronous CPU work (parsing,
 /// schema validation, masking, hashing) and runs on tokio's blocking pool, so a slow call never
-/// stalls the runtime's workers. A call may panic (a poison input): the stage actor holding the job
-/// fails, its caller gets `Crashed`, and the source supervisor restarts the actor.
+/// stalls the runtime's workers, unless `runs_inline` says the job is too small for that to pay.
+/// A call may panic (a poison input): the stage actor holding the job fails, its caller gets
+/// `Crashed`, and the source supervisor restarts the actor, wherever the call ran.
 pub trait Stages: Send + Sync + 'static {
     /// What a handler submits (a parsed request for one dataset).
     type Job: Send + 'static;
@@ -22,6 +23,16 @@ pub trait Stages: Send + Sync + 'static {
     fn validate(&self, source: &str, parsed: Self::Parsed) -> Result<Self::Validated, Self::Rejection>;
     /// Masks, hashes and groups the validated input into what is proposed to Raft.
     fn aggregate(&self, source: &str, validated: Self::Validated) -> Result<Self::Output, Self::Rejection>;
+
+    /// Whether `job` is so small that its three calls are quicker run on the stage actors' own
+    /// tasks than handed to the blocking pool: each hand-off wakes a pool thread and then the
+    /// actor, which costs more than parsing and checking one small record. Decided once, at
+    /// submission, for every stage of the job. Say yes only for jobs whose calls are bounded by
+    /// their size and small; the default, never, keeps every call on the pool.
+    fn runs_inline(&self, job: &Self::Job) -> bool {
+        let _ = job;
+        false
+    }
 }
 
 /// One of the three stages of a source's pipeline.

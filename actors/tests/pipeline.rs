@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Fault, WAIT, fast_options, job, run_one, source_stats, start, wait_until};
+use common::{Fault, WAIT, fast_options, inline_job, job, run_one, source_stats, start, wait_until};
 use dtm_actors::{ActorsError, PipelineError, PipelineOptions, SourceState, StageCounts, StageId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,4 +280,41 @@ async fn invalid_options_are_refused_at_start() {
     let opts = PipelineOptions { queue_depth_per_source: 0, ..PipelineOptions::default() };
     let stages = std::sync::Arc::new(common::TestStages::default());
     assert!(matches!(common::TestPipeline::start(stages, opts).await, Err(ActorsError::InvalidOptions(_))));
+}
+
+/// A job the node calls light (`Stages::runs_inline`) runs every stage on the actors' own task
+/// instead of the blocking pool, and a panic there is handled exactly as one on the pool: the job
+/// answers `Crashed`, the stage is restarted, the next job succeeds. On a current-thread runtime
+/// the actors' tasks run on the test's thread, and the pool's calls on other threads.
+#[tokio::test]
+async fn light_jobs_run_on_the_actors_tasks_and_their_panics_are_handled_the_same() {
+    let here = std::thread::current().id();
+    let (pipeline, _stages) = start(fast_options()).await;
+    pipeline.add_source("tax").await.expect("add source");
+
+    let light = run_one(&pipeline, "tax", inline_job(1, Fault::None)).await.expect("light job succeeds");
+    assert_eq!(light.stages, ["ingest", "validate", "aggregate"]);
+    assert_eq!(light.ran_on, [here; 3], "every stage of a light job runs on the actors' task");
+    let heavy = run_one(&pipeline, "tax", job(2, Fault::None)).await.expect("other job succeeds");
+    assert_eq!(heavy.ran_on.len(), 3);
+    assert!(heavy.ran_on.iter().all(|t| *t != here), "every stage of another job runs on the pool");
+
+    match run_one(&pipeline, "tax", inline_job(3, Fault::Panic(StageId::Validate))).await {
+        Err(PipelineError::Crashed { stage }) => assert_eq!(stage, "validate"),
+        other => panic!("expected Crashed in validate, got {other:?}"),
+    }
+    wait_until("validate restarted", WAIT, || {
+        source_stats(&pipeline, "tax").is_some_and(|s| s.restarts.validate == 1 && s.state == SourceState::Running)
+    })
+    .await;
+    match run_one(&pipeline, "tax", inline_job(4, Fault::Reject(StageId::Aggregate))).await {
+        Err(PipelineError::Rejected(problem)) => assert_eq!(problem, "rejected by aggregate"),
+        other => panic!("expected Rejected from aggregate, got {other:?}"),
+    }
+    let after = run_one(&pipeline, "tax", inline_job(5, Fault::None)).await.expect("next light job succeeds");
+    assert_eq!((after.value, after.ran_on), (5, vec![here; 3]));
+    let tax = source_stats(&pipeline, "tax").expect("stats of tax");
+    assert_eq!(tax.restarts, StageCounts { ingest: 0, validate: 1, aggregate: 0 });
+    assert_eq!((tax.jobs_ok, tax.jobs_crashed, tax.jobs_rejected, tax.queue_in_use), (3, 1, 1, 0));
+    pipeline.shutdown().await;
 }

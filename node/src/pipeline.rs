@@ -164,6 +164,15 @@ impl dtm_actors::Stages for IngestStages {
         }
         Ok(out)
     }
+
+    /// A body of at most `PIPELINE_INLINE_BODY_BYTES_MAX` (one record, or a few) is parsed,
+    /// validated and masked on the stage actors' own tasks: the work is tens of microseconds,
+    /// bounded by the body's size, and three hand-offs to the blocking pool cost more. Larger
+    /// bodies (arrays of records, batch chunks) keep the pool, which keeps a slow job from
+    /// holding a runtime worker.
+    fn runs_inline(&self, job: &Job) -> bool {
+        job.body.len() <= crate::limits::PIPELINE_INLINE_BODY_BYTES_MAX
+    }
 }
 
 /// How a key value is written in reference-table keys: strings as they are, anything else as JSON.

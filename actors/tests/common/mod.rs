@@ -26,6 +26,10 @@ pub struct Trail {
     pub value: u64,
     pub fault: Fault,
     pub stages: Vec<&'static str>,
+    /// Whether the job asks to run on the actors' tasks (`Stages::runs_inline`).
+    pub inline: bool,
+    /// The thread each stage ran on.
+    pub ran_on: Vec<std::thread::ThreadId>,
 }
 
 /// A stage never blocks longer than this, so a failing test cannot hang the suite.
@@ -57,6 +61,7 @@ impl TestStages {
             _ => {}
         }
         trail.stages.push(stage.name());
+        trail.ran_on.push(std::thread::current().id());
         Ok(trail)
     }
 }
@@ -77,10 +82,18 @@ impl Stages for TestStages {
     fn aggregate(&self, _source: &str, validated: Trail) -> Result<Trail, String> {
         self.step(StageId::Aggregate, validated)
     }
+    fn runs_inline(&self, job: &Trail) -> bool {
+        job.inline
+    }
 }
 
 pub fn job(value: u64, fault: Fault) -> Trail {
-    Trail { value, fault, stages: Vec::new() }
+    Trail { value, fault, stages: Vec::new(), inline: false, ran_on: Vec::new() }
+}
+
+/// A job light enough to run on the stage actors' own tasks.
+pub fn inline_job(value: u64, fault: Fault) -> Trail {
+    Trail { inline: true, ..job(value, fault) }
 }
 
 /// Options with short backoffs so restarts happen within a test.
