@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// more are answered 429 with Retry-After, so one flooding source cannot starve the others.
     #[arg(long, env = "DTM_SOURCE_QUEUE_DEPTH")]
     pub source_queue_depth: Option<usize>,
+    /// Largest real-time body (bytes) whose parse, validation and masking run on the source's
+    /// actors' own tasks instead of the blocking pool; 0: every body goes to the pool.
+    #[arg(long, env = "DTM_PIPELINE_INLINE_BYTES_MAX")]
+    pub pipeline_inline_bytes_max: Option<usize>,
     /// Requests handled at once on this node; more are shed with 503 and Retry-After.
     #[arg(long, env = "DTM_REQUESTS_IN_FLIGHT_MAX")]
     pub requests_in_flight_max: Option<usize>,
@@ -150,6 +154,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FilePipeline {
     source_queue_depth: Option<usize>,
+    inline_bytes_max: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -267,6 +272,16 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
         ..p
     };
     pipeline.validate().map_err(anyhow::Error::msg)?;
+    let pipeline_inline_bytes_max = args
+        .pipeline_inline_bytes_max
+        .or(file.pipeline.inline_bytes_max)
+        .unwrap_or(crate::limits::PIPELINE_INLINE_BODY_BYTES_DEFAULT);
+    if pipeline_inline_bytes_max > crate::limits::PIPELINE_INLINE_BODY_BYTES_MAX {
+        anyhow::bail!(
+            "pipeline inline_bytes_max is {pipeline_inline_bytes_max}; at most {} (larger bodies belong on the blocking pool)",
+            crate::limits::PIPELINE_INLINE_BODY_BYTES_MAX
+        );
+    }
     let opts = ServeOptions {
         node_id,
         site: args.site.or(file.site).unwrap_or_else(|| "default".into()),
@@ -280,6 +295,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
         master_key_file,
         group_commit,
         pipeline,
+        pipeline_inline_bytes_max,
         gateway: gateway_options(file.gateway, args.requests_in_flight_max)?,
         metrics: crate::metrics::resolve(file.metrics, args.metrics)?, // F5
         probes: crate::probes::resolve(file.probes, args.probes)?,
@@ -400,6 +416,7 @@ in_flight_max = 8
         assert_eq!((opts.raft.election_timeout_min_ms, opts.raft.election_timeout_max_ms), (500, 900));
         assert_eq!(opts.raft.heartbeat_interval_ms, RaftOptions::default().heartbeat_interval_ms);
         assert_eq!(opts.group_commit.in_flight_max, 8);
+        assert_eq!(opts.pipeline_inline_bytes_max, crate::limits::PIPELINE_INLINE_BODY_BYTES_DEFAULT);
         assert!(!opts.bootstrap);
     }
 
@@ -438,6 +455,8 @@ in_flight_max = 8
         assert!(refused("[group_commit]\nlinger_us = 1000000"));
         assert!(refused("[group_commit]\nlinger_after_in_flight = 0"));
         assert!(refused("[group_commit]\nlinger_after_in_flight = 257"));
+        assert!(refused("[pipeline]\ninline_bytes_max = 1048577"), "a body of over 1 MiB is not light");
+        assert!(!refused("[pipeline]\ninline_bytes_max = 0"), "0 sends every body to the pool");
         assert!(
             !refused("[group_commit]\nin_flight_max = 1"),
             "the default threshold does not refuse a pipeline of one"

@@ -6,11 +6,14 @@ use std::time::Duration;
 /// real-time request is one log entry (it is atomic), and an entry must cross to a follower within
 /// one heartbeat interval, so this stays small.
 pub const RECORDS_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Largest real-time body whose pipeline stages run on the stage actors' tasks instead of the
-/// blocking pool (`IngestStages::runs_inline`), in bytes. A few records: parsing, validating and
-/// masking them takes tens of microseconds, less than handing them to a pool thread and back three
-/// times (which cost about a fifth of the single-record throughput, `docs/benchmarks.md`).
-pub const PIPELINE_INLINE_BODY_BYTES_MAX: usize = 16 * 1024;
+/// Default largest real-time body whose pipeline stages run on the stage actors' tasks instead of
+/// the blocking pool (`IngestStages::runs_inline`, `[pipeline] inline_bytes_max`), in bytes. A few
+/// records: parsing, validating and masking them takes tens of microseconds, less than handing
+/// them to a pool thread and back three times (which cost about a fifth of the single-record
+/// throughput, `docs/benchmarks.md`).
+pub const PIPELINE_INLINE_BODY_BYTES_DEFAULT: usize = 16 * 1024;
+/// The most `[pipeline] inline_bytes_max` may be: a body larger than this is not light work.
+pub const PIPELINE_INLINE_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// Largest body of an admin request (source, dataset definition), in bytes.
 pub const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// How much of an oversized body is read and discarded so the client can read the 413, and for

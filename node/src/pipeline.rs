@@ -65,7 +65,10 @@ pub enum Rejection {
     Invalid(Vec<Problem>),
 }
 
-pub struct IngestStages;
+pub struct IngestStages {
+    /// Largest body whose stages run on the actors' own tasks (`runs_inline`; 0: none).
+    pub inline_bytes_max: usize,
+}
 
 impl dtm_actors::Stages for IngestStages {
     type Job = Job;
@@ -165,13 +168,13 @@ impl dtm_actors::Stages for IngestStages {
         Ok(out)
     }
 
-    /// A body of at most `PIPELINE_INLINE_BODY_BYTES_MAX` (one record, or a few) is parsed,
+    /// A body of at most `inline_bytes_max` (16 KiB by default: one record, or a few) is parsed,
     /// validated and masked on the stage actors' own tasks: the work is tens of microseconds,
     /// bounded by the body's size, and three hand-offs to the blocking pool cost more. Larger
     /// bodies (arrays of records, batch chunks) keep the pool, which keeps a slow job from
     /// holding a runtime worker.
     fn runs_inline(&self, job: &Job) -> bool {
-        job.body.len() <= crate::limits::PIPELINE_INLINE_BODY_BYTES_MAX
+        job.body.len() <= self.inline_bytes_max
     }
 }
 

@@ -47,6 +47,8 @@ pub struct ServeOptions {
     pub master_key_file: PathBuf,
     pub group_commit: dtm_cluster::GroupCommitOptions,
     pub pipeline: dtm_actors::PipelineOptions,
+    /// Largest real-time body run on the source actors' own tasks (`IngestStages`).
+    pub pipeline_inline_bytes_max: usize,
     pub gateway: crate::gateway::GatewayOptions,
     /// F5: `[metrics]` and `[probes]` (`docs/monitoring.md`).
     pub metrics: crate::metrics::MetricsOptions,
@@ -162,9 +164,12 @@ pub async fn serve(
         });
     }
 
-    let pipeline = dtm_actors::Pipeline::start(Arc::new(crate::pipeline::IngestStages), opts.pipeline.clone())
-        .await
-        .context("starting the source actors")?;
+    let pipeline = dtm_actors::Pipeline::start(
+        Arc::new(crate::pipeline::IngestStages { inline_bytes_max: opts.pipeline_inline_bytes_max }),
+        opts.pipeline.clone(),
+    )
+    .await
+    .context("starting the source actors")?;
     tokio::spawn(sync_source_actors(node.clone(), pipeline.clone(), stop_rx.clone()));
     let gateway = Arc::new(crate::gateway::Gateway::new(opts.gateway.clone()).map_err(anyhow::Error::msg)?);
     tokio::spawn(crate::gateway::run(gateway.clone(), node.reader.clone(), stop_rx.clone()));
