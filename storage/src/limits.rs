@@ -25,6 +25,11 @@ const _: () = assert!(LOG_READ_ENTRIES_MAX > 1024);
 /// TLS on loopback and is fsynced by a follower well within it, even on a busy 2-core machine.
 pub const APPEND_ENTRIES_BYTES_MAX: usize = 1024 * 1024;
 
+/// Purged log entries deleted per sled batch (`LogStore::purge` deletes them in the background).
+/// One batch of the hundreds of thousands of entries a large snapshot covers held a node's Raft
+/// core for seconds; batches of this size take milliseconds.
+pub const PURGE_BATCH_ENTRIES: usize = 4 * 1024;
+
 /// Pairs written per sled batch when a backup is restored into a new store (one batch of millions
 /// of pairs takes sled minutes; batches of this size go at disk speed).
 pub const RESTORE_BATCH_PAIRS: usize = 16 * 1024;

@@ -1,6 +1,7 @@
 //! The Raft log on sled: entries keyed by big-endian index in the `raft_log` tree, vote, committed
 //! and last-purged ids in `raft_meta`. Appends, votes and truncations are fsynced (`flush_async`)
-//! before they are reported done.
+//! before they are reported done. A purge writes its mark and returns; the entries go in the
+//! background (`Purged`).
 //!
 //! Each append waits for its own fsync: openraft 0.9 awaits the flush callback of an append before
 //! it issues the next one (`RaftCore::append_to_log`), so a flusher task that groups fsyncs across
@@ -30,6 +31,7 @@ use crate::error::StoreError;
 use crate::error::sto;
 use crate::limits::APPEND_ENTRIES_BYTES_MAX;
 use crate::limits::LOG_READ_ENTRIES_MAX;
+use crate::limits::PURGE_BATCH_ENTRIES;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -47,6 +49,24 @@ pub struct LogStore {
     stats: std::sync::Arc<crate::SnapshotStats>,
     /// `KEY_CATCHING_UP`, cached: read on every vote request.
     catching_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Where the log starts, and the deletion of the entries before it (`purge`).
+    purged: std::sync::Arc<Purged>,
+}
+
+/// The log's start, and the background deletion of the entries before it. openraft awaits `purge`
+/// inside its Raft core; deleting the hundreds of thousands of entries a large snapshot covers in
+/// one sled batch held a follower's core for about six seconds, past the leader's AppendEntries
+/// deadlines, so a two-voter cluster could not commit (session 13's availability soak). `purge`
+/// now records the mark and returns; a blocking-pool task deletes the entries in batches of
+/// `PURGE_BATCH_ENTRIES`. Entries below the mark are no longer part of the log whether or not they
+/// are deleted yet: the readers never return them, and a restart deletes what is left
+/// (`check_start`).
+#[derive(Default)]
+struct Purged {
+    /// One past the last purged index (0: nothing purged).
+    below: std::sync::atomic::AtomicU64,
+    /// Whether a deletion task is running (at most one is).
+    deleting: std::sync::atomic::AtomicBool,
 }
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
@@ -64,7 +84,69 @@ impl LogStore {
         let log = crate::sealed::SealedTree::new(db.open_tree("raft_log")?, cipher);
         let meta = db.open_tree("raft_meta")?;
         let catching_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(meta.contains_key(KEY_CATCHING_UP)?));
-        Ok(LogStore { db, log, meta, stats, catching_up })
+        let store = LogStore { db, log, meta, stats, catching_up, purged: Default::default() };
+        if let Some(p) = store.read_log_id(KEY_LAST_PURGED)? {
+            store.purged.below.store(p.index.saturating_add(1), std::sync::atomic::Ordering::Release);
+        }
+        Ok(store)
+    }
+
+    /// The first index the log may hold: one past the last purged entry (0: nothing purged).
+    fn start(&self) -> u64 {
+        self.purged.below.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Deletes the entries before the log's start, `PURGE_BATCH_ENTRIES` per sled batch, until none
+    /// is left (a purge that moves the start meanwhile is taken into account).
+    fn delete_purged(&self) -> std::result::Result<(), StoreError> {
+        loop {
+            let keys: Vec<sled::IVec> = self
+                .log
+                .raw
+                .range(..index_key(self.start()))
+                .keys()
+                .take(PURGE_BATCH_ENTRIES)
+                .collect::<sled::Result<_>>()?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let mut batch = sled::Batch::default();
+            for k in keys {
+                batch.remove(k);
+            }
+            self.log.raw.apply_batch(batch)?;
+        }
+    }
+
+    /// Starts a task that deletes the purged entries, unless one is running (it goes on to the
+    /// new start). Without a tokio runtime the entries are deleted here.
+    fn delete_purged_in_background(&self) {
+        use std::sync::atomic::Ordering;
+        if self.purged.deleting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = self.clone();
+        let work = move || {
+            loop {
+                let result = store.delete_purged();
+                store.purged.deleting.store(false, Ordering::Release);
+                if let Err(e) = result {
+                    // The entries stay, unread; the next purge or restart deletes them.
+                    tracing::warn!(error = %e, "could not delete purged log entries");
+                    return;
+                }
+                // A purge that came after the last batch found this task running and left its
+                // entries to it: take them, unless another task has started meanwhile.
+                let left = store.log.raw.range(..index_key(store.start())).next().is_some();
+                if !left || store.purged.deleting.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(work)),
+            Err(_) => work(),
+        }
     }
 
     /// Whether this node is still catching up after it started without data (a new node, a wiped
@@ -154,6 +236,8 @@ impl LogStore {
         state: &crate::sealed::SealedTree,
     ) -> std::result::Result<bool, StoreError> {
         let last_purged = self.read_log_id(KEY_LAST_PURGED)?;
+        // Entries purged before a stop may not all be deleted yet (`Purged`).
+        self.delete_purged()?;
         let applied = crate::state_machine::read_applied(state)?;
         let first = match self.log.raw.first()? {
             Some((k, _)) => Some(
@@ -191,6 +275,7 @@ impl LogStore {
         );
         state.remove_all_but(None, |_| Ok(()))?;
         self.meta.remove(KEY_LAST_PURGED)?;
+        self.purged.below.store(0, std::sync::atomic::Ordering::Release);
         self.meta.remove(KEY_COMMITTED)?;
         // Flushes all of the above.
         self.set_catching_up(true)?;
@@ -233,7 +318,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
     /// large group-commit entries would otherwise be sent more than it can take in that time, again
     /// and again, and never catch up.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<dtm_model::Entry>> {
+        let start = start.max(self.start());
         let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
         let mut bytes = 0usize;
         for kv in self.log.range(index_key(start)..index_key(end)) {
             let (k, v) = kv.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
@@ -254,7 +343,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
-        };
+        }
+        .max(self.start());
         let mut out = Vec::new();
         for kv in self.log.range(index_key(start)..) {
             let (k, v) = kv.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?;
@@ -280,7 +370,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some(dtm_model::decode_entry(&v).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?.log_id)
             }
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+        // Entries below the log's start may still be there (`Purged`): the last entry counts only
+        // if it is past the last purged one.
+        let last_log_id = match (last, last_purged) {
+            (Some(l), Some(p)) if l.index <= p.index => Some(p),
+            (l, p) => l.or(p),
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -355,11 +451,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert(KEY_LAST_PURGED, dtm_model::log_id_to_pb(&log_id).encode_to_vec())
             .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        let mut batch = self.log.batch();
-        for k in self.log.raw.range(..=index_key(log_id.index)).keys() {
-            batch.remove(k.map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))?);
-        }
-        self.log.apply_batch(batch).map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        // From here on the entries up to `log_id` are not read; they are deleted in the background.
+        self.purged.below.fetch_max(log_id.index.saturating_add(1), std::sync::atomic::Ordering::AcqRel);
+        self.delete_purged_in_background();
         Ok(())
     }
 }

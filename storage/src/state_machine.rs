@@ -937,6 +937,62 @@ mod tests {
     /// killed in between held a purged log over an older state, and openraft stopped on it at
     /// every start. Without log entries such a store is reset at start (marks, tables, snapshot
     /// file; the vote stays), so the node catches up from the leader; with entries it is refused.
+    /// Issue 2 (the log is purged after a snapshot): `purge` returns once the mark is written and
+    /// the entries go in the background, in bounded batches, so a large purge never holds the
+    /// Raft core. Purged entries are never read again, whether or not they are deleted yet; a
+    /// purge past the last entry leaves the log empty at the mark; a restart deletes what a stop
+    /// left behind and keeps the rest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purged_entries_are_never_read_again_and_go_in_the_background_or_at_restart() {
+        use openraft::RaftLogReader;
+        use openraft::storage::RaftLogStorage;
+        let write = |log: &crate::LogStore, range: std::ops::RangeInclusive<u64>| {
+            let mut batch = log.log.batch();
+            for index in range {
+                batch.insert(&index.to_be_bytes(), &dtm_model::encode_entry(&kv(index, "t/x", "1"))).expect("insert");
+            }
+            log.log.apply_batch(batch).expect("write");
+            log.db.flush().expect("flush");
+        };
+        let left_below = |log: &crate::LogStore, index: u64| log.log.raw.range(..index.to_be_bytes()).count();
+        let entries = 3 * crate::limits::PURGE_BATCH_ENTRIES as u64;
+        let opts = crate::StoreOptions::for_tests();
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(KvApplier)).expect("open");
+            // The state machine has applied the whole log, so a restart may continue from it.
+            sm.apply(vec![kv(entries, "t/a", "1")]).await.expect("apply");
+            write(&log, 1..=entries);
+            let upto = kv(entries / 2, "t/x", "1").log_id;
+            log.purge(upto).await.expect("purge");
+            let state = log.get_log_state().await.expect("state");
+            assert_eq!((state.last_purged_log_id, state.last_log_id.map(|l| l.index)), (Some(upto), Some(entries)));
+            let read = log.try_get_log_entries(0..=entries).await.expect("read");
+            assert_eq!(read.first().map(|e| e.log_id.index), Some(upto.index + 1), "nothing at or below the mark");
+            assert_eq!(read.len() as u64, entries - upto.index);
+            let sent = log.limited_get_log_entries(1, upto.index + 3).await.expect("read");
+            assert_eq!(sent.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), [upto.index + 1, upto.index + 2]);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while left_below(&log, upto.index + 1) > 0 {
+                assert!(std::time::Instant::now() < deadline, "the purged entries were not deleted");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(log.log.raw.len() as u64, entries - upto.index, "the entries after the mark stay");
+            // As if the node stopped before the deletion: entries below the mark are back.
+            write(&log, 1..=10);
+        }
+        let (mut log, _sm, _reader) = crate::reopen(dir.path(), &opts, Arc::new(KvApplier)).await.expect("reopen");
+        assert_eq!(left_below(&log, entries / 2 + 1), 0, "a restart deletes what a stop left");
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(entries), "and keeps the log after the mark");
+        // A purge past the last entry (a snapshot from the leader): the log is empty at the mark.
+        let past = kv(entries + 100, "t/x", "1").log_id;
+        log.purge(past).await.expect("purge");
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(past), Some(past)));
+        assert!(log.try_get_log_entries(0..).await.expect("read").is_empty());
+    }
+
     #[tokio::test]
     async fn a_log_the_state_machine_cannot_continue_from_is_reset_at_start() {
         async fn reopened_empty(dir: std::path::PathBuf, opts: &crate::StoreOptions) {
