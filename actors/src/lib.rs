@@ -28,9 +28,9 @@
 //! A job carries a oneshot reply wrapped in a guard (`job::Reply`) from actor to actor; each stage
 //! actor runs its `Stages` method on tokio's blocking pool (or, for a job `Stages::runs_inline`
 //! calls light, on its own task, a panic caught the same way) and sends the result to the next
-//! stage's current actor. The guard answers the caller when dropped unanswered: `Crashed { stage }` if that
-//! stage had started the job (it panicked), `Unavailable` if the job never got to run (the stage
-//! was down, or its mailbox was dropped with the actor). No caller waits past `call_timeout`.
+//! stage's current actor. The guard answers the caller when dropped unanswered: `Crashed { stage }`
+//! if that stage had started the job (it panicked), `Unavailable` if the job never got to run (the
+//! stage was down, or its mailbox was dropped with the actor). No caller waits past `call_timeout`.
 //!
 //! # Admission
 //!

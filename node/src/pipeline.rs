@@ -174,7 +174,8 @@ impl dtm_actors::Stages for IngestStages {
     /// bodies (arrays of records, batch chunks) keep the pool, which keeps a slow job from
     /// holding a runtime worker.
     fn runs_inline(&self, job: &Job) -> bool {
-        job.body.len() <= self.inline_bytes_max
+        // 0 means none, not "empty bodies only", as `[pipeline] inline_bytes_max` documents.
+        self.inline_bytes_max > 0 && job.body.len() <= self.inline_bytes_max
     }
 }
 
