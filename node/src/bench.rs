@@ -103,6 +103,10 @@ pub struct BenchArgs {
     /// With `--bulkhead`: source A's connections.
     #[arg(long, default_value_t = 24)]
     pub bulkhead_flood: usize,
+    /// Instead of measuring a cluster: what the parts DTM is built from do at most on this machine
+    /// (no-op HTTPS servers, sled, Ed25519; see `bench_ceilings.rs`). Needs no cluster.
+    #[arg(long)]
+    pub ceilings: bool,
 }
 
 /// The benchmark's dataset definition (see `BenchArgs::definition`).
@@ -135,6 +139,9 @@ pub(crate) fn bench_record(client: usize, seq: u64, padding: &str) -> Value {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.ceilings {
+        return crate::bench_ceilings::run(&args).await;
+    }
     let demo: Value = serde_json::from_slice(
         &std::fs::read(&args.cluster).with_context(|| format!("reading {}", args.cluster.display()))?,
     )?;

@@ -60,6 +60,12 @@ pub const SOURCE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Completed gRPC TLS handshakes waiting for tonic to take them.
 pub const GRPC_HANDSHAKES_QUEUED: usize = 128;
+/// Streams a gRPC peer may open and reset before the server has taken them, per connection. h2's
+/// default (20) is a guard against "rapid reset" floods, but a node that was paused (SIGSTOP, a
+/// long GC-like stall of its VM) wakes to every Raft RPC the leader sent and gave up on meanwhile,
+/// heartbeats included, and at 20 the server tore down the leader's connection with GOAWAY
+/// `too_many_resets` just as the node came back. This covers about a minute of a peer's RPCs.
+pub const GRPC_PENDING_ACCEPT_RESETS_MAX: usize = 2048;
 /// How often the HTTPS certificate files are checked for a renewal, and how long before its end a
 /// certificate is reported as expiring.
 pub const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);

@@ -15,6 +15,7 @@ mod bench;
 mod bench_aggregates;
 mod bench_audit;
 mod bench_bulkhead;
+mod bench_ceilings;
 mod bench_connections;
 mod bench_disk;
 mod bench_env;

@@ -133,8 +133,11 @@ pub async fn serve(
         // TLS is terminated here rather than by tonic, with the same reloading certificate as
         // HTTPS: a renewed node certificate is served on this port too without a restart.
         let grpc_tls = crate::tls::grpc_server_config(https_cert.clone(), &node_tls.ca_pem)?;
-        let server =
-            tonic::transport::Server::builder().timeout(Duration::from_secs(60)).add_service(svc).add_service(ingest);
+        let server = tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(60))
+            .http2_max_pending_accept_reset_streams(Some(GRPC_PENDING_ACCEPT_RESETS_MAX))
+            .add_service(svc)
+            .add_service(ingest);
         let incoming = tls_incoming(grpc, TlsAcceptor::from(grpc_tls));
         tokio::spawn(async move {
             let stopped = async move {
@@ -352,7 +355,7 @@ async fn bootstrap(node: &Arc<ClusterNode>, data_dir: &Path) -> anyhow::Result<(
     Ok(())
 }
 
-async fn serve_https(
+pub(crate) async fn serve_https(
     router: axum::Router,
     listener: TcpListener,
     acceptor: TlsAcceptor,
