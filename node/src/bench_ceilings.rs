@@ -138,6 +138,7 @@ impl NoopServers {
                         noop_router(),
                         listener,
                         acceptor.clone(),
+                        crate::server::HttpTimeouts::NODE,
                         stop_rx.clone(),
                     ));
                 }

@@ -64,7 +64,10 @@ fn hist() -> Histogram<u64> {
 }
 
 /// Reads one HTTP/1.1 response (Content-Length or chunked) and returns its status.
-async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Result<u16, String> {
+pub(crate) async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<u16, String> {
     buf.clear();
     let mut chunk = [0u8; 8192];
     let head_end = loop {
@@ -128,7 +131,7 @@ fn io_kind(e: std::io::Error) -> String {
     }
 }
 
-async fn open(connector: &TlsConnector, addr: &str) -> Result<TlsStream<TcpStream>, String> {
+pub(crate) async fn open(connector: &TlsConnector, addr: &str) -> Result<TlsStream<TcpStream>, String> {
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Err(_) => return Err("connect timeout".into()),
         Ok(Err(e)) => return Err(format!("connect: {}", io_kind(e))),

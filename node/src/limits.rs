@@ -144,8 +144,22 @@ pub const REQUEST_HEADERS_BYTES_MAX: usize = 16 * 1024;
 pub const HTTP1_BUFFER_BYTES_MAX: usize = 64 * 1024;
 /// The HTTP/2 counterpart (decoded header list).
 pub const HTTP2_HEADER_LIST_BYTES_MAX: u32 = 64 * 1024;
-/// A client has this long to send a request head once it started one (slow-loris).
-pub const HTTP1_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/1.1 connection is closed after this long without a request, and a client has this long
+/// to send a request head (slow-loris): hyper runs one timer for both, from the moment it waits for
+/// a head. 75 s as nginx's `keepalive_timeout`: above the 60 s idle time common HTTP clients keep
+/// pooled connections for, so a source posting once a minute reuses its connection instead of
+/// racing the node's close (with 10 s, every connection idle for 10 s was closed and the next POST
+/// on it failed; docs/benchmarks.md, "10,000 open connections"). Connections stay bounded by
+/// `HTTP_CONNECTIONS_MAX` either way.
+pub const HTTP1_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// What HTTP/1.1 answers advertise in `Keep-Alive: timeout=N`: a little under `HTTP1_IDLE_TIMEOUT`,
+/// so clients that read it close an idle connection before the node does.
+pub const HTTP1_KEEP_ALIVE_ADVERTISED: Duration = Duration::from_secs(70);
+/// HTTP/2 connections are pinged after this long without a frame from the client, and closed when
+/// the ping is not answered within `HTTP2_PING_TIMEOUT`: a client that vanished (power cut, a
+/// dropped NAT entry) no longer holds a connection slot for ever.
+pub const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(60);
+pub const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Nesting of arrays and objects in a JSON body (400 beyond).
 pub const JSON_DEPTH_MAX: usize = 64;
 /// JSON bodies up to this size are checked for depth by the gateway; larger ones are refused by
@@ -164,6 +178,7 @@ pub const GATEWAY_SHRINK_INTERVAL: Duration = Duration::from_secs(60);
 
 const _: () = assert!(REQUESTS_IN_FLIGHT_DEFAULT <= HTTP_CONNECTIONS_MAX);
 const _: () = assert!(REQUEST_HEADERS_BYTES_MAX + REQUEST_URI_BYTES_MAX < HTTP1_BUFFER_BYTES_MAX);
+const _: () = assert!(HTTP1_KEEP_ALIVE_ADVERTISED.as_secs() < HTTP1_IDLE_TIMEOUT.as_secs());
 const _: () = assert!(JSON_CHECKED_BODY_BYTES_MAX >= RECORDS_BODY_BYTES_MAX);
 
 // --- Batch uploads (issue 6): `POST /datasets/{id}/batches`, `dtm ingest`. ---

@@ -211,7 +211,7 @@ pub async fn serve(
     let own_url = format!("https://{}", info.http_addr);
     crate::probes::start(opts.probes.clone(), opts.node_id, own_url, node_tls.ca_pem.clone(), stop_rx.clone());
     tokio::spawn(https_cert.watch(stop_rx.clone()));
-    serve_https(api::router(state), http, TlsAcceptor::from(https_cfg), stop_rx.clone()).await;
+    serve_https(api::router(state), http, TlsAcceptor::from(https_cfg), HttpTimeouts::NODE, stop_rx.clone()).await;
     let _ = grpc_task.await;
     pipeline.shutdown().await;
     node.shutdown().await;
@@ -355,12 +355,56 @@ async fn bootstrap(node: &Arc<ClusterNode>, data_dir: &Path) -> anyhow::Result<(
     Ok(())
 }
 
+/// How a node's HTTPS connections time out (`HttpTimeouts::NODE`; shorter ones in tests).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpTimeouts {
+    /// HTTP/1.1: idle between requests, and the time to send a request head (one timer in hyper).
+    pub idle: Duration,
+    /// HTTP/1.1: what answers advertise in `Keep-Alive: timeout=N` (below `idle`).
+    pub advertised_idle: Duration,
+    /// HTTP/2: keep-alive pings, and how long an unanswered one is waited for.
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+}
+
+impl HttpTimeouts {
+    pub(crate) const NODE: HttpTimeouts = HttpTimeouts {
+        idle: HTTP1_IDLE_TIMEOUT,
+        advertised_idle: HTTP1_KEEP_ALIVE_ADVERTISED,
+        ping_interval: HTTP2_PING_INTERVAL,
+        ping_timeout: HTTP2_PING_TIMEOUT,
+    };
+}
+
+/// Adds `Keep-Alive: timeout=N` to HTTP/1.1 answers that keep their connection, so a client closes
+/// an idle connection before the node does instead of writing into one the node is closing.
+async fn advertise_keep_alive(
+    axum::extract::State(secs): axum::extract::State<u64>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let http11 = req.version() == axum::http::Version::HTTP_11;
+    let mut resp = next.run(req).await;
+    let closing =
+        resp.headers().get(axum::http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    if http11
+        && !closing
+        && let Ok(v) = axum::http::HeaderValue::from_str(&format!("timeout={secs}"))
+    {
+        resp.headers_mut().insert(axum::http::header::HeaderName::from_static("keep-alive"), v);
+    }
+    resp
+}
+
 pub(crate) async fn serve_https(
     router: axum::Router,
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    timeouts: HttpTimeouts,
     mut stop: watch::Receiver<bool>,
 ) {
+    let router =
+        router.layer(axum::middleware::from_fn_with_state(timeouts.advertised_idle.as_secs(), advertise_keep_alive));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections_max = crate::rlimit::connections_max(HTTP_CONNECTIONS_MAX);
     tracing::info!(connections_max, "HTTPS connections held at most");
@@ -370,17 +414,18 @@ pub(crate) async fn serve_https(
             _ = stop.wait_for(|s| *s) => break,
             p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let (tcp, peer) = tokio::select! {
+        let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
@@ -402,9 +447,14 @@ pub(crate) async fn serve_https(
             builder
                 .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HTTP1_HEADER_READ_TIMEOUT)
+                .header_read_timeout(timeouts.idle)
                 .max_buf_size(HTTP1_BUFFER_BYTES_MAX);
-            builder.http2().max_header_list_size(HTTP2_HEADER_LIST_BYTES_MAX);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(timeouts.ping_interval)
+                .keep_alive_timeout(timeouts.ping_timeout)
+                .max_header_list_size(HTTP2_HEADER_LIST_BYTES_MAX);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
             let _ = watcher.watch(conn.into_owned()).await;
             drop(permit);
@@ -414,5 +464,87 @@ pub(crate) async fn serve_https(
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("connections still open after the shutdown grace period"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    const REQUEST: &[u8] = b"POST /r HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}";
+
+    /// An HTTPS server on the node's stack with the given timeouts; its URL host:port and CA.
+    async fn server(timeouts: HttpTimeouts) -> (String, Vec<u8>, watch::Sender<bool>, tempfile::TempDir) {
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::certs::init(dir.path(), 1, &[]).expect("certs");
+        let files = crate::tls::TlsFiles::in_dir(dir.path(), 1);
+        let ca = std::fs::read(&files.ca).expect("ca");
+        let acceptor =
+            TlsAcceptor::from(crate::tls::https_server_config(crate::tls::ReloadingCert::load(&files).expect("cert")));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let router =
+            axum::Router::new().route("/r", axum::routing::post(|| async { (axum::http::StatusCode::CREATED, "{}") }));
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(serve_https(router, listener, acceptor, timeouts, stop_rx));
+        (addr, ca, stop, dir)
+    }
+
+    fn http11_connector(ca: &[u8]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut &ca[..]) {
+            roots.add(c.expect("ca pem")).expect("ca");
+        }
+        let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    }
+
+    /// An HTTP/1.1 connection stays open while idle for less than `idle`, its answers say how long
+    /// (`Keep-Alive: timeout=N`, below `idle`), and the node closes it once idle for longer. HTTP/2
+    /// answers carry no such header (it is forbidden there). With the node's own timeouts a source
+    /// posting once a minute keeps its connection; before, every connection idle for 10 s was closed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_http11_connection_is_kept_for_the_advertised_time_then_closed() {
+        let timeouts = HttpTimeouts {
+            idle: Duration::from_millis(2_500),
+            advertised_idle: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(1),
+        };
+        let (addr, ca, stop, _dir) = server(timeouts).await;
+        let connector = http11_connector(&ca);
+        let mut conn = crate::bench_connections::open(&connector, &addr).await.expect("connect");
+        let mut buf = Vec::new();
+        conn.write_all(REQUEST).await.expect("write");
+        assert_eq!(crate::bench_connections::read_response(&mut conn, &mut buf).await, Ok(201));
+        let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        assert!(head.contains("\r\nkeep-alive: timeout=2\r\n"), "{head}");
+
+        // Idle for less than the timeout: the same connection serves the next request.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        conn.write_all(REQUEST).await.expect("write after a short idle");
+        assert_eq!(crate::bench_connections::read_response(&mut conn, &mut buf).await, Ok(201));
+
+        // Idle for longer: the node has closed it (the read sees the end of the stream).
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut conn, &mut byte)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the idle connection is still open: {n:?}");
+
+        let http = crate::tls::https_client(&ca).expect("client");
+        let answer = http.post(format!("https://{addr}/r")).body("{}").send().await.expect("h2 post");
+        assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+        assert_eq!(answer.status().as_u16(), 201);
+        assert!(answer.headers().get("keep-alive").is_none(), "{:?}", answer.headers());
+        let _ = stop.send(true);
+
+        let node = HttpTimeouts::NODE;
+        assert!(node.idle >= Duration::from_secs(60) && node.advertised_idle < node.idle, "{node:?}");
     }
 }
