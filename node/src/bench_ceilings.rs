@@ -86,10 +86,90 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("\nEd25519 receipt signatures, one thread: {signs:.0}/s ({:.1} µs each)", 1e6 / signs);
     report["ed25519_signs_per_s"] = json!(signs);
 
+    let caps = Caps::from_report(&report, signs);
+    caps.print();
+    report["caps"] = caps.to_json();
+
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())
+}
+
+/// What the measured parts allow (docs/benchmarks.md, "Ceilings"), for the demo cluster's three
+/// nodes sharing this machine and for three machines like this one with a node each. Every node
+/// applies every record; a new record costs each node one lookup of an absent natural key and one
+/// random insert (in the grown tree), a single-record request also a record block and an
+/// idempotency entry (ascending inserts) and, on the node that answers it, a receipt signature.
+struct Caps {
+    cores: f64,
+    /// Core-µs of HTTPS per request at the last concurrency level (the whole machine's time per
+    /// request, client included).
+    https_us: f64,
+    /// Per node and record: the natural-key lookup and insert (batch), plus two ascending inserts.
+    batch_node_us: f64,
+    realtime_node_us: f64,
+    sign_us: f64,
+}
+
+impl Caps {
+    fn from_report(report: &Value, signs_per_s: f64) -> Caps {
+        let per_s = |v: &Value| v.as_f64().filter(|x| *x > 0.0).map_or(f64::INFINITY, |x| 1e6 / x);
+        let sled = &report["sled"];
+        let https = report["https_noop"]
+            .as_array()
+            .and_then(|l| l.last())
+            .map_or(f64::INFINITY, |l| per_s(&l["records_per_s"]));
+        let lookup = per_s(&sled["absent_lookups_per_s"]);
+        let random = per_s(&sled["random_inserts_last_fifth_per_s"]);
+        let ascending = per_s(&sled["ascending_inserts_last_fifth_per_s"]);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        Caps {
+            cores,
+            https_us: https * cores,
+            batch_node_us: lookup + random,
+            realtime_node_us: lookup + random + 2.0 * ascending,
+            sign_us: 1e6 / signs_per_s.max(1.0),
+        }
+    }
+
+    /// Records per second that `node_us` of every node's work and `shared_us` of work done once
+    /// allow, with `machines` machines of `cores` cores for three nodes.
+    fn cap(&self, node_us: f64, shared_us: f64, machines: f64) -> f64 {
+        let per_record = 3.0 * node_us + shared_us;
+        machines * self.cores * 1e6 / per_record
+    }
+
+    fn print(&self) {
+        let realtime_shared = self.https_us + self.sign_us;
+        println!(
+            "
+What these parts alone allow (every node applies every record; nothing else counted):"
+        );
+        println!(
+            "  batch, natural-key index ({:.1} µs per record per node): at most {:.0} records/s with 3 nodes on this              machine, {:.0} with 3 such machines",
+            self.batch_node_us,
+            self.cap(self.batch_node_us, 0.0, 1.0),
+            self.cap(self.batch_node_us, 0.0, 3.0)
+        );
+        println!(
+            "  single-record requests (HTTPS {:.1} machine-µs, index and two ascending inserts {:.1} µs per node, a              signature {:.1} µs): at most {:.0} requests/s with 3 nodes on this machine, {:.0} with 3 such machines",
+            self.https_us,
+            self.realtime_node_us,
+            self.sign_us,
+            self.cap(self.realtime_node_us, realtime_shared, 1.0),
+            self.cap(self.realtime_node_us, realtime_shared, 3.0)
+        );
+    }
+
+    fn to_json(&self) -> Value {
+        let realtime_shared = self.https_us + self.sign_us;
+        json!({"cores": self.cores,
+            "batch_records_per_s_one_machine": self.cap(self.batch_node_us, 0.0, 1.0),
+            "batch_records_per_s_three_machines": self.cap(self.batch_node_us, 0.0, 3.0),
+            "realtime_requests_per_s_one_machine": self.cap(self.realtime_node_us, realtime_shared, 1.0),
+            "realtime_requests_per_s_three_machines": self.cap(self.realtime_node_us, realtime_shared, 3.0)})
+    }
 }
 
 /// The no-op HTTPS servers, on a runtime of their own.
@@ -277,6 +357,30 @@ fn sign_ceiling() -> anyhow::Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The caps are the arithmetic of docs/benchmarks.md: with lookups at 8 µs and random inserts
+    /// at 16 µs, three nodes on two cores apply at most 2,000,000 / (3 × 24) records/s.
+    #[test]
+    fn caps_divide_the_cores_among_three_nodes_that_each_apply_every_record() {
+        let report = json!({
+            "https_noop": [{"records_per_s": 50_000.0}, {"records_per_s": 25_000.0}],
+            "sled": {"absent_lookups_per_s": 125_000.0, "random_inserts_last_fifth_per_s": 62_500.0,
+                     "ascending_inserts_last_fifth_per_s": 200_000.0},
+        });
+        let mut caps = Caps::from_report(&report, 40_000.0);
+        caps.cores = 2.0;
+        caps.https_us = 80.0; // the last level: 25,000/s on two cores
+        assert!((caps.batch_node_us - 24.0).abs() < 1e-9, "{}", caps.batch_node_us);
+        assert!((caps.realtime_node_us - 34.0).abs() < 1e-9, "{}", caps.realtime_node_us);
+        assert!((caps.sign_us - 25.0).abs() < 1e-9);
+        assert!((caps.cap(caps.batch_node_us, 0.0, 1.0) - 2e6 / 72.0).abs() < 1e-6);
+        // Real time: 3 × 34 per node, plus 80 of HTTPS and 25 of signing, once.
+        assert!((caps.cap(caps.realtime_node_us, caps.https_us + caps.sign_us, 1.0) - 2e6 / 207.0).abs() < 1e-6);
+        assert!((caps.cap(caps.batch_node_us, 0.0, 3.0) - 3.0 * 2e6 / 72.0).abs() < 1e-6);
+        // A part that was not measured counts as unaffordable: no cap is claimed from it.
+        let empty = Caps::from_report(&json!({}), 40_000.0);
+        assert_eq!(empty.cap(empty.batch_node_us, 0.0, 1.0), 0.0);
+    }
 
     /// The transport measurement loads what it claims to: servers on the node's HTTPS stack that
     /// answer the benchmark's POST with 201 over HTTP/2, so every request counts and none fails.

@@ -152,10 +152,23 @@ async fn a_flooding_source_is_pushed_back_without_hurting_another() -> anyhow::R
 
 /// AC6: a fault in one source's validate actor fails that request with a clear 5xx; the actor is
 /// restarted (and counted); the other source is unaffected; nothing accepted before is lost. Then
-/// the source is removed: its actors stop on every node and its key is refused.
+/// the source is removed: its actors stop on every node and its key is refused. These small bodies
+/// run on the stage actors' own tasks (`[pipeline] inline_bytes_max`, 16 KiB by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_validate_actor_is_restarted_and_isolated() -> anyhow::Result<()> {
-    let c = TestCluster::start(3, &[]).await?;
+    crashing_validate_actor(&[]).await
+}
+
+/// The same with every job on the blocking pool (`--pipeline-inline-bytes-max 0`, the setting
+/// before session 13 and the one for bodies above the limit): the same answers, restart and
+/// isolation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_validate_actor_on_the_blocking_pool_is_restarted_and_isolated() -> anyhow::Result<()> {
+    crashing_validate_actor(&["--pipeline-inline-bytes-max", "0"]).await
+}
+
+async fn crashing_validate_actor(serve_args: &[&str]) -> anyhow::Result<()> {
+    let c = TestCluster::start(3, serve_args).await?;
     let (a, b) = setup(&c).await?;
     for i in 0..5 {
         let (s, v, _) = c.post(3, "etx", &a, &json!({"agency": "A", "n": i}), None).await?;
