@@ -142,24 +142,27 @@ impl Caps {
 
     fn print(&self) {
         let realtime_shared = self.https_us + self.sign_us;
+        println!("\nWhat these parts alone allow (every node applies every record; nothing else counted):");
         println!(
-            "
-What these parts alone allow (every node applies every record; nothing else counted):"
+            "  batch, natural-key index ({:.1} µs per record per node): at most {:.0} records/s",
+            self.batch_node_us,
+            self.cap(self.batch_node_us, 0.0, 1.0)
         );
         println!(
-            "  batch, natural-key index ({:.1} µs per record per node): at most {:.0} records/s with 3 nodes on this              machine, {:.0} with 3 such machines",
-            self.batch_node_us,
-            self.cap(self.batch_node_us, 0.0, 1.0),
+            "    with 3 nodes on this machine, {:.0} with 3 machines like it",
             self.cap(self.batch_node_us, 0.0, 3.0)
         );
         println!(
-            "  single-record requests (HTTPS {:.1} machine-µs, index and two ascending inserts {:.1} µs per node, a              signature {:.1} µs): at most {:.0} requests/s with 3 nodes on this machine, {:.0} with 3 such machines",
-            self.https_us,
+            "  single-record requests (HTTPS {:.1} core-µs with the client, natural-key index and two ascending",
+            self.https_us
+        );
+        println!(
+            "    inserts {:.1} µs per node, a signature {:.1} µs): at most {:.0} requests/s with 3 nodes on this",
             self.realtime_node_us,
             self.sign_us,
-            self.cap(self.realtime_node_us, realtime_shared, 1.0),
-            self.cap(self.realtime_node_us, realtime_shared, 3.0)
+            self.cap(self.realtime_node_us, realtime_shared, 1.0)
         );
+        println!("    machine, {:.0} with 3 machines like it", self.cap(self.realtime_node_us, realtime_shared, 3.0));
     }
 
     fn to_json(&self) -> Value {
