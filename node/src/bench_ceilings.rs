@@ -163,6 +163,17 @@ impl Caps {
             self.cap(self.realtime_node_us, realtime_shared, 1.0)
         );
         println!("    machine, {:.0} with 3 machines like it", self.cap(self.realtime_node_us, realtime_shared, 3.0));
+        println!(
+            "  a node applies records one after another: its natural-key index alone allows at most {:.0}",
+            self.applier_cap()
+        );
+        println!("    records/s, however many cores it has");
+    }
+
+    /// Records per second one node's `apply`, a single thread in log order, can pass through the
+    /// natural-key index, whatever the machine.
+    fn applier_cap(&self) -> f64 {
+        1e6 / self.batch_node_us
     }
 
     fn to_json(&self) -> Value {
@@ -171,7 +182,8 @@ impl Caps {
             "batch_records_per_s_one_machine": self.cap(self.batch_node_us, 0.0, 1.0),
             "batch_records_per_s_three_machines": self.cap(self.batch_node_us, 0.0, 3.0),
             "realtime_requests_per_s_one_machine": self.cap(self.realtime_node_us, realtime_shared, 1.0),
-            "realtime_requests_per_s_three_machines": self.cap(self.realtime_node_us, realtime_shared, 3.0)})
+            "realtime_requests_per_s_three_machines": self.cap(self.realtime_node_us, realtime_shared, 3.0),
+            "applier_records_per_s_any_machine": self.applier_cap()})
     }
 }
 
@@ -380,6 +392,7 @@ mod tests {
         // Real time: 3 × 34 per node, plus 80 of HTTPS and 25 of signing, once.
         assert!((caps.cap(caps.realtime_node_us, caps.https_us + caps.sign_us, 1.0) - 2e6 / 207.0).abs() < 1e-6);
         assert!((caps.cap(caps.batch_node_us, 0.0, 3.0) - 3.0 * 2e6 / 72.0).abs() < 1e-6);
+        assert!((caps.applier_cap() - 1e6 / 24.0).abs() < 1e-6);
         // A part that was not measured counts as unaffordable: no cap is claimed from it.
         let empty = Caps::from_report(&json!({}), 40_000.0);
         assert_eq!(empty.cap(empty.batch_node_us, 0.0, 1.0), 0.0);
