@@ -8,6 +8,18 @@ pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Snapshot chunk size; openraft streams snapshots in chunks of this many bytes.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// How long one snapshot RPC may take (openraft's `install_snapshot_timeout`). The last chunk's
+/// answer waits until the follower has installed the whole snapshot, which grows with the state:
+/// about 10 s for a 71 MB snapshot (500,000 records) under write load on this machine, minutes for
+/// a national system's years of data. At 10 s the last chunk timed out, its retry found the
+/// transfer already finished and was told to start over, and the whole snapshot crossed the
+/// network again (session 14). A follower that died or hangs is not waited for this long: the peer
+/// channel's HTTP/2 keep-alive (`PEER_KEEP_ALIVE_*`) fails the call within about 15 s.
+pub const SNAPSHOT_RPC_DEADLINE_MS: u64 = 30 * 60 * 1000;
+/// HTTP/2 pings on each peer channel: sent after this long without a frame, and the connection
+/// (with the calls on it) dropped when one is not answered within the timeout.
+pub const PEER_KEEP_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+pub const PEER_KEEP_ALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A backup copy waits for a snapshot that holds the copy window at most this many times.
 pub const BACKUP_COPY_ATTEMPTS_MAX: u32 = 50;
 pub const BACKUP_COPY_RETRY_DELAY: Duration = Duration::from_millis(200);

@@ -42,6 +42,8 @@ use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
 
 use crate::limits::GRPC_MESSAGE_BYTES_MAX;
+use crate::limits::PEER_KEEP_ALIVE_INTERVAL;
+use crate::limits::PEER_KEEP_ALIVE_TIMEOUT;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -71,8 +73,8 @@ impl PeerPool {
                     .tls_config(self.tls.clone())?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(5))
+                    .http2_keep_alive_interval(PEER_KEEP_ALIVE_INTERVAL)
+                    .keep_alive_timeout(PEER_KEEP_ALIVE_TIMEOUT)
                     .connect_lazy();
                 map.insert(id, (addr.to_string(), ch.clone()));
                 ch

@@ -283,7 +283,7 @@ impl ClusterNode {
             heartbeat_interval: cfg.raft.heartbeat_interval_ms,
             election_timeout_min: cfg.raft.election_timeout_min_ms,
             election_timeout_max: cfg.raft.election_timeout_max_ms,
-            install_snapshot_timeout: 10_000,
+            install_snapshot_timeout: SNAPSHOT_RPC_DEADLINE_MS,
             max_payload_entries: APPEND_ENTRIES_MAX,
             // Snapshots are triggered by `snapshot_policy` below, which also weighs their cost.
             snapshot_policy: SnapshotPolicy::Never,

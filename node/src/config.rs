@@ -104,6 +104,12 @@ pub struct ServeArgs {
     #[cfg(feature = "fault-injection")]
     #[arg(long)]
     pub unsafe_audit_retention_days: Option<u32>,
+    /// Test builds only (feature `fault-injection`): every InstallSnapshot call this node
+    /// receives waits this long first, as the last chunk of a large snapshot waits for its
+    /// installation.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long)]
+    pub fault_snapshot_rpc_delay_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -303,6 +309,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
         backup: crate::backup::resolve(file.backup)?,
         audit: crate::audit::resolve(file.audit, args.audit_checkpoint_interval_ms, args.audit_verify_interval_s)?,
         performance: crate::perf::resolve(file.performance, args.perf_sample_interval_s)?,
+        fault_snapshot_rpc_delay: None,
     };
     #[cfg(feature = "fault-injection")]
     let opts = {
@@ -311,6 +318,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<(ServeOptions, String, String)
             opts.audit.retention_days = days;
             opts.performance.unsafe_overrides.push(format!("unsafe_audit_retention_days={days}"));
         }
+        opts.fault_snapshot_rpc_delay = args.fault_snapshot_rpc_delay_ms.map(std::time::Duration::from_millis);
         opts
     };
     Ok((opts, http_addr, grpc_addr))

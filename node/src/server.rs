@@ -61,6 +61,10 @@ pub struct ServeOptions {
     pub backup: crate::backup::BackupOptions,
     /// Performance samples (`[performance]`).
     pub performance: crate::perf::PerfOptions,
+    /// Test builds only (feature `fault-injection`, `--fault-snapshot-rpc-delay-ms`): every
+    /// InstallSnapshot call this node receives waits this long first, as the last chunk of a large
+    /// snapshot waits for its installation. Always `None` in a release build.
+    pub fault_snapshot_rpc_delay: Option<Duration>,
 }
 
 /// Writes `contents` to `path` atomically (temp file + rename) with `mode`.
@@ -136,6 +140,7 @@ pub async fn serve(
         let server = tonic::transport::Server::builder()
             .timeout(Duration::from_secs(60))
             .http2_max_pending_accept_reset_streams(Some(GRPC_PENDING_ACCEPT_RESETS_MAX))
+            .layer(tower::util::option_layer(opts.fault_snapshot_rpc_delay.map(DelaySnapshotRpcLayer)))
             .add_service(svc)
             .add_service(ingest);
         let incoming = tls_incoming(grpc, TlsAcceptor::from(grpc_tls));
@@ -353,6 +358,49 @@ async fn bootstrap(node: &Arc<ClusterNode>, data_dir: &Path) -> anyhow::Result<(
     write_private(&token_file, &issued.secret_text, 0o600)?;
     tracing::info!(path = %token_file.display(), "bootstrap admin token written");
     Ok(())
+}
+
+/// Fault injection (`ServeOptions::fault_snapshot_rpc_delay`): delays InstallSnapshot calls.
+#[derive(Clone, Copy)]
+struct DelaySnapshotRpcLayer(Duration);
+
+impl<S> tower::Layer<S> for DelaySnapshotRpcLayer {
+    type Service = DelaySnapshotRpc<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        DelaySnapshotRpc { inner, delay: self.0 }
+    }
+}
+
+#[derive(Clone)]
+struct DelaySnapshotRpc<S> {
+    inner: S,
+    delay: Duration,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for DelaySnapshotRpc<S>
+where
+    S: tower::Service<axum::http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        // The service that was polled ready serves this call; a clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let delay = if req.uri().path().ends_with("/InstallSnapshot") { self.delay } else { Duration::ZERO };
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            inner.call(req).await
+        })
+    }
 }
 
 /// How a node's HTTPS connections time out (`HttpTimeouts::NODE`; shorter ones in tests).
