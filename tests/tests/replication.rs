@@ -291,7 +291,10 @@ async fn a_slow_snapshot_install_is_waited_for_and_not_sent_again() -> anyhow::R
     for id in c.running() {
         let log = c.log(id);
         assert!(!log.contains("snapshot mismatch"), "node {id} restarted a snapshot transfer");
-        assert!(!log.contains("error sending InstallSnapshot RPC"), "node {id} saw a snapshot RPC fail");
+        // (Calls to the node while it was down fail as unreachable; none may run out of time.)
+        let timed_out =
+            log.lines().find(|l| l.contains("InstallSnapshot") && (l.contains("deadline") || l.contains("timed out")));
+        assert!(timed_out.is_none(), "node {id}: a snapshot call ran out of time: {timed_out:?}");
     }
     Ok(())
 }
