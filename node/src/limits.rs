@@ -66,6 +66,17 @@ pub const GRPC_HANDSHAKES_QUEUED: usize = 128;
 /// heartbeats included, and at 20 the server tore down the leader's connection with GOAWAY
 /// `too_many_resets` just as the node came back. This covers about a minute of a peer's RPCs.
 pub const GRPC_PENDING_ACCEPT_RESETS_MAX: usize = 2048;
+/// How long the gRPC port works on one call (Raft, forwarded writes, `dtm.v1.Ingest`) before it
+/// answers DEADLINE_EXCEEDED; InstallSnapshot alone may take `dtm_cluster::limits::
+/// SNAPSHOT_RPC_DEADLINE_MS` (its last chunk is answered once the whole snapshot is installed).
+pub const GRPC_CALL_DEADLINE: Duration = Duration::from_secs(60);
+/// How long one `dtm.v1.Ingest/SubmitStream` stream may stay open (a source then opens a new one);
+/// each request on it is bounded like a `Submit`. Before session 14 streams were cut at 60 s.
+pub const GRPC_STREAM_DEADLINE: Duration = Duration::from_secs(3600);
+/// HTTP/2 pings on the gRPC port: a caller silent this long is pinged and dropped when it does not
+/// answer within the timeout, so a vanished source does not hold a stream for its whole deadline.
+pub const GRPC_PING_INTERVAL: Duration = Duration::from_secs(60);
+pub const GRPC_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the HTTPS certificate files are checked for a renewal, and how long before its end a
 /// certificate is reported as expiring.
 pub const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);

@@ -137,10 +137,13 @@ pub async fn serve(
         // TLS is terminated here rather than by tonic, with the same reloading certificate as
         // HTTPS: a renewed node certificate is served on this port too without a restart.
         let grpc_tls = crate::tls::grpc_server_config(https_cert.clone(), &node_tls.ca_pem)?;
+        // Deadlines per call (`GrpcDeadlines`) rather than tonic's one timeout for every call.
+        let deadlines = GrpcDeadlinesLayer { fault_snapshot_delay: opts.fault_snapshot_rpc_delay.unwrap_or_default() };
         let server = tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(60))
             .http2_max_pending_accept_reset_streams(Some(GRPC_PENDING_ACCEPT_RESETS_MAX))
-            .layer(tower::util::option_layer(opts.fault_snapshot_rpc_delay.map(DelaySnapshotRpcLayer)))
+            .http2_keepalive_interval(Some(GRPC_PING_INTERVAL))
+            .http2_keepalive_timeout(Some(GRPC_PING_TIMEOUT))
+            .layer(deadlines)
             .add_service(svc)
             .add_service(ingest);
         let incoming = tls_incoming(grpc, TlsAcceptor::from(grpc_tls));
@@ -360,28 +363,47 @@ async fn bootstrap(node: &Arc<ClusterNode>, data_dir: &Path) -> anyhow::Result<(
     Ok(())
 }
 
-/// Fault injection (`ServeOptions::fault_snapshot_rpc_delay`): delays InstallSnapshot calls.
-#[derive(Clone, Copy)]
-struct DelaySnapshotRpcLayer(Duration);
+/// How long the gRPC port works on a call to `path` before answering DEADLINE_EXCEEDED: the last
+/// chunk of a snapshot is answered only once the follower has installed all of it, which takes as
+/// long as the state is large, so InstallSnapshot gets the leader's own deadline for it; a source's
+/// `SubmitStream` may stay open `GRPC_STREAM_DEADLINE`; every other call gets `GRPC_CALL_DEADLINE`.
+fn grpc_call_deadline(path: &str) -> Duration {
+    if path.ends_with("/InstallSnapshot") {
+        Duration::from_millis(dtm_cluster::limits::SNAPSHOT_RPC_DEADLINE_MS)
+    } else if path.ends_with("/SubmitStream") {
+        GRPC_STREAM_DEADLINE
+    } else {
+        GRPC_CALL_DEADLINE
+    }
+}
 
-impl<S> tower::Layer<S> for DelaySnapshotRpcLayer {
-    type Service = DelaySnapshotRpc<S>;
+/// Applies `grpc_call_deadline` to every call on the gRPC port. In test builds it can also hold
+/// each InstallSnapshot call for a while first (`ServeOptions::fault_snapshot_rpc_delay`), as a
+/// slow install holds the last chunk; zero otherwise.
+#[derive(Clone, Copy)]
+struct GrpcDeadlinesLayer {
+    fault_snapshot_delay: Duration,
+}
+
+impl<S> tower::Layer<S> for GrpcDeadlinesLayer {
+    type Service = GrpcDeadlines<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        DelaySnapshotRpc { inner, delay: self.0 }
+        GrpcDeadlines { inner, fault_snapshot_delay: self.fault_snapshot_delay }
     }
 }
 
 #[derive(Clone)]
-struct DelaySnapshotRpc<S> {
+struct GrpcDeadlines<S> {
     inner: S,
-    delay: Duration,
+    fault_snapshot_delay: Duration,
 }
 
-impl<S, B> tower::Service<axum::http::Request<B>> for DelaySnapshotRpc<S>
+impl<S, B, R> tower::Service<axum::http::Request<B>> for GrpcDeadlines<S>
 where
-    S: tower::Service<axum::http::Request<B>> + Clone + Send + 'static,
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
+    R: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -395,10 +417,20 @@ where
         // The service that was polled ready serves this call; a clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let delay = if req.uri().path().ends_with("/InstallSnapshot") { self.delay } else { Duration::ZERO };
+        let deadline = grpc_call_deadline(req.uri().path());
+        let delay =
+            if req.uri().path().ends_with("/InstallSnapshot") { self.fault_snapshot_delay } else { Duration::ZERO };
         Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            inner.call(req).await
+            let call = async move {
+                tokio::time::sleep(delay).await;
+                inner.call(req).await
+            };
+            match tokio::time::timeout(deadline, call).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    Ok(tonic::Status::deadline_exceeded(format!("the call took longer than {deadline:?}")).into_http())
+                }
+            }
         })
     }
 }
@@ -524,6 +556,21 @@ mod tests {
     use super::*;
 
     const REQUEST: &[u8] = b"POST /r HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}";
+
+    /// Every gRPC call has a deadline; a snapshot's may be as long as the leader waits for it,
+    /// since its last chunk is answered only once the whole snapshot is installed.
+    #[test]
+    fn snapshot_calls_may_take_as_long_as_the_leader_waits_streams_an_hour_and_others_a_minute() {
+        let snapshot = Duration::from_millis(dtm_cluster::limits::SNAPSHOT_RPC_DEADLINE_MS);
+        assert_eq!(grpc_call_deadline("/dtm.raft.v1.RaftService/InstallSnapshot"), snapshot);
+        assert!(snapshot >= Duration::from_secs(600), "{snapshot:?}");
+        assert_eq!(grpc_call_deadline("/dtm.v1.Ingest/SubmitStream"), GRPC_STREAM_DEADLINE);
+        for other in
+            ["/dtm.raft.v1.RaftService/AppendEntries", "/dtm.raft.v1.RaftService/Propose", "/dtm.v1.Ingest/Submit"]
+        {
+            assert_eq!(grpc_call_deadline(other), GRPC_CALL_DEADLINE, "{other}");
+        }
+    }
 
     /// An HTTPS server on the node's stack with the given timeouts; its URL host:port and CA.
     async fn server(timeouts: HttpTimeouts) -> (String, Vec<u8>, watch::Sender<bool>, tempfile::TempDir) {
