@@ -422,7 +422,11 @@ where
             if req.uri().path().ends_with("/InstallSnapshot") { self.fault_snapshot_delay } else { Duration::ZERO };
         Box::pin(async move {
             let call = async move {
-                tokio::time::sleep(delay).await;
+                // A zero sleep still waits for the timer's next tick (about a millisecond), on
+                // every Raft call: only the test-build fault sleeps.
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 inner.call(req).await
             };
             match tokio::time::timeout(deadline, call).await {
