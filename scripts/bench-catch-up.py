@@ -15,9 +15,8 @@ PORT = int(sys.argv[2]) if len(sys.argv) > 2 else 26600
 if not os.path.exists(BIN):
     subprocess.run(["cargo", "build", "--locked", "--release", "-p", "dtm-node"], check=True)
 W = f"/tmp/dtm-catch-up-{PORT}"; shutil.rmtree(W, ignore_errors=True); os.makedirs(W)
-env = dict(os.environ)
 demo = subprocess.Popen([BIN, "demo", "--dir", f"{W}/demo", "--base-port", str(PORT), "--feed-interval-secs", "3600"],
-                        stdout=open(f"{W}/demo.log", "w"), stderr=subprocess.STDOUT, env=env)
+                        stdout=open(f"{W}/demo.log", "w"), stderr=subprocess.STDOUT)
 try:
     for _ in range(120):
         if os.path.exists(f"{W}/demo/demo.json") and "Feeding" in open(f"{W}/demo.log").read(): break
@@ -72,7 +71,6 @@ try:
         if a3 and a1 - a3 < 50:
             print(f"CAUGHT UP after {time.time()-t0:.1f} s (snapshot installed at {installed})", flush=True); break
     bench.send_signal(signal.SIGINT); bench.wait()
-    print(open(f"{W}/bench.out").read()[-400:])
     p3.kill()
 finally:
     demo.send_signal(signal.SIGINT); demo.wait(timeout=60)

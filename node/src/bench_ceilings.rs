@@ -199,11 +199,7 @@ struct NoopServers {
 impl NoopServers {
     async fn start() -> anyhow::Result<NoopServers> {
         let dir = tempfile::tempdir()?;
-        crate::certs::init(dir.path(), 1, &[])?;
-        let files = crate::tls::TlsFiles::in_dir(dir.path(), 1);
-        let ca_pem = std::fs::read(&files.ca).context("reading the CA certificate")?;
-        let cert = crate::tls::ReloadingCert::load(&files)?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::https_server_config(cert));
+        let (acceptor, ca_pem) = crate::tls::throwaway_https(dir.path())?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let runtime =

@@ -131,6 +131,17 @@ fn io_kind(e: std::io::Error) -> String {
     }
 }
 
+/// A TLS connector that trusts `ca_pem` and offers only HTTP/1.1 (the hand-written client above).
+pub(crate) fn http11_connector(ca_pem: &[u8]) -> anyhow::Result<TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots.add(c.context("parsing the CA certificate")?)?;
+    }
+    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
 pub(crate) async fn open(connector: &TlsConnector, addr: &str) -> Result<TlsStream<TcpStream>, String> {
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Err(_) => return Err("connect timeout".into()),
@@ -212,13 +223,7 @@ pub async fn run(
     }
     let before = sample(&nodes);
 
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
-        roots.add(c.context("parsing the CA certificate")?)?;
-    }
-    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = TlsConnector::from(Arc::new(cfg));
+    let connector = http11_connector(ca_pem)?;
     let targets: Vec<String> = if args.connections_one_node { urls[..1].to_vec() } else { urls.to_vec() };
     let addrs: Vec<String> =
         targets.iter().map(|u| u.trim_start_matches("https://").trim_end_matches('/').to_string()).collect();

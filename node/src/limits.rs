@@ -71,7 +71,8 @@ pub const GRPC_PENDING_ACCEPT_RESETS_MAX: usize = 2048;
 /// SNAPSHOT_RPC_DEADLINE_MS` (its last chunk is answered once the whole snapshot is installed).
 pub const GRPC_CALL_DEADLINE: Duration = Duration::from_secs(60);
 /// How long one `dtm.v1.Ingest/SubmitStream` stream may stay open (a source then opens a new one);
-/// each request on it is bounded like a `Submit`. Before session 14 streams were cut at 60 s.
+/// each request on it waits for its commit as a `Submit` does. Before session 14 streams were cut
+/// at 60 s by tonic's single server timeout.
 pub const GRPC_STREAM_DEADLINE: Duration = Duration::from_secs(3600);
 /// HTTP/2 pings on the gRPC port: a caller silent this long is pinged and dropped when it does not
 /// answer within the timeout, so a vanished source does not hold a stream for its whole deadline.

@@ -368,13 +368,17 @@ async fn bootstrap(node: &Arc<ClusterNode>, data_dir: &Path) -> anyhow::Result<(
 /// long as the state is large, so InstallSnapshot gets the leader's own deadline for it; a source's
 /// `SubmitStream` may stay open `GRPC_STREAM_DEADLINE`; every other call gets `GRPC_CALL_DEADLINE`.
 fn grpc_call_deadline(path: &str) -> Duration {
-    if path.ends_with("/InstallSnapshot") {
+    if is_install_snapshot(path) {
         Duration::from_millis(dtm_cluster::limits::SNAPSHOT_RPC_DEADLINE_MS)
     } else if path.ends_with("/SubmitStream") {
         GRPC_STREAM_DEADLINE
     } else {
         GRPC_CALL_DEADLINE
     }
+}
+
+fn is_install_snapshot(path: &str) -> bool {
+    path.ends_with("/InstallSnapshot")
 }
 
 /// Applies `grpc_call_deadline` to every call on the gRPC port. In test builds it can also hold
@@ -417,9 +421,9 @@ where
         // The service that was polled ready serves this call; a clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let deadline = grpc_call_deadline(req.uri().path());
-        let delay =
-            if req.uri().path().ends_with("/InstallSnapshot") { self.fault_snapshot_delay } else { Duration::ZERO };
+        let path = req.uri().path();
+        let deadline = grpc_call_deadline(path);
+        let delay = if is_install_snapshot(path) { self.fault_snapshot_delay } else { Duration::ZERO };
         Box::pin(async move {
             let call = async move {
                 // A zero sleep still waits for the timer's next tick (about a millisecond), on
@@ -463,7 +467,7 @@ impl HttpTimeouts {
 /// Adds `Keep-Alive: timeout=N` to HTTP/1.1 answers that keep their connection, so a client closes
 /// an idle connection before the node does instead of writing into one the node is closing.
 async fn advertise_keep_alive(
-    axum::extract::State(secs): axum::extract::State<u64>,
+    axum::extract::State(value): axum::extract::State<axum::http::HeaderValue>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -471,11 +475,8 @@ async fn advertise_keep_alive(
     let mut resp = next.run(req).await;
     let closing =
         resp.headers().get(axum::http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-    if http11
-        && !closing
-        && let Ok(v) = axum::http::HeaderValue::from_str(&format!("timeout={secs}"))
-    {
-        resp.headers_mut().insert(axum::http::header::HeaderName::from_static("keep-alive"), v);
+    if http11 && !closing {
+        resp.headers_mut().insert(axum::http::header::HeaderName::from_static("keep-alive"), value);
     }
     resp
 }
@@ -487,8 +488,9 @@ pub(crate) async fn serve_https(
     timeouts: HttpTimeouts,
     mut stop: watch::Receiver<bool>,
 ) {
-    let router =
-        router.layer(axum::middleware::from_fn_with_state(timeouts.advertised_idle.as_secs(), advertise_keep_alive));
+    let keep_alive = axum::http::HeaderValue::from_str(&format!("timeout={}", timeouts.advertised_idle.as_secs()))
+        .expect("`timeout=` and digits are a valid header value");
+    let router = router.layer(axum::middleware::from_fn_with_state(keep_alive, advertise_keep_alive));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections_max = crate::rlimit::connections_max(HTTP_CONNECTIONS_MAX);
     tracing::info!(connections_max, "HTTPS connections held at most");
@@ -553,8 +555,6 @@ pub(crate) async fn serve_https(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use tokio::io::AsyncWriteExt;
 
     use super::*;
@@ -580,11 +580,7 @@ mod tests {
     async fn server(timeouts: HttpTimeouts) -> (String, Vec<u8>, watch::Sender<bool>, tempfile::TempDir) {
         crate::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
-        crate::certs::init(dir.path(), 1, &[]).expect("certs");
-        let files = crate::tls::TlsFiles::in_dir(dir.path(), 1);
-        let ca = std::fs::read(&files.ca).expect("ca");
-        let acceptor =
-            TlsAcceptor::from(crate::tls::https_server_config(crate::tls::ReloadingCert::load(&files).expect("cert")));
+        let (acceptor, ca) = crate::tls::throwaway_https(dir.path()).expect("tls");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let router =
@@ -592,16 +588,6 @@ mod tests {
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(serve_https(router, listener, acceptor, timeouts, stop_rx));
         (addr, ca, stop, dir)
-    }
-
-    fn http11_connector(ca: &[u8]) -> tokio_rustls::TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut &ca[..]) {
-            roots.add(c.expect("ca pem")).expect("ca");
-        }
-        let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        tokio_rustls::TlsConnector::from(Arc::new(cfg))
     }
 
     /// An HTTP/1.1 connection stays open while idle for less than `idle`, its answers say how long
@@ -617,7 +603,7 @@ mod tests {
             ping_timeout: Duration::from_secs(1),
         };
         let (addr, ca, stop, _dir) = server(timeouts).await;
-        let connector = http11_connector(&ca);
+        let connector = crate::bench_connections::http11_connector(&ca).expect("connector");
         let mut conn = crate::bench_connections::open(&connector, &addr).await.expect("connect");
         let mut buf = Vec::new();
         conn.write_all(REQUEST).await.expect("write");

@@ -60,6 +60,15 @@ pub fn https_server_config(cert: Arc<ReloadingCert>) -> Arc<rustls::ServerConfig
     Arc::new(cfg)
 }
 
+/// An HTTPS acceptor like a node's, with a CA and node certificate made in `dir` (`certs::init`),
+/// and that CA's PEM: for servers that exist only for a measurement or a test.
+pub fn throwaway_https(dir: &Path) -> anyhow::Result<(tokio_rustls::TlsAcceptor, Vec<u8>)> {
+    crate::certs::init(dir, 1, &[])?;
+    let files = TlsFiles::in_dir(dir, 1);
+    let ca_pem = std::fs::read(&files.ca).context("reading the CA certificate")?;
+    Ok((tokio_rustls::TlsAcceptor::from(https_server_config(ReloadingCert::load(&files)?)), ca_pem))
+}
+
 /// The gRPC port's TLS configuration: the node certificate (reloaded like the HTTPS one), TLS 1.2
 /// and 1.3, ALPN h2, and client certificates verified against the cluster CA but optional — the
 /// node-to-node service refuses a caller that presented none, source systems present none.
