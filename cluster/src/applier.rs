@@ -79,6 +79,12 @@ impl Applier for DtmApplier {
         Ok(resp)
     }
 
+    /// A new record's natural key and a new submission's idempotency key are looked up and
+    /// usually missing: the store proves most of those misses without sled.
+    fn lookup_filtered_prefixes(&self) -> Vec<Vec<u8>> {
+        vec![tables::NATURAL_KEY.to_vec(), tables::IDEMPOTENCY.to_vec()]
+    }
+
     fn committed(&self, last: &LogId) {
         self.view.publish(last.index);
     }

@@ -18,10 +18,14 @@
 //! does not vote while marked (`LogStore::catching_up`). Readers at default consistency can see
 //! part of a snapshot while it installs; `StateReader::install_epoch` tells a reader that reads
 //! many keys as one whole (the audit verification) that the tables were replaced under it.
+//! A Bloom filter of the keys under the applier's miss-heavy prefixes (`absence.rs`) lets `Txn::get`
+//! answer most misses without sled; it is rebuilt from the tables after they are replaced and
+//! proves nothing until then.
 //! Values of 256 bytes or more are compressed (zstd) before they are sealed (`Cipher::seal_value`); `Txn::append` lets `apply`
 //! build one value (a block of records) piece by piece. A follower is sent at most `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so
 //! the engine can be replaced.
 
+mod absence;
 pub mod crypto;
 mod error;
 pub mod limits;
@@ -33,6 +37,7 @@ mod state_machine;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use absence::AbsenceStats;
 pub use crypto::Cipher;
 pub use crypto::KeyringStatus;
 pub use crypto::MasterKey;

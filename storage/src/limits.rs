@@ -36,3 +36,15 @@ pub const RESTORE_BATCH_PAIRS: usize = 16 * 1024;
 
 /// How long `reopen` waits for a store closed in this process to release its lock.
 pub const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The most memory one lookup filter (`absence.rs`) may take, in bytes: about 170 million keys at
+/// 12 bits each. Two filters exist while one is rebuilt. A filter that would need more stops
+/// proving misses (every lookup goes to sled, as without it) until the node restarts.
+pub const ABSENCE_FILTER_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Keys of a lookup filter's first layer (96 KiB); each further layer holds twice the last.
+pub const ABSENCE_FIRST_LAYER_KEYS: u64 = 64 * 1024;
+
+/// How long the lookup filter's build may scan after each `apply` call. The build runs on the
+/// state machine's thread, so this is the most it adds to an `apply` while a build is on.
+pub const ABSENCE_BUILD_SLICE: std::time::Duration = std::time::Duration::from_millis(2);

@@ -32,6 +32,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::storage::Snapshot;
 use prost::Message;
 
+use crate::absence::AbsenceFilter;
 use crate::crypto::Cipher;
 use crate::error::StoreError;
 use crate::error::sto;
@@ -137,6 +138,13 @@ pub trait Applier: Send + Sync + 'static {
     fn reset(&self, _tables: &crate::StateReader) -> std::result::Result<(), StoreError> {
         Ok(())
     }
+
+    /// Key prefixes of tables whose lookups mostly miss (a new record's natural key, a new
+    /// submission's idempotency key): the store keeps a filter of the keys under them so that a
+    /// miss it can prove costs no sled lookup (`absence.rs`). Never changes what `apply` does.
+    fn lookup_filtered_prefixes(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
 }
 
 /// Keys and what they become (`None`: removed), or what they were (pre-images).
@@ -147,14 +155,24 @@ type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 pub struct Txn<'a> {
     tree: &'a SealedTree,
     overlay: Overlay,
+    /// Proves misses without sled; every key this transaction writes is noted in it first.
+    absence: Option<&'a AbsenceFilter>,
 }
 
 impl<'a> Txn<'a> {
+    #[cfg(test)]
     fn new(tree: &'a SealedTree) -> Self {
-        Txn { tree, overlay: BTreeMap::new() }
+        Txn { tree, overlay: BTreeMap::new(), absence: None }
+    }
+
+    fn with_filter(tree: &'a SealedTree, absence: &'a AbsenceFilter) -> Self {
+        Txn { tree, overlay: BTreeMap::new(), absence: Some(absence) }
     }
 
     pub fn get(&self, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, StoreError> {
+        if self.absence.is_some_and(|f| f.certainly_absent(key)) {
+            return Ok(None);
+        }
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
@@ -195,6 +213,9 @@ impl<'a> Txn<'a> {
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         debug_assert!(key.first() != Some(&RESERVED_PREFIX), "application key in the reserved range");
+        if let Some(f) = self.absence {
+            f.note(&key);
+        }
         self.overlay.insert(key, Some(value));
     }
 
@@ -215,6 +236,9 @@ impl<'a> Txn<'a> {
         write: impl FnOnce(&mut Vec<u8>),
     ) -> std::result::Result<(), StoreError> {
         debug_assert!(key.first() != Some(&RESERVED_PREFIX), "application key in the reserved range");
+        if let Some(f) = self.absence {
+            f.note(&key);
+        }
         let value = match self.overlay.get_mut(&key) {
             Some(Some(v)) => v,
             Some(None) => self.overlay.entry(key).or_default().insert(Vec::new()),
@@ -255,6 +279,8 @@ struct Inner {
     /// Whether the snapshot file was checked against the tables yet (`check_snapshot`).
     snapshot_checked: AtomicBool,
     stats: Arc<crate::SnapshotStats>,
+    /// The keys of the applier's miss-heavy tables (`absence.rs`).
+    absence: AbsenceFilter,
 }
 
 /// The state machine store. Cheap to clone.
@@ -271,8 +297,10 @@ impl StateMachineStore {
         applier: Arc<dyn Applier>,
         stats: Arc<crate::SnapshotStats>,
     ) -> std::result::Result<Self, StoreError> {
+        let absence = AbsenceFilter::new(applier.lookup_filtered_prefixes());
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
+                absence,
                 db,
                 tree,
                 snapshot_file,
@@ -476,6 +504,7 @@ impl StateMachineStore {
         }
         batch.insert(KEY_MEMBERSHIP, &dtm_model::stored_membership_to_pb(&meta.last_membership).encode_to_vec())?;
         tree.apply_batch(batch)?;
+        self.inner.absence.reset();
         self.inner.applier.reset(&self.reader())?;
         // The snapshot file, so that nodes that join receive the state at once.
         self.inner.db.flush()?;
@@ -568,6 +597,7 @@ impl StateMachineStore {
         }
         let _g = self.lock();
         let _installing = self.inner.stats.installing();
+        self.inner.absence.reset();
         let tree = &self.inner.tree;
         let mut mark = tree.batch();
         mark.insert(KEY_INSTALLING, meta.snapshot_id.as_bytes())?;
@@ -600,6 +630,7 @@ impl StateMachineStore {
         done.insert(KEY_MEMBERSHIP, &dtm_model::stored_membership_to_pb(&meta.last_membership).encode_to_vec())?;
         done.remove(KEY_INSTALLING);
         tree.apply_batch(done)?;
+        self.inner.absence.reset();
         self.inner.applier.reset(&self.reader())?;
         Ok(())
     }
@@ -629,6 +660,11 @@ impl StateMachineStore {
     /// A read view of the same tables.
     pub(crate) fn reader(&self) -> crate::StateReader {
         crate::StateReader { tree: self.inner.tree.clone(), stats: self.inner.stats.clone() }
+    }
+
+    /// What the lookup filter holds (`absence.rs`).
+    pub fn lookup_filter(&self) -> crate::AbsenceStats {
+        self.inner.absence.stats()
     }
 
     /// The data keys (for rotation and status).
@@ -680,7 +716,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let tree = self.inner.tree.clone();
-        let mut txn = Txn::new(&tree);
+        let mut txn = Txn::with_filter(&tree, &self.inner.absence);
         let mut replies = Vec::new();
         let mut last: Option<LogId> = None;
         let mut membership: Option<StoredMem> = None;
@@ -731,6 +767,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 self.inner.applier.committed(l);
             }
         }
+        self.inner.absence.advance(&tree.raw);
         Ok(replies)
     }
 
@@ -809,6 +846,108 @@ mod tests {
             }
             Ok(CommandResponse::default())
         }
+    }
+
+    /// `KvApplier` that also says whether each key it writes was there (`Rejected("found")`), with
+    /// its `t/` table behind the lookup filter (`absence.rs`).
+    struct ProbingApplier;
+
+    impl Applier for ProbingApplier {
+        fn apply(
+            &self,
+            txn: &mut Txn<'_>,
+            _log_id: &LogId,
+            cmd: &Command,
+        ) -> std::result::Result<CommandResponse, StoreError> {
+            let Some(dtm_model::state::command::Kind::RegisterSource(r)) = &cmd.kind else {
+                return Ok(CommandResponse::default());
+            };
+            let s = r.source.clone().unwrap_or_default();
+            let found = txn.get(s.id.as_bytes())?.is_some();
+            txn.put(s.id.into_bytes(), s.name.into_bytes());
+            let result = match found {
+                true => dtm_model::state::command_response::Result::Rejected(dtm_model::state::Rejected {
+                    code: "found".into(),
+                    message: String::new(),
+                }),
+                false => dtm_model::state::command_response::Result::Applied(Default::default()),
+            };
+            Ok(CommandResponse { result: Some(result) })
+        }
+
+        fn lookup_filtered_prefixes(&self) -> Vec<Vec<u8>> {
+            vec![b"t/".to_vec()]
+        }
+    }
+
+    /// Whether `ProbingApplier` found each key, in order.
+    async fn probe(sm: &mut StateMachineStore, first_index: u64, keys: &[String]) -> Vec<bool> {
+        let entries = keys.iter().enumerate().map(|(i, k)| kv(first_index + i as u64, k, "v")).collect::<Vec<_>>();
+        let replies = sm.apply(entries).await.expect("apply");
+        replies
+            .iter()
+            .map(|r| matches!(r.result, Some(dtm_model::state::command_response::Result::Rejected(_))))
+            .collect()
+    }
+
+    /// The lookup filter changes no answer of `apply`: keys written earlier, earlier in the same
+    /// call, by a snapshot install, or before the store was reopened are all found, before and
+    /// after the filter is built; and once built, it does answer the misses.
+    #[tokio::test]
+    async fn the_lookup_filter_never_hides_a_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = crate::StoreOptions::for_tests();
+        let keys = |tag: &str, n: usize| (0..n).map(|i| format!("t/{tag}{i:05}")).collect::<Vec<_>>();
+        let mut index = 1;
+        {
+            let (_log, mut sm, _reader) = crate::open(dir.path(), &opts, Arc::new(ProbingApplier)).expect("open");
+            for chunk in keys("a", 3_000).chunks(100) {
+                assert!(probe(&mut sm, index, chunk).await.iter().all(|f| !f), "new keys are missing");
+                index += chunk.len() as u64;
+            }
+            let stats = sm.lookup_filter();
+            assert!(stats.serving && stats.builds_completed == 1, "{stats:?}");
+            assert!(stats.misses_proved > 0, "the built filter answers misses: {stats:?}");
+            for chunk in keys("a", 3_000).chunks(500) {
+                assert!(probe(&mut sm, index, chunk).await.iter().all(|f| *f), "written keys are found");
+                index += chunk.len() as u64;
+            }
+            let twice = vec!["t/b1".to_string(), "t/b1".to_string()];
+            assert_eq!(probe(&mut sm, index, &twice).await, [false, true], "a key written earlier in the call");
+            index += 2;
+
+            // A snapshot replaces the tables with keys the filter never saw.
+            let body = pb::SnapshotBody {
+                format_version: SNAPSHOT_FORMAT_VERSION,
+                pairs: keys("s", 2_000)
+                    .into_iter()
+                    .map(|k| pb::SnapshotPair { key: k.into_bytes(), value: b"v".to_vec() })
+                    .collect(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: Some(kv(index, "t/x", "1").log_id),
+                last_membership: StoredMem::default(),
+                snapshot_id: "probe-1".into(),
+            };
+            sm.install_snapshot(&meta, Box::new(Cursor::new(body.encode_to_vec()))).await.expect("install");
+            index += 1;
+            assert!(!sm.lookup_filter().serving, "nothing is proved about the new tables before a build");
+            let probes = [keys("s", 2_000)[1_234].clone(), "t/a00007".to_string()];
+            assert_eq!(probe(&mut sm, index, &probes).await, [true, false], "installed found, replaced gone");
+            index += 2;
+            let mut rounds = 0;
+            while !sm.lookup_filter().serving {
+                probe(&mut sm, index, &[format!("t/c{index}")]).await;
+                index += 1;
+                rounds += 1;
+                assert!(rounds < 10_000, "the build ends");
+            }
+            assert!(probe(&mut sm, index, &keys("s", 2_000)).await.iter().all(|f| *f), "after the build too");
+            index += 2_000;
+        }
+        let (_log, mut sm, _reader) = crate::reopen(dir.path(), &opts, Arc::new(ProbingApplier)).await.expect("reopen");
+        assert!(!sm.lookup_filter().serving);
+        assert_eq!(probe(&mut sm, index, &["t/s00007".to_string(), "t/d0".to_string()]).await, [true, false]);
     }
 
     fn kv(index: u64, key: &str, value: &str) -> dtm_model::Entry {
