@@ -85,6 +85,16 @@ impl Applier for DtmApplier {
         vec![tables::NATURAL_KEY.to_vec(), tables::IDEMPOTENCY.to_vec()]
     }
 
+    /// What every request reads before it is accepted (its key, its source, its dataset's
+    /// definition): the API caches these while they do not change (`node/src/api/mod.rs`,
+    /// `lookup_fresh`).
+    fn watched_prefixes(&self) -> Vec<Vec<u8>> {
+        [tables::API_KEY, tables::ADMIN_TOKEN, tables::SOURCE, tables::DATASET, tables::DATASET_VERSION]
+            .iter()
+            .map(|p| p.to_vec())
+            .collect()
+    }
+
     fn committed(&self, last: &LogId) {
         self.view.publish(last.index);
     }

@@ -267,3 +267,8 @@ pub const CELL_LINEAGE_LISTED_MAX: usize = 1_000;
 /// Ingestion runs (batches) in one OpenLineage export; more sets `X-Export-Truncated: true`.
 pub const OPENLINEAGE_RUNS_MAX: usize = 10_000;
 const _: () = assert!(AS_OF_PAGE_SCAN_MAX <= AS_OF_RECORDS_MAX && RECORDS_PAGE_MAX <= AS_OF_PAGE_SCAN_MAX);
+
+/// Values a node's API keeps of the watched tables (keys, sources, datasets; `api::WatchedCache`).
+/// Full, it starts again empty: a cluster with more keys and datasets than this in use at once
+/// only reads them from the tables as before.
+pub const WATCHED_CACHE_ENTRIES_MAX: usize = 16 * 1024;

@@ -201,9 +201,16 @@ pub fn open(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
-    let sm =
-        StateMachineStore::new(db.clone(), tree.clone(), dir.join("raft-snapshot.pb"), applier.clone(), stats.clone())?;
-    let reader = StateReader { tree, stats };
+    let watch = Arc::new(TableWatch::new(applier.watched_prefixes()));
+    let sm = StateMachineStore::new(
+        db.clone(),
+        tree.clone(),
+        dir.join("raft-snapshot.pb"),
+        applier.clone(),
+        stats.clone(),
+        watch.clone(),
+    )?;
+    let reader = StateReader { tree, stats, watch };
     applier.reset(&reader)?;
     Ok((log, sm, reader))
 }
@@ -228,6 +235,37 @@ pub struct ReencryptReport {
 pub struct StateReader {
     tree: SealedTree,
     stats: Arc<SnapshotStats>,
+    watch: Arc<TableWatch>,
+}
+
+/// The tables whose readers cache what they read (`Applier::watched_prefixes`), and a counter
+/// that moves whenever one of them may have changed: after every `apply` that wrote under one of
+/// the prefixes, and when a snapshot or a restore starts and ends replacing the tables.
+#[derive(Debug, Default)]
+pub(crate) struct TableWatch {
+    prefixes: Vec<Vec<u8>>,
+    epoch: AtomicU64,
+}
+
+impl TableWatch {
+    pub(crate) fn new(prefixes: Vec<Vec<u8>>) -> TableWatch {
+        TableWatch { prefixes, epoch: AtomicU64::new(0) }
+    }
+
+    pub(crate) fn covers(&self, key: &[u8]) -> bool {
+        self.prefixes.iter().any(|p| key.starts_with(p))
+    }
+
+    /// Whether any key of a set of changes (in key order) is under a watched prefix.
+    pub(crate) fn touched_by<V>(&self, changes: &std::collections::BTreeMap<Vec<u8>, V>) -> bool {
+        self.prefixes.iter().any(|p| changes.range(p.clone()..).next().is_some_and(|(k, _)| k.starts_with(p)))
+    }
+
+    /// Called after the changes are visible to readers, so a reader that saw the old epoch and
+    /// then read a value notices the change at its next look.
+    pub(crate) fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl StateReader {
@@ -358,6 +396,17 @@ impl StateReader {
     /// `epoch` until now.
     pub fn unchanged_since(&self, epoch: u64) -> bool {
         epoch.is_multiple_of(2) && self.install_epoch() == epoch
+    }
+
+    /// Whether `key` is in a table the applier asked to watch (`Applier::watched_prefixes`).
+    pub fn watches(&self, key: &[u8]) -> bool {
+        self.watch.covers(key)
+    }
+
+    /// Moves whenever a watched table may have changed. A cache of watched values takes it
+    /// *before* reading a value and keeps the value only while it has not moved since.
+    pub fn watched_epoch(&self) -> u64 {
+        self.watch.epoch.load(Ordering::Acquire)
     }
 
     /// Log and snapshot sizes, for the snapshot policy.

@@ -145,6 +145,13 @@ pub trait Applier: Send + Sync + 'static {
     fn lookup_filtered_prefixes(&self) -> Vec<Vec<u8>> {
         Vec::new()
     }
+
+    /// Key prefixes of tables that readers cache (sources, keys, datasets): every `apply` that
+    /// writes under one moves `StateReader::watched_epoch`, and so does every replacement of the
+    /// tables.
+    fn watched_prefixes(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
 }
 
 /// Keys and what they become (`None`: removed), or what they were (pre-images).
@@ -281,6 +288,7 @@ struct Inner {
     stats: Arc<crate::SnapshotStats>,
     /// The keys of the applier's miss-heavy tables (`absence.rs`).
     absence: AbsenceFilter,
+    watch: Arc<crate::TableWatch>,
 }
 
 /// The state machine store. Cheap to clone.
@@ -296,11 +304,13 @@ impl StateMachineStore {
         snapshot_file: std::path::PathBuf,
         applier: Arc<dyn Applier>,
         stats: Arc<crate::SnapshotStats>,
+        watch: Arc<crate::TableWatch>,
     ) -> std::result::Result<Self, StoreError> {
         let absence = AbsenceFilter::new(applier.lookup_filtered_prefixes());
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 absence,
+                watch,
                 db,
                 tree,
                 snapshot_file,
@@ -505,6 +515,7 @@ impl StateMachineStore {
         batch.insert(KEY_MEMBERSHIP, &dtm_model::stored_membership_to_pb(&meta.last_membership).encode_to_vec())?;
         tree.apply_batch(batch)?;
         self.inner.absence.reset();
+        self.inner.watch.bump();
         self.inner.applier.reset(&self.reader())?;
         // The snapshot file, so that nodes that join receive the state at once.
         self.inner.db.flush()?;
@@ -598,6 +609,7 @@ impl StateMachineStore {
         let _g = self.lock();
         let _installing = self.inner.stats.installing();
         self.inner.absence.reset();
+        self.inner.watch.bump();
         let tree = &self.inner.tree;
         let mut mark = tree.batch();
         mark.insert(KEY_INSTALLING, meta.snapshot_id.as_bytes())?;
@@ -631,6 +643,7 @@ impl StateMachineStore {
         done.remove(KEY_INSTALLING);
         tree.apply_batch(done)?;
         self.inner.absence.reset();
+        self.inner.watch.bump();
         self.inner.applier.reset(&self.reader())?;
         Ok(())
     }
@@ -659,7 +672,11 @@ impl StateMachineStore {
 
     /// A read view of the same tables.
     pub(crate) fn reader(&self) -> crate::StateReader {
-        crate::StateReader { tree: self.inner.tree.clone(), stats: self.inner.stats.clone() }
+        crate::StateReader {
+            tree: self.inner.tree.clone(),
+            stats: self.inner.stats.clone(),
+            watch: self.inner.watch.clone(),
+        }
     }
 
     /// What the lookup filter holds (`absence.rs`).
@@ -741,6 +758,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             replies.push(reply);
         }
         let overlay = txn.into_overlay();
+        let watched = self.inner.watch.touched_by(&overlay);
         {
             let _g = self.lock();
             // Pre-images first (only while a snapshot window is open), then the writes themselves,
@@ -763,6 +781,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 batch.insert(KEY_MEMBERSHIP, &dtm_model::stored_membership_to_pb(m).encode_to_vec()).map_err(w)?;
             }
             tree.apply_batch(batch).map_err(w)?;
+            if watched {
+                self.inner.watch.bump();
+            }
             if let Some(l) = &last {
                 self.inner.applier.committed(l);
             }
@@ -878,6 +899,39 @@ mod tests {
         fn lookup_filtered_prefixes(&self) -> Vec<Vec<u8>> {
             vec![b"t/".to_vec()]
         }
+
+        fn watched_prefixes(&self) -> Vec<Vec<u8>> {
+            vec![b"w/".to_vec()]
+        }
+    }
+
+    /// The watched epoch moves after every `apply` that wrote a watched table, and around a
+    /// snapshot install, and at no other time; the values read after it moved are the new ones.
+    #[tokio::test]
+    async fn the_watched_epoch_moves_when_a_watched_table_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_log, mut sm, reader) =
+            crate::open(dir.path(), &crate::StoreOptions::for_tests(), Arc::new(ProbingApplier)).expect("open");
+        assert!(reader.watches(b"w/a") && !reader.watches(b"t/a"));
+        let e0 = reader.watched_epoch();
+        probe(&mut sm, 1, &["t/a".to_string(), "t/b".to_string()]).await;
+        assert_eq!(reader.watched_epoch(), e0, "no watched table written");
+        probe(&mut sm, 3, &["t/c".to_string(), "w/a".to_string()]).await;
+        let e1 = reader.watched_epoch();
+        assert!(e1 > e0, "a watched table written");
+        assert_eq!(reader.get(b"w/a").expect("read").as_deref(), Some(&b"v"[..]));
+        let body = pb::SnapshotBody {
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            pairs: vec![pb::SnapshotPair { key: b"w/a".to_vec(), value: b"from the snapshot".to_vec() }],
+        };
+        let meta = SnapshotMeta {
+            last_log_id: Some(kv(9, "t/x", "1").log_id),
+            last_membership: StoredMem::default(),
+            snapshot_id: "watch-1".into(),
+        };
+        sm.install_snapshot(&meta, Box::new(Cursor::new(body.encode_to_vec()))).await.expect("install");
+        assert!(reader.watched_epoch() > e1, "the tables were replaced");
+        assert_eq!(reader.get(b"w/a").expect("read").as_deref(), Some(&b"from the snapshot"[..]));
     }
 
     /// Whether `ProbingApplier` found each key, in order.

@@ -37,6 +37,7 @@ pub(crate) mod for_web {
     pub(crate) use super::users::{create as create_user, disable as disable_user, list as list_users};
 }
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
@@ -91,6 +92,59 @@ pub struct AppState {
     /// The node's queue of audit events and its signing key (`crate::audit`).
     pub audit: Arc<crate::audit::Sink>,
     pub audit_options: crate::audit::AuditOptions,
+    /// Keys, sources and dataset definitions as last read (`WatchedCache`).
+    pub watched: Arc<WatchedCache>,
+}
+
+/// Values of the tables the applier watches (API keys, admin tokens, sources, dataset definitions:
+/// `Applier::watched_prefixes`) as this node last read them, each kept only while the tables'
+/// watched epoch has not moved since it was read — which it does after every applied change to
+/// any of those tables and around every snapshot install. Every request reads its key, its source
+/// and its dataset's definition, and each read opened (AES-GCM), decompressed and decoded the value
+/// again: about 2.5 % of the machine at 500 clients.
+#[derive(Default)]
+pub struct WatchedCache {
+    entries: std::sync::Mutex<WatchedEntries>,
+}
+
+/// Each table key's decoded value, with the watched epoch it was read at.
+type WatchedEntries = HashMap<Vec<u8>, (u64, Arc<dyn std::any::Any + Send + Sync>)>;
+
+impl WatchedCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchedEntries> {
+        // A cache: whatever a panicking holder left is either valid for its epoch or re-read.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The value under `key` as this node has applied it: from the cache while the watched epoch
+    /// has not moved since it was read, from the tables otherwise (and always for keys outside the
+    /// watched tables). Misses are not kept.
+    pub fn get<M: prost::Message + Default + Clone + Send + Sync + 'static>(
+        &self,
+        reader: &dtm_storage::StateReader,
+        key: &[u8],
+    ) -> Result<Option<M>, dtm_storage::StoreError> {
+        if !reader.watches(key) {
+            return reader.get_msg::<M>(key);
+        }
+        // Taken before the read: a change that lands after it moves the epoch past this one.
+        let epoch = reader.watched_epoch();
+        if let Some((seen, v)) = self.lock().get(key)
+            && *seen == epoch
+            && let Some(m) = v.downcast_ref::<M>()
+        {
+            return Ok(Some(m.clone()));
+        }
+        let value = reader.get_msg::<M>(key)?;
+        if let Some(v) = &value {
+            let mut entries = self.lock();
+            if entries.len() >= crate::limits::WATCHED_CACHE_ENTRIES_MAX {
+                entries.clear();
+            }
+            entries.insert(key.to_vec(), (epoch, Arc::new(v.clone())));
+        }
+        Ok(value)
+    }
 }
 
 impl AppState {
@@ -109,6 +163,7 @@ impl AppState {
             identity,
             audit: crate::audit::Sink::start(&node_for_audit, None),
             audit_options: crate::audit::AuditOptions::default(),
+            watched: Arc::default(),
         }
     }
 
@@ -358,12 +413,15 @@ pub fn valid_id(id: &str) -> bool {
 /// Reads a replicated value; when this node does not have it, waits until it has applied everything
 /// the leader had committed and looks once more. Something created through another node a moment
 /// ago (a key, a dataset) is thus found here too, and a miss costs one read barrier.
-pub async fn lookup_fresh<M: prost::Message + Default>(state: &AppState, key: &[u8]) -> ApiResult<Option<M>> {
-    if let Some(v) = state.node.reader.get_msg::<M>(key).map_err(ApiError::internal)? {
+pub async fn lookup_fresh<M: prost::Message + Default + Clone + Send + Sync + 'static>(
+    state: &AppState,
+    key: &[u8],
+) -> ApiResult<Option<M>> {
+    if let Some(v) = state.watched.get::<M>(&state.node.reader, key).map_err(ApiError::internal)? {
         return Ok(Some(v));
     }
     state.node.linearizable_barrier().await?;
-    state.node.reader.get_msg::<M>(key).map_err(ApiError::internal)
+    state.watched.get::<M>(&state.node.reader, key).map_err(ApiError::internal)
 }
 
 /// Wraps a command with its envelope: version, proposal time and the proposing node.
