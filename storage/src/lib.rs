@@ -21,6 +21,8 @@
 //! A Bloom filter of the keys under the applier's miss-heavy prefixes (`absence.rs`) lets `Txn::get`
 //! answer most misses without sled; it is rebuilt from the tables after they are replaced and
 //! proves nothing until then.
+//! `StateReader::watched_epoch` moves whenever a table under `Applier::watched_prefixes` may have
+//! changed, so readers can cache those tables' values (the API's keys, sources and datasets).
 //! Values of 256 bytes or more are compressed (zstd) before they are sealed (`Cipher::seal_value`); `Txn::append` lets `apply`
 //! build one value (a block of records) piece by piece. A follower is sent at most `APPEND_ENTRIES_BYTES_MAX` per AppendEntries. sled stays behind this crate's API so
 //! the engine can be replaced.
