@@ -26,8 +26,6 @@
 
 use std::hash::Hasher;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::limits::ABSENCE_BUILD_SLICE;
@@ -184,19 +182,19 @@ struct State {
     /// Keys the last completed build found.
     built_keys: u64,
     builds: u64,
+    builds_completed: u64,
+    /// Lookups answered "absent" without sled since the store opened.
+    misses_proved: u64,
     /// A filter outgrew its bytes: no further build until the node restarts.
     gave_up: bool,
 }
 
-/// What the filter holds, for status and tests.
+/// Whether the filter proves misses, and how often it did (the build's keys, bytes and time are
+/// logged: `lookup filter built`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AbsenceStats {
     /// Whether misses are being proved (a complete filter is served).
     pub serving: bool,
-    /// Whether a build is in progress.
-    pub building: bool,
-    pub keys_noted: u64,
-    pub bytes: u64,
     pub builds_completed: u64,
     /// Lookups answered "absent" without sled since the store opened.
     pub misses_proved: u64,
@@ -206,20 +204,13 @@ pub struct AbsenceStats {
 pub(crate) struct AbsenceFilter {
     prefixes: Vec<Vec<u8>>,
     state: Mutex<State>,
-    completed: AtomicU64,
-    proved: AtomicU64,
 }
 
 impl AbsenceFilter {
     /// A filter of the keys under `prefixes`, to be built from the tables (none: a filter that
     /// covers nothing and costs nothing).
     pub(crate) fn new(prefixes: Vec<Vec<u8>>) -> AbsenceFilter {
-        let f = AbsenceFilter {
-            prefixes,
-            state: Mutex::new(State::default()),
-            completed: AtomicU64::new(0),
-            proved: AtomicU64::new(0),
-        };
+        let f = AbsenceFilter { prefixes, state: Mutex::new(State::default()) };
         f.reset();
         f
     }
@@ -240,10 +231,9 @@ impl AbsenceFilter {
             return false;
         }
         let h = hash(key);
-        let absent = self.lock().serving.as_ref().is_some_and(|b| !b.may_contain(h));
-        if absent {
-            self.proved.fetch_add(1, Ordering::Relaxed);
-        }
+        let mut s = self.lock();
+        let absent = s.serving.as_ref().is_some_and(|b| !b.may_contain(h));
+        s.misses_proved += u64::from(absent);
         absent
     }
 
@@ -372,21 +362,17 @@ impl AbsenceFilter {
                 );
                 s.built_keys = b.scanned;
                 s.serving = Some(b.bloom);
-                self.completed.fetch_add(1, Ordering::Relaxed);
+                s.builds_completed += 1;
             }
         }
     }
 
     pub(crate) fn stats(&self) -> AbsenceStats {
         let s = self.lock();
-        let bytes = s.serving.as_ref().map_or(0, |b| b.bytes) + s.building.as_ref().map_or(0, |b| b.bloom.bytes);
         AbsenceStats {
             serving: s.serving.as_ref().is_some_and(|b| !b.saturated),
-            building: s.building.is_some(),
-            keys_noted: s.serving.as_ref().map_or(0, |b| b.noted),
-            bytes: bytes as u64,
-            builds_completed: self.completed.load(Ordering::Relaxed),
-            misses_proved: self.proved.load(Ordering::Relaxed),
+            builds_completed: s.builds_completed,
+            misses_proved: s.misses_proved,
         }
     }
 }

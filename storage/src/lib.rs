@@ -260,7 +260,10 @@ impl TableWatch {
 
     /// Whether any key of a set of changes (in key order) is under a watched prefix.
     pub(crate) fn touched_by<V>(&self, changes: &std::collections::BTreeMap<Vec<u8>, V>) -> bool {
-        self.prefixes.iter().any(|p| changes.range(p.clone()..).next().is_some_and(|(k, _)| k.starts_with(p)))
+        self.prefixes.iter().any(|p| {
+            let from = (std::ops::Bound::Included(p.as_slice()), std::ops::Bound::Unbounded);
+            changes.range::<[u8], _>(from).next().is_some_and(|(k, _)| k.starts_with(p))
+        })
     }
 
     /// Called after the changes are visible to readers, so a reader that saw the old epoch and

@@ -877,15 +877,14 @@ mod tests {
         fn apply(
             &self,
             txn: &mut Txn<'_>,
-            _log_id: &LogId,
+            log_id: &LogId,
             cmd: &Command,
         ) -> std::result::Result<CommandResponse, StoreError> {
             let Some(dtm_model::state::command::Kind::RegisterSource(r)) = &cmd.kind else {
                 return Ok(CommandResponse::default());
             };
-            let s = r.source.clone().unwrap_or_default();
-            let found = txn.get(s.id.as_bytes())?.is_some();
-            txn.put(s.id.into_bytes(), s.name.into_bytes());
+            let found = txn.get(r.source.as_ref().map_or("", |s| s.id.as_str()).as_bytes())?.is_some();
+            KvApplier.apply(txn, log_id, cmd)?;
             let result = match found {
                 true => dtm_model::state::command_response::Result::Rejected(dtm_model::state::Rejected {
                     code: "found".into(),
